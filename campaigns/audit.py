@@ -1,0 +1,173 @@
+"""Append-only audit log with a SHA-256 hash chain.
+
+Each event's hash covers its content and the previous event's hash, so editing,
+deleting or reordering any stored event breaks the chain at that event, which
+:func:`verify` names. Appends are serialized (an advisory lock on PostgreSQL,
+SQLite's single writer) so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from campaigns.db import utcnow
+from campaigns.models import AuditEvent
+
+GENESIS_HASH = "0" * 64
+# Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
+_AUDIT_LOCK_KEY = 0x0A0D17
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _event_hash(
+    prev_hash: str,
+    at: datetime,
+    actor: str,
+    kind: str,
+    clinic_id: int | None,
+    appointment_id: int | None,
+    attempt_id: int | None,
+    payload: str,
+) -> str:
+    material = canonical_json(
+        [prev_hash, at.isoformat(), actor, kind, clinic_id, appointment_id, attempt_id, payload]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def record(
+    session: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    actor: str,
+    clinic_id: int | None = None,
+    appointment_id: int | None = None,
+    attempt_id: int | None = None,
+    at: datetime | None = None,
+) -> AuditEvent:
+    """Append one event in the caller's transaction."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
+    prev_hash = session.execute(
+        select(AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)  # type: ignore[union-attr]
+    ).scalar_one_or_none()
+    prev_hash = prev_hash or GENESIS_HASH
+    at = at or utcnow()
+    body = canonical_json(dict(payload))
+    event = AuditEvent(
+        at=at,
+        actor=actor,
+        kind=kind,
+        clinic_id=clinic_id,
+        appointment_id=appointment_id,
+        attempt_id=attempt_id,
+        payload=body,
+        prev_hash=prev_hash,
+        hash=_event_hash(prev_hash, at, actor, kind, clinic_id, appointment_id, attempt_id, body),
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    events: int
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify(session: Session) -> VerifyResult:
+    """Re-walk the whole chain; stop at the first event that does not hold."""
+    expected_prev = GENESIS_HASH
+    count = 0
+    rows = session.execute(
+        select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=5000)  # type: ignore[arg-type]
+    ).scalars()
+    for event in rows:
+        count += 1
+        assert event.seq is not None
+        if event.prev_hash != expected_prev:
+            return VerifyResult(False, count, event.seq, "previous hash does not match: an event was removed or reordered")
+        recomputed = _event_hash(
+            event.prev_hash,
+            event.at,
+            event.actor,
+            event.kind,
+            event.clinic_id,
+            event.appointment_id,
+            event.attempt_id,
+            event.payload,
+        )
+        if recomputed != event.hash:
+            return VerifyResult(False, count, event.seq, "content does not match its hash: the event was altered")
+        expected_prev = event.hash
+    return VerifyResult(True, count)
+
+
+EXPORT_FIELDS = ("seq", "at", "actor", "kind", "clinic_id", "appointment_id", "attempt_id", "payload", "prev_hash", "hash")
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _neutralise(cell: str) -> str:
+    # Spreadsheets execute cells that start like a formula (CSV injection).
+    return "'" + cell if cell.startswith(_FORMULA_PREFIXES) else cell
+
+
+def iter_events(session: Session, since: datetime | None = None) -> Iterator[AuditEvent]:
+    query = select(AuditEvent).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+    if since is not None:
+        query = query.where(AuditEvent.at >= since)  # type: ignore[arg-type]
+    yield from session.execute(query.execution_options(yield_per=5000)).scalars()
+
+
+def _as_row(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": event.at.isoformat(),
+        "actor": event.actor,
+        "kind": event.kind,
+        "clinic_id": event.clinic_id,
+        "appointment_id": event.appointment_id,
+        "attempt_id": event.attempt_id,
+        "payload": event.payload,
+        "prev_hash": event.prev_hash,
+        "hash": event.hash,
+    }
+
+
+def export_jsonl(events: Iterable[AuditEvent]) -> Iterator[str]:
+    for event in events:
+        row = _as_row(event)
+        row["payload"] = json.loads(event.payload)
+        yield json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def export_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_FIELDS)
+    for event in events:
+        row = _as_row(event)
+        writer.writerow(_neutralise("" if row[f] is None else str(row[f])) for f in EXPORT_FIELDS)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.getvalue():
+        yield buffer.getvalue()

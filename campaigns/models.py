@@ -1,0 +1,228 @@
+"""Tables of the engine. Alembic migrations create them; nothing calls ``create_all``.
+
+Timestamps are stored in UTC (:class:`campaigns.db.UTCDateTime`); local times are
+computed at the edges from the clinic's or callee's IANA zone.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from campaigns.db import UTCDateTime, utcnow
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class AppointmentStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    RESCHEDULE_REQUESTED = "reschedule_requested"
+    WRONG_NUMBER = "wrong_number"
+    OPTED_OUT = "opted_out"
+    UNREACHED = "unreached"
+
+
+class AttemptState(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    DIALING = "dialing"
+    ANSWERED = "answered"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+# States in which an attempt still holds the appointment's single calling slot.
+OPEN_ATTEMPT_STATES = (
+    AttemptState.SCHEDULED,
+    AttemptState.QUEUED,
+    AttemptState.DIALING,
+    AttemptState.ANSWERED,
+)
+_OPEN_STATES_SQL = "state IN ('scheduled', 'queued', 'dialing', 'answered')"
+
+
+class DncSource(StrEnum):
+    INTERNAL = "internal"
+    PATIENT_REQUEST = "patient_request"
+    NATIONAL_REGISTRY = "national_registry"
+
+
+
+class Clinic(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, max_length=200)
+    timezone: str = Field(max_length=64)
+    country: str = Field(default="US", max_length=2)
+    window_start: time = Field(default=time(9, 0))
+    window_end: time = Field(default=time(19, 0))
+    weekdays: str = Field(default="mon,tue,wed,thu,fri", max_length=40)
+    holidays: str | None = Field(default=None, max_length=16, description="e.g. US or US-NY")
+    caller_id: str | None = Field(default=None, max_length=20)
+    trunk_id: str | None = Field(default=None, max_length=64)
+    agent_name: str | None = Field(default=None, max_length=100)
+    max_attempts: int = Field(default=4)
+    retry_base_minutes: int = Field(default=60)
+    retry_cap_minutes: int = Field(default=24 * 60)
+    retry_voicemail: bool = Field(default=True)
+    min_gap_minutes: int = Field(default=60)
+    cutoff_minutes: int = Field(default=120)
+    dials_per_number_24h: int = Field(default=3)
+    dials_per_number_7d: int = Field(default=6)
+    daily_run_time: time = Field(default=time(10, 0))
+    lead_days: str = Field(default="1", max_length=40)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Appointment(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("clinic_id", "external_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    clinic_id: int = Field(foreign_key="clinic.id", index=True)
+    external_id: str = Field(max_length=100)
+    patient_ref: str | None = Field(default=None, max_length=100)
+    patient_name: str = Field(max_length=200)
+    phone_e164: str = Field(max_length=20, index=True)
+    phone_source: str = Field(default="clinic_upload", max_length=200)
+    patient_timezone: str | None = Field(default=None, max_length=64)
+    patient_state: str | None = Field(default=None, max_length=2)
+    patient_zip: str | None = Field(default=None, max_length=10)
+    language: str | None = Field(default=None, max_length=16)
+    starts_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    provider: str | None = Field(default=None, max_length=200)
+    location: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=AppointmentStatus.SCHEDULED, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class CallAttempt(SQLModel, table=True):
+    """One call attempt and its whole life: the call log a reviewer audits."""
+
+    __tablename__ = "call_attempt"
+    __table_args__ = (
+        UniqueConstraint("appointment_id", "attempt_number"),
+        # The database, not only the code, keeps one open attempt per appointment.
+        Index(
+            "uq_call_attempt_open_per_appointment",
+            "appointment_id",
+            unique=True,
+            postgresql_where=text(_OPEN_STATES_SQL),
+            sqlite_where=text(_OPEN_STATES_SQL),
+        ),
+        Index("ix_call_attempt_state_due_at", "state", "due_at"),
+        Index("ix_call_attempt_number_called_dialing_at", "number_called", "dialing_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    appointment_id: int = Field(foreign_key="appointment.id")
+    clinic_id: int = Field(foreign_key="clinic.id", index=True)
+    attempt_number: int
+    state: str = Field(default=AttemptState.SCHEDULED, max_length=16)
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    number_called: str = Field(max_length=20)
+    caller_id: str | None = Field(default=None, max_length=20)
+    trunk_id: str | None = Field(default=None, max_length=64)
+    room_name: str | None = Field(default=None, max_length=100)
+    participant_identity: str | None = Field(default=None, max_length=100)
+    dispatch_id: str | None = Field(default=None, max_length=100)
+    sip_call_id: str | None = Field(default=None, max_length=100)
+    sip_status_code: int | None = None
+    sip_status: str | None = Field(default=None, max_length=200)
+    outcome: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, sa_type=Text)
+    skip_reasons: str | None = Field(default=None, sa_type=Text)
+    decision: str | None = Field(default=None, sa_type=Text, description="JSON of the last policy decision")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    queued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    dialing_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DncList(SQLModel, table=True):
+    """A do-not-call list and its version, bumped on every change, recorded by each decision."""
+
+    __tablename__ = "dnc_list"
+
+    name: str = Field(primary_key=True, max_length=40, description="global, national, clinic:<id>")
+    version: int = Field(default=0)
+    registry_as_of: date | None = Field(default=None, description="data date of a national registry file")
+    entries: int = Field(default=0)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DncEntry(SQLModel, table=True):
+    __tablename__ = "dnc_entry"
+    __table_args__ = (UniqueConstraint("list_name", "phone_e164"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_name: str = Field(foreign_key="dnc_list.name", max_length=40)
+    phone_e164: str = Field(max_length=20, index=True)
+    clinic_id: int | None = Field(default=None, foreign_key="clinic.id")
+    source: str = Field(max_length=32)
+    reason: str | None = Field(default=None, max_length=500)
+    added_by: str = Field(max_length=100)
+    added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Append-only, hash-chained record of every change and decision."""
+
+    __tablename__ = "audit_event"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(sa_type=UTCDateTime, index=True)
+    actor: str = Field(max_length=100)
+    kind: str = Field(max_length=64, index=True)
+    clinic_id: int | None = Field(default=None, index=True)
+    appointment_id: int | None = Field(default=None, index=True)
+    attempt_id: int | None = Field(default=None, index=True)
+    payload: str = Field(sa_type=Text)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)
+
+
+class StateRuleRow(SQLModel, table=True):
+    """Date-stamped state calling rules: data, so a new holiday is a data change."""
+
+    __tablename__ = "state_rule"
+    __table_args__ = (UniqueConstraint("state", "effective_from"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    state: str = Field(max_length=2)
+    effective_from: date
+    effective_to: date | None = None
+    window_start: time
+    window_end: time
+    sunday_start: time | None = None
+    sunday_end: time | None = None
+    sunday_banned: bool = False
+    holiday_banned: bool = False
+    extra_holidays: str = Field(default="[]", sa_type=Text, description="JSON list of ISO dates")
+    max_calls_per_24h: int | None = None
+    citation: str = Field(sa_type=Text)
+
+
+class Trunk(SQLModel, table=True):
+    """Engine-side limits of a LiveKit outbound trunk, shared by every worker."""
+
+    sip_trunk_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    numbers: str = Field(default="", max_length=500)
+    calls_per_second: float = Field(default=1.0)
+    max_concurrent: int = Field(default=10)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,0 +1,62 @@
+"""The schema: migrations match the models, and the database enforces the invariants."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from campaigns import migrate
+from campaigns.models import AttemptState, CallAttempt
+from tests.conftest import add_appointment, add_clinic
+
+
+def _attempt(appointment_id: int, clinic_id: int, number: int, state: str) -> CallAttempt:
+    return CallAttempt(
+        appointment_id=appointment_id,
+        clinic_id=clinic_id,
+        attempt_number=number,
+        state=state,
+        due_at=datetime.now(UTC),
+        number_called="+12125550100",
+    )
+
+
+def test_migrations_match_models(database_url: str) -> None:
+    migrate.check(database_url)
+
+
+def test_database_allows_one_open_attempt_per_appointment(session: Session) -> None:
+    clinic = add_clinic(session)
+    appointment = add_appointment(session, clinic)
+    assert appointment.id and clinic.id
+    session.add(_attempt(appointment.id, clinic.id, 1, AttemptState.DIALING))
+    session.flush()
+    session.add(_attempt(appointment.id, clinic.id, 2, AttemptState.SCHEDULED))
+    with pytest.raises(IntegrityError):
+        session.flush()
+
+
+def test_closed_attempts_do_not_block_the_next_one(session: Session) -> None:
+    clinic = add_clinic(session)
+    appointment = add_appointment(session, clinic)
+    assert appointment.id and clinic.id
+    session.add(_attempt(appointment.id, clinic.id, 1, AttemptState.COMPLETED))
+    session.add(_attempt(appointment.id, clinic.id, 2, AttemptState.FAILED))
+    session.add(_attempt(appointment.id, clinic.id, 3, AttemptState.SCHEDULED))
+    session.flush()
+
+
+def test_timestamps_come_back_as_utc(session: Session) -> None:
+    clinic = add_clinic(session)
+    appointment = add_appointment(session, clinic, starts_at=datetime(2026, 12, 1, 15, 30, tzinfo=UTC))
+    session.commit()
+    session.expire_all()
+    fetched = session.execute(text("SELECT id FROM appointment")).scalar_one()
+    assert fetched == appointment.id
+    session.refresh(appointment)
+    assert appointment.starts_at == datetime(2026, 12, 1, 15, 30, tzinfo=UTC)
+    assert appointment.starts_at.tzinfo is not None
