@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
+from sqlmodel import col, select
 
 from campaigns.db import utcnow
 from campaigns.models import AuditEvent
@@ -64,7 +65,7 @@ def record(
     if bind.dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
     prev_hash = session.execute(
-        select(AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)  # type: ignore[union-attr]
+        select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
     ).scalar_one_or_none()
     prev_hash = prev_hash or GENESIS_HASH
     at = at or utcnow()
@@ -97,10 +98,7 @@ def verify(session: Session) -> VerifyResult:
     """Re-walk the whole chain; stop at the first event that does not hold."""
     expected_prev = GENESIS_HASH
     count = 0
-    rows = session.execute(
-        select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=5000)  # type: ignore[arg-type]
-    ).scalars()
-    for event in rows:
+    for event in iter_events(session):
         count += 1
         assert event.seq is not None
         if event.prev_hash != expected_prev:
@@ -131,10 +129,15 @@ def _neutralise(cell: str) -> str:
 
 
 def iter_events(session: Session, since: datetime | None = None) -> Iterator[AuditEvent]:
-    query = select(AuditEvent).order_by(AuditEvent.seq)  # type: ignore[arg-type]
+    query = select(AuditEvent).order_by(col(AuditEvent.seq))
     if since is not None:
-        query = query.where(AuditEvent.at >= since)  # type: ignore[arg-type]
-    yield from session.execute(query.execution_options(yield_per=5000)).scalars()
+        query = query.where(col(AuditEvent.at) >= since)
+    # Streamed with a server-side cursor; closed even when the reader stops early.
+    result = session.execute(query.execution_options(yield_per=5000)).scalars()
+    try:
+        yield from result
+    finally:
+        result.close()
 
 
 def _as_row(event: AuditEvent) -> dict[str, Any]:

@@ -1,0 +1,326 @@
+"""The ``campaigns`` command line: a thin adapter over the domain services.
+
+With ``--json`` stdout carries exactly one JSON document and logs go to stderr.
+Every error a user can cause is one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
+from typer.core import TyperGroup
+
+from campaigns import audit, clinics, dnc, migrate
+from campaigns.db import session_scope
+from campaigns.errors import CampaignError, InvalidInputError
+from campaigns.masking import mask_phone
+from campaigns.models import DncSource
+from campaigns.phones import to_e164
+from campaigns.settings import get_settings
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("campaigns")
+
+
+class _OneLineErrors(TyperGroup):
+    """Turns every user-facing error into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CampaignError as exc:
+            _fail(str(exc))
+        except (OperationalError, ProgrammingError) as exc:
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                _fail("the database has no tables yet: run `campaigns db upgrade`")
+            _fail(f"database error: {str(exc.orig).splitlines()[0]}")
+        except (typer.Exit, typer.Abort, typer.BadParameter):
+            raise
+        except Exception as exc:
+            if os.environ.get("CAMPAIGNS_DEBUG"):
+                raise
+            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+
+
+def _fail(message: str) -> None:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def _typer(help_text: str) -> typer.Typer:
+    return typer.Typer(
+        help=help_text, cls=_OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False
+    )
+
+
+app = _typer("Outbound appointment-confirmation call campaigns.")
+db_app = _typer("Database schema.")
+clinic_app = _typer("Clinics and their calling rules.")
+dnc_app = _typer("Do-not-call lists.")
+audit_app = _typer("The tamper-evident audit log.")
+app.add_typer(db_app, name="db")
+app.add_typer(clinic_app, name="clinic")
+app.add_typer(dnc_app, name="dnc")
+app.add_typer(audit_app, name="audit")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:
+        return "cli"
+
+
+def emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def unit_of_work() -> Iterator[Session]:
+    with session_scope() as session:
+        yield session
+
+
+def parse_instant(text: str, option: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InvalidInputError(f"{option}: {text!r} is not an ISO 8601 time") from exc
+    if value.tzinfo is None:
+        raise InvalidInputError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-12-01T15:00:00-05:00")
+    return value.astimezone(UTC)
+
+
+@app.callback()
+def _configure(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# --- db ---------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the tables (the only way tables are made)."""
+    migrate.upgrade(get_settings().database_url)
+    err.print("database is up to date")
+
+
+# --- clinics ----------------------------------------------------------------
+
+
+@clinic_app.command("add")
+def clinic_add(
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA zone of the clinic, e.g. America/New_York")],
+    country: Annotated[str, typer.Option(help="Default region for phone numbers")] = "US",
+    window: Annotated[str, typer.Option(help="Calling hours in the callee's local time")] = "09:00-19:00",
+    days: Annotated[str, typer.Option(help="Calling weekdays")] = "mon,tue,wed,thu,fri",
+    holidays: Annotated[str | None, typer.Option(help="No calls on these holidays: US or US-NY")] = None,
+    caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    trunk: Annotated[str | None, typer.Option(help="LiveKit SIP outbound trunk id")] = None,
+    agent_name: Annotated[str | None, typer.Option(help="LiveKit agent to dispatch")] = None,
+    max_attempts: Annotated[int, typer.Option(help="Calls per appointment at most")] = 4,
+    lead_days: Annotated[str, typer.Option(help="Call this many days before: 1,2")] = "1",
+    daily_run_time: Annotated[str, typer.Option(help="Local time of the daily run")] = "10:00",
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a clinic."""
+    spec = clinics.validate_spec(
+        {
+            "name": name,
+            "timezone": timezone,
+            "country": country,
+            "window": window,
+            "days": days,
+            "holidays": holidays,
+            "caller_id": caller_id,
+            "trunk_id": trunk,
+            "agent_name": agent_name,
+            "max_attempts": max_attempts,
+            "lead_days": lead_days,
+            "daily_run_time": daily_run_time,
+        }
+    )
+    with unit_of_work() as session:
+        clinic = clinics.create_clinic(session, spec, actor=actor())
+        described = clinics.describe(clinic)
+    if as_json:
+        emit_json(described)
+    else:
+        out.print(f"clinic {clinic.name!r} created (id {clinic.id})")
+
+
+@clinic_app.command("list")
+def clinic_list(as_json: JsonFlag = False) -> None:
+    """List clinics."""
+    with unit_of_work() as session:
+        rows = [clinics.describe(c) for c in clinics.list_clinics(session)]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("name", "timezone", "window", "days", "lead days", "max attempts")
+    for row in rows:
+        table.add_row(row["name"], row["timezone"], row["window"], row["days"], row["lead_days"], str(row["max_attempts"]))
+    out.print(table)
+
+
+@clinic_app.command("show")
+def clinic_show(name: str, as_json: JsonFlag = False) -> None:
+    """Show one clinic's settings."""
+    with unit_of_work() as session:
+        described = clinics.describe(clinics.get_clinic(session, name))
+    if as_json:
+        emit_json(described)
+        return
+    table = Table("setting", "value", show_header=False)
+    for key, value in described.items():
+        table.add_row(key, "" if value is None else str(value))
+    out.print(table)
+
+
+# --- do-not-call ------------------------------------------------------------
+
+
+def _clinic_id(session: Session, name: str | None) -> int | None:
+    return clinics.get_clinic(session, name).id if name else None
+
+
+@dnc_app.command("add")
+def dnc_add(
+    phone: str,
+    clinic: Annotated[str | None, typer.Option(help="Only for this clinic (default: every clinic)")] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Never call this number again (for one clinic or all)."""
+    with unit_of_work() as session:
+        clinic_id = _clinic_id(session, clinic)
+        region = clinics.get_clinic(session, clinic).country if clinic else "US"
+        number = to_e164(phone, region)
+        dnc.add(session, number, clinic_id=clinic_id, source=DncSource.INTERNAL, reason=reason, actor=actor())
+    err.print(f"{mask_phone(number)} is on the do-not-call list")
+
+
+@dnc_app.command("remove")
+def dnc_remove(
+    phone: str, clinic: Annotated[str | None, typer.Option()] = None
+) -> None:
+    """Take a number off an internal list."""
+    with unit_of_work() as session:
+        clinic_id = _clinic_id(session, clinic)
+        number = to_e164(phone, clinics.get_clinic(session, clinic).country if clinic else "US")
+        if not dnc.remove(session, number, clinic_id=clinic_id, actor=actor()):
+            raise InvalidInputError(f"{mask_phone(number)} is not on that list")
+    err.print(f"{mask_phone(number)} removed")
+
+
+@dnc_app.command("list")
+def dnc_list(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
+    """Internal do-not-call entries (numbers shown in full: this list is for staff)."""
+    with unit_of_work() as session:
+        rows = [
+            {
+                "phone": e.phone_e164,
+                "list": e.list_name,
+                "source": e.source,
+                "reason": e.reason,
+                "added_by": e.added_by,
+                "added_at": e.added_at.isoformat(),
+            }
+            for e in dnc.entries(session, clinic_id=_clinic_id(session, clinic))
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("phone", "list", "source", "reason", "added by", "added at")
+    for row in rows:
+        table.add_row(row["phone"], row["list"], row["source"], row["reason"] or "", row["added_by"], row["added_at"])
+    out.print(table)
+
+
+@dnc_app.command("import")
+def dnc_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
+    source: Annotated[str, typer.Option(help="national (registry snapshot) or internal")] = "national",
+    as_of: Annotated[str | None, typer.Option(help="Data date of the registry file (default today)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Load a registry flat file: one number per line, or areacode,number."""
+    try:
+        data_date = date.fromisoformat(as_of) if as_of else datetime.now(UTC).date()
+    except ValueError as exc:
+        raise InvalidInputError(f"--as-of: {as_of!r} is not YYYY-MM-DD") from exc
+    try:
+        with file.open(encoding="utf-8-sig") as lines, unit_of_work() as session:
+            result = dnc.import_file(session, lines, source=source, as_of=data_date, actor=actor())
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{file.name} is not UTF-8 text") from exc
+    document = {
+        "list": result.list_name,
+        "version": result.version,
+        "entries": result.entries,
+        "rejected_lines": list(result.rejected_lines),
+    }
+    if as_json:
+        emit_json(document)
+    else:
+        out.print(f"{result.list_name}: {result.entries} numbers (version {result.version}), "
+                  f"{len(result.rejected_lines)} lines rejected")
+
+
+# --- audit ------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: JsonFlag = False) -> None:
+    """Re-walk the hash chain; exit 1 naming the first event that does not hold."""
+    with unit_of_work() as session:
+        result = audit.verify(session)
+    if as_json:
+        emit_json({"ok": result.ok, "events": result.events, "first_bad_seq": result.first_bad_seq,
+                   "problem": result.problem})
+    if not result.ok:
+        _fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
+    if not as_json:
+        out.print(f"audit log intact: {result.events} events")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time with offset")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
+) -> None:
+    """Write the audit log to stdout."""
+    writers: dict[str, Callable[..., Iterator[str]]] = {"csv": audit.export_csv, "jsonl": audit.export_jsonl}
+    if fmt not in writers:
+        raise InvalidInputError("--format must be csv or jsonl")
+    start = parse_instant(since, "--since") if since else None
+    with unit_of_work() as session:
+        for chunk in writers[fmt](audit.iter_events(session, start)):
+            sys.stdout.write(chunk)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,232 @@
+"""Do-not-call lists: a global internal list, one per clinic, and the national registry.
+
+Every change bumps the list's version; each policy decision records the
+versions it checked, so a reviewer can tell which data a call was cleared against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import delete, func, insert
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+
+from campaigns import audit
+from campaigns.db import utcnow
+from campaigns.errors import InvalidInputError
+from campaigns.masking import mask_phone
+from campaigns.models import DncEntry, DncList, DncSource
+from campaigns.phones import to_e164
+
+GLOBAL_LIST = "global"
+NATIONAL_LIST = "national"
+_BULK_CHUNK = 5000
+
+
+def clinic_list(clinic_id: int) -> str:
+    return f"clinic:{clinic_id}"
+
+
+def _list(session: Session, name: str) -> DncList:
+    found = session.get(DncList, name, with_for_update=True)
+    if found is None:
+        found = DncList(name=name)
+        session.add(found)
+        session.flush()
+    return found
+
+
+def _bump(dnc_list: DncList, entries_delta: int) -> None:
+    dnc_list.version += 1
+    dnc_list.entries = max(0, dnc_list.entries + entries_delta)
+    dnc_list.updated_at = utcnow()
+
+
+def add(
+    session: Session,
+    phone_e164: str,
+    *,
+    clinic_id: int | None,
+    source: DncSource,
+    reason: str | None,
+    actor: str,
+) -> DncEntry:
+    """Put a number on the clinic's list (or the global one); adding twice changes nothing."""
+    name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
+    dnc_list = _list(session, name)
+    existing = session.execute(
+        select(DncEntry).where(col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164)
+    ).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    entry = DncEntry(
+        list_name=name,
+        phone_e164=phone_e164,
+        clinic_id=clinic_id,
+        source=source,
+        reason=reason,
+        added_by=actor,
+    )
+    session.add(entry)
+    _bump(dnc_list, 1)
+    session.flush()
+    audit.record(
+        session,
+        "dnc.added",
+        {"list": name, "list_version": dnc_list.version, "phone": phone_e164, "source": source, "reason": reason},
+        actor=actor,
+        clinic_id=clinic_id,
+    )
+    return entry
+
+
+def remove(session: Session, phone_e164: str, *, clinic_id: int | None, actor: str) -> bool:
+    name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
+    dnc_list = _list(session, name)
+    removed = session.execute(
+        delete(DncEntry).where(col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164)
+    ).rowcount  # type: ignore[attr-defined]
+    if not removed:
+        return False
+    _bump(dnc_list, -removed)
+    audit.record(
+        session,
+        "dnc.removed",
+        {"list": name, "list_version": dnc_list.version, "phone": phone_e164},
+        actor=actor,
+        clinic_id=clinic_id,
+    )
+    return True
+
+
+def entries(session: Session, *, clinic_id: int | None = None) -> list[DncEntry]:
+    query = select(DncEntry).order_by(col(DncEntry.added_at), col(DncEntry.id))
+    if clinic_id is not None:
+        query = query.where(col(DncEntry.list_name).in_([GLOBAL_LIST, clinic_list(clinic_id)]))
+    else:
+        query = query.where(col(DncEntry.list_name) != NATIONAL_LIST)
+    return list(session.execute(query).scalars())
+
+
+def parse_registry_line(line: str) -> str | None:
+    """A registry flat-file line (``3055550100`` or ``305,5550100``) -> E.164, None if blank."""
+    text = line.strip().replace(" ", "")
+    if not text or text.startswith("#"):
+        return None
+    digits = "".join(text.split(","))
+    if not digits.isdigit():
+        raise InvalidInputError(f"not a number: {mask_phone(text)!r}")
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    if len(digits) != 10:
+        raise InvalidInputError("expected 10 digits (area code and number)")
+    return "+1" + digits
+
+
+@dataclass(frozen=True)
+class RegistryImport:
+    list_name: str
+    version: int
+    entries: int
+    rejected_lines: tuple[int, ...]
+
+
+def import_file(
+    session: Session,
+    lines: Iterable[str],
+    *,
+    source: str,
+    as_of: date,
+    actor: str,
+    default_region: str = "US",
+) -> RegistryImport:
+    """Load a DNC file. ``national`` replaces the registry snapshot; ``internal`` adds to the global list."""
+    if source not in ("national", "internal"):
+        raise InvalidInputError("--source must be national or internal")
+    name = NATIONAL_LIST if source == "national" else GLOBAL_LIST
+    entry_source = DncSource.NATIONAL_REGISTRY if source == "national" else DncSource.INTERNAL
+    dnc_list = _list(session, name)
+    rejected: list[int] = []
+
+    def numbers() -> Iterator[str]:
+        for line_no, line in enumerate(lines, start=1):
+            try:
+                number = (
+                    parse_registry_line(line)
+                    if source == "national"
+                    else (to_e164(line, default_region) if line.strip() else None)
+                )
+            except InvalidInputError:
+                rejected.append(line_no)
+                continue
+            if number is not None:
+                yield number
+
+    if source == "national":
+        # A registry download is a full snapshot: what is no longer listed may be called.
+        session.execute(delete(DncEntry).where(col(DncEntry.list_name) == name))
+        existing: set[str] = set()
+    else:
+        existing = set(
+            session.execute(select(DncEntry.phone_e164).where(col(DncEntry.list_name) == name)).scalars()
+        )
+    now = utcnow()
+    batch: list[dict[str, Any]] = []
+    for number in numbers():
+        if number in existing:
+            continue
+        existing.add(number)
+        batch.append(
+            {"list_name": name, "phone_e164": number, "source": entry_source, "added_by": actor, "added_at": now}
+        )
+        if len(batch) >= _BULK_CHUNK:
+            session.execute(insert(DncEntry), batch)
+            batch = []
+    if batch:
+        session.execute(insert(DncEntry), batch)
+    count = session.execute(
+        select(func.count()).select_from(DncEntry).where(col(DncEntry.list_name) == name)
+    ).scalar_one()
+    _bump(dnc_list, 0)
+    dnc_list.entries = count
+    if source == "national":
+        dnc_list.registry_as_of = as_of
+    audit.record(
+        session,
+        "dnc.imported",
+        {"list": name, "list_version": dnc_list.version, "entries": count, "as_of": as_of.isoformat(),
+         "rejected_lines": rejected[:1000], "rejected": len(rejected)},
+        actor=actor,
+    )
+    return RegistryImport(name, dnc_list.version, count, tuple(rejected))
+
+
+@dataclass(frozen=True)
+class DncLookup:
+    blocked_by: tuple[str, ...]
+    registry_as_of: date | None
+    list_versions: Mapping[str, int]
+
+
+def lookup(session: Session, phone_e164: str, clinic_id: int) -> DncLookup:
+    """Which lists hold this number, and the versions of every list consulted."""
+    names = [GLOBAL_LIST, clinic_list(clinic_id), NATIONAL_LIST]
+    hits = session.execute(
+        select(DncEntry.list_name).where(
+            col(DncEntry.phone_e164) == phone_e164, col(DncEntry.list_name).in_(names)
+        )
+    ).scalars()
+    lists = {
+        row.name: row for row in session.execute(select(DncList).where(col(DncList.name).in_(names))).scalars()
+    }
+    labels = {GLOBAL_LIST: "global", clinic_list(clinic_id): "clinic", NATIONAL_LIST: "national_registry"}
+    national = lists.get(NATIONAL_LIST)
+    return DncLookup(
+        blocked_by=tuple(sorted(labels[name] for name in set(hits))),
+        registry_as_of=national.registry_as_of if national else None,
+        list_versions={labels[n]: (lists[n].version if n in lists else 0) for n in names},
+    )

@@ -1,0 +1,15 @@
+"""Errors a user can act on. The CLI prints their message as one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class CampaignError(Exception):
+    """Base of every error whose message is meant for the person at the keyboard."""
+
+
+class InvalidInputError(CampaignError):
+    pass
+
+
+class NotFoundError(CampaignError):
+    pass
