@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
-from campaigns import audit, clinics, dnc, migrate
+from campaigns import audit, clinics, compliance, dnc, migrate
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
@@ -199,6 +199,37 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
     for key, value in described.items():
         table.add_row(key, "" if value is None else str(value))
     out.print(table)
+
+
+# --- explain ----------------------------------------------------------------
+
+
+@app.command("explain")
+def explain(
+    clinic: Annotated[str, typer.Option(help="Clinic name")],
+    appointment: Annotated[str, typer.Option(help="The clinic's appointment id")],
+    at: Annotated[str | None, typer.Option(help="ISO 8601 instant with offset (default now)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Why this patient may or may not be called at that time, and when next."""
+    now = parse_instant(at, "--at") if at else datetime.now(UTC)
+    with unit_of_work() as session:
+        found_clinic = clinics.get_clinic(session, clinic)
+        found = compliance.find_appointment(session, found_clinic, appointment)
+        number = compliance.next_attempt_number(session, found)
+        decision = compliance.decide_for(session, found, found_clinic, number, now)
+        document = {"appointment": appointment, "attempt_number": number, "at": now.isoformat()}
+        document |= compliance.decision_document(decision)
+    if as_json:
+        emit_json(document)
+        return
+    verdict = "[green]may be called[/]" if decision.allowed else "[red]may not be called[/]"
+    out.print(f"appointment {appointment} (attempt {number}) {verdict} at {now.isoformat()}")
+    for reason in decision.reasons:
+        out.print(f"  - {reason}", markup=False)
+    for zone, local in decision.callee_local_times.items():
+        out.print(f"  callee local time in {zone}: {local}", markup=False)
+    out.print(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False)
 
 
 # --- do-not-call ------------------------------------------------------------

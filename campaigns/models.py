@@ -73,15 +73,18 @@ class Clinic(SQLModel, table=True):
     trunk_id: str | None = Field(default=None, max_length=64)
     agent_name: str | None = Field(default=None, max_length=100)
     max_attempts: int = Field(default=4)
-    retry_base_minutes: int = Field(default=60)
-    retry_cap_minutes: int = Field(default=24 * 60)
+    retry_base_seconds: int = Field(default=60 * 60)
+    retry_cap_seconds: int = Field(default=24 * 60 * 60)
     retry_voicemail: bool = Field(default=True)
-    min_gap_minutes: int = Field(default=60)
+    min_gap_seconds: int = Field(default=60 * 60)
     cutoff_minutes: int = Field(default=120)
     dials_per_number_24h: int = Field(default=3)
     dials_per_number_7d: int = Field(default=6)
     daily_run_time: time = Field(default=time(10, 0))
     lead_days: str = Field(default="1", max_length=40)
+    paused_reason: str | None = Field(
+        default=None, sa_type=Text, description="set on a configuration error; no calls until resumed"
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -123,6 +126,15 @@ class CallAttempt(SQLModel, table=True):
             sqlite_where=text(_OPEN_STATES_SQL),
         ),
         Index("ix_call_attempt_state_due_at", "state", "due_at"),
+        # A daily run creates at most one attempt per appointment, however often it runs.
+        Index(
+            "uq_call_attempt_run_date_per_appointment",
+            "appointment_id",
+            "run_date",
+            unique=True,
+            postgresql_where=text("run_date IS NOT NULL"),
+            sqlite_where=text("run_date IS NOT NULL"),
+        ),
         Index("ix_call_attempt_number_called_dialing_at", "number_called", "dialing_at"),
     )
 
@@ -130,6 +142,7 @@ class CallAttempt(SQLModel, table=True):
     appointment_id: int = Field(foreign_key="appointment.id")
     clinic_id: int = Field(foreign_key="clinic.id", index=True)
     attempt_number: int
+    run_date: date | None = Field(default=None, description="clinic-local date of the daily run that created it")
     state: str = Field(default=AttemptState.SCHEDULED, max_length=16)
     due_at: datetime = Field(sa_type=UTCDateTime)
     number_called: str = Field(max_length=20)
@@ -151,6 +164,19 @@ class CallAttempt(SQLModel, table=True):
     answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DailyRun(SQLModel, table=True):
+    """One clinic's daily run for one clinic-local date; its key makes re-runs harmless."""
+
+    __tablename__ = "daily_run"
+    __table_args__ = (UniqueConstraint("clinic_id", "run_date"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    clinic_id: int = Field(foreign_key="clinic.id")
+    run_date: date
+    attempts_created: int = Field(default=0)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class DncList(SQLModel, table=True):
@@ -208,6 +234,8 @@ class StateRuleRow(SQLModel, table=True):
     effective_to: date | None = None
     window_start: time
     window_end: time
+    saturday_start: time | None = None
+    saturday_end: time | None = None
     sunday_start: time | None = None
     sunday_end: time | None = None
     sunday_banned: bool = False

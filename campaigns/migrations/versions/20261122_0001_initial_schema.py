@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-22 02:58:24.627031
+Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
@@ -55,15 +55,16 @@ def upgrade() -> None:
     sa.Column('trunk_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('agent_name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=True),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
-    sa.Column('retry_base_minutes', sa.Integer(), nullable=False),
-    sa.Column('retry_cap_minutes', sa.Integer(), nullable=False),
+    sa.Column('retry_base_seconds', sa.Integer(), nullable=False),
+    sa.Column('retry_cap_seconds', sa.Integer(), nullable=False),
     sa.Column('retry_voicemail', sa.Boolean(), nullable=False),
-    sa.Column('min_gap_minutes', sa.Integer(), nullable=False),
+    sa.Column('min_gap_seconds', sa.Integer(), nullable=False),
     sa.Column('cutoff_minutes', sa.Integer(), nullable=False),
     sa.Column('dials_per_number_24h', sa.Integer(), nullable=False),
     sa.Column('dials_per_number_7d', sa.Integer(), nullable=False),
     sa.Column('daily_run_time', sa.Time(), nullable=False),
     sa.Column('lead_days', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('paused_reason', sa.Text(), nullable=True),
     sa.Column('created_at', campaigns.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', campaigns.db.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_clinic')),
@@ -84,6 +85,8 @@ def upgrade() -> None:
     sa.Column('effective_to', sa.Date(), nullable=True),
     sa.Column('window_start', sa.Time(), nullable=False),
     sa.Column('window_end', sa.Time(), nullable=False),
+    sa.Column('saturday_start', sa.Time(), nullable=True),
+    sa.Column('saturday_end', sa.Time(), nullable=True),
     sa.Column('sunday_start', sa.Time(), nullable=True),
     sa.Column('sunday_end', sa.Time(), nullable=True),
     sa.Column('sunday_banned', sa.Boolean(), nullable=False),
@@ -130,6 +133,16 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_appointment_phone_e164'), ['phone_e164'], unique=False)
         batch_op.create_index(batch_op.f('ix_appointment_starts_at'), ['starts_at'], unique=False)
 
+    op.create_table('daily_run',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('clinic_id', sa.Integer(), nullable=False),
+    sa.Column('run_date', sa.Date(), nullable=False),
+    sa.Column('attempts_created', sa.Integer(), nullable=False),
+    sa.Column('started_at', campaigns.db.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['clinic_id'], ['clinic.id'], name=op.f('fk_daily_run_clinic_id_clinic')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_daily_run')),
+    sa.UniqueConstraint('clinic_id', 'run_date', name=op.f('uq_daily_run_clinic_id_run_date'))
+    )
     op.create_table('dnc_entry',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('list_name', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -152,6 +165,7 @@ def upgrade() -> None:
     sa.Column('appointment_id', sa.Integer(), nullable=False),
     sa.Column('clinic_id', sa.Integer(), nullable=False),
     sa.Column('attempt_number', sa.Integer(), nullable=False),
+    sa.Column('run_date', sa.Date(), nullable=True),
     sa.Column('state', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('due_at', campaigns.db.UTCDateTime(timezone=True), nullable=False),
     sa.Column('number_called', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
@@ -183,41 +197,15 @@ def upgrade() -> None:
         batch_op.create_index('ix_call_attempt_number_called_dialing_at', ['number_called', 'dialing_at'], unique=False)
         batch_op.create_index('ix_call_attempt_state_due_at', ['state', 'due_at'], unique=False)
         batch_op.create_index('uq_call_attempt_open_per_appointment', ['appointment_id'], unique=True, postgresql_where=sa.text("state IN ('scheduled', 'queued', 'dialing', 'answered')"), sqlite_where=sa.text("state IN ('scheduled', 'queued', 'dialing', 'answered')"))
+        batch_op.create_index('uq_call_attempt_run_date_per_appointment', ['appointment_id', 'run_date'], unique=True, postgresql_where=sa.text('run_date IS NOT NULL'), sqlite_where=sa.text('run_date IS NOT NULL'))
 
     # ### end Alembic commands ###
-    _make_audit_log_append_only()
-
-
-def _make_audit_log_append_only() -> None:
-    # The hash chain proves tampering after the fact; the triggers stop casual edits.
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute(
-            """
-            CREATE FUNCTION audit_event_append_only() RETURNS trigger AS $$
-            BEGIN
-                RAISE EXCEPTION 'audit_event is append-only';
-            END;
-            $$ LANGUAGE plpgsql
-            """
-        )
-        op.execute(
-            "CREATE TRIGGER audit_event_append_only BEFORE UPDATE OR DELETE ON audit_event "
-            "FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()"
-        )
-    else:
-        for action in ("UPDATE", "DELETE"):
-            op.execute(
-                f"CREATE TRIGGER audit_event_no_{action.lower()} BEFORE {action} ON audit_event "
-                "BEGIN SELECT RAISE(ABORT, 'audit_event is append-only'); END"
-            )
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER audit_event_append_only ON audit_event")
-        op.execute("DROP FUNCTION audit_event_append_only()")
     # ### commands auto generated by Alembic - please adjust! ###
     with op.batch_alter_table('call_attempt', schema=None) as batch_op:
+        batch_op.drop_index('uq_call_attempt_run_date_per_appointment', postgresql_where=sa.text('run_date IS NOT NULL'), sqlite_where=sa.text('run_date IS NOT NULL'))
         batch_op.drop_index('uq_call_attempt_open_per_appointment', postgresql_where=sa.text("state IN ('scheduled', 'queued', 'dialing', 'answered')"), sqlite_where=sa.text("state IN ('scheduled', 'queued', 'dialing', 'answered')"))
         batch_op.drop_index('ix_call_attempt_state_due_at')
         batch_op.drop_index('ix_call_attempt_number_called_dialing_at')
@@ -228,6 +216,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_dnc_entry_phone_e164'))
 
     op.drop_table('dnc_entry')
+    op.drop_table('daily_run')
     with op.batch_alter_table('appointment', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_appointment_starts_at'))
         batch_op.drop_index(batch_op.f('ix_appointment_phone_e164'))

@@ -1,0 +1,204 @@
+"""The database side of the compliance policy: builds the pure inputs of
+:func:`campaigns.policy.decide` from rows, and stores the state rule table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert
+from sqlalchemy.orm import Session
+from sqlmodel import col, func, select
+
+from campaigns import dnc
+from campaigns.clinics import parse_holidays, parse_weekdays
+from campaigns.errors import NotFoundError
+from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Clinic, StateRuleRow
+from campaigns.policy import (
+    Callee,
+    CallingWindow,
+    Decision,
+    DncCheck,
+    History,
+    Policy,
+    StateRule,
+    decide,
+    load_seed_state_rules,
+)
+
+NUMBER_CAP_SPAN = timedelta(days=7)
+
+
+def _window(start: time | None, end: time | None) -> CallingWindow | None:
+    return CallingWindow(start, end) if start is not None and end is not None else None
+
+
+def _rule_from_row(row: StateRuleRow) -> StateRule:
+    window = _window(row.window_start, row.window_end)
+    assert window is not None
+    return StateRule(
+        state=row.state,
+        effective_from=row.effective_from,
+        effective_to=row.effective_to,
+        window=window,
+        sunday_window=_window(row.sunday_start, row.sunday_end),
+        saturday_window=_window(row.saturday_start, row.saturday_end),
+        sunday_banned=row.sunday_banned,
+        holiday_banned=row.holiday_banned,
+        extra_holidays=tuple(datetime.fromisoformat(d).date() for d in json.loads(row.extra_holidays)),
+        max_calls_per_24h=row.max_calls_per_24h,
+        citation=row.citation,
+    )
+
+
+def _row_values(rule: StateRule) -> dict[str, Any]:
+    return {
+        "state": rule.state,
+        "effective_from": rule.effective_from,
+        "effective_to": rule.effective_to,
+        "window_start": rule.window.start,
+        "window_end": rule.window.end,
+        "saturday_start": rule.saturday_window.start if rule.saturday_window else None,
+        "saturday_end": rule.saturday_window.end if rule.saturday_window else None,
+        "sunday_start": rule.sunday_window.start if rule.sunday_window else None,
+        "sunday_end": rule.sunday_window.end if rule.sunday_window else None,
+        "sunday_banned": rule.sunday_banned,
+        "holiday_banned": rule.holiday_banned,
+        "extra_holidays": json.dumps([d.isoformat() for d in rule.extra_holidays]),
+        "max_calls_per_24h": rule.max_calls_per_24h,
+        "citation": rule.citation,
+    }
+
+
+def sync_seed_state_rules(connection: Connection) -> None:
+    """Replace the state rule table with the packaged one (run by migrations)."""
+    connection.execute(delete(StateRuleRow))
+    connection.execute(insert(StateRuleRow), [_row_values(r) for r in load_seed_state_rules()])
+
+
+def load_state_rules(session: Session) -> tuple[tuple[StateRule, ...], str]:
+    """The rules in force and their version: a digest of the table, so any data change shows."""
+    rows = session.execute(
+        select(StateRuleRow).order_by(col(StateRuleRow.state), col(StateRuleRow.effective_from))
+    ).scalars()
+    rules = tuple(_rule_from_row(r) for r in rows)
+    digest = hashlib.sha256(
+        json.dumps([asdict(r) for r in rules], default=str, sort_keys=True).encode()
+    ).hexdigest()
+    return rules, f"rules-{digest[:12]}"
+
+
+def policy_for(clinic: Clinic, rules: Sequence[StateRule], ruleset_version: str) -> Policy:
+    window = CallingWindow(clinic.window_start, clinic.window_end)
+    return Policy(
+        clinic_window=window,
+        clinic_weekdays=frozenset(parse_weekdays(clinic.weekdays)),
+        clinic_holidays=parse_holidays(clinic.holidays) if clinic.holidays else None,
+        state_rules=tuple(rules),
+        max_attempts=clinic.max_attempts,
+        cutoff=timedelta(minutes=clinic.cutoff_minutes),
+        min_gap=timedelta(seconds=clinic.min_gap_seconds),
+        max_dials_per_number_24h=clinic.dials_per_number_24h,
+        max_dials_per_number_7d=clinic.dials_per_number_7d,
+        ruleset_version=ruleset_version,
+    )
+
+
+def callee_for(appointment: Appointment, clinic: Clinic) -> Callee:
+    return Callee(
+        phone_e164=appointment.phone_e164,
+        country=clinic.country,
+        timezone=appointment.patient_timezone,
+        state=appointment.patient_state,
+        zip_code=appointment.patient_zip,
+        appointment_start=appointment.starts_at,
+        appointment_status=appointment.status,
+    )
+
+
+def history_for(
+    session: Session, appointment: Appointment, attempt_number: int, now: datetime
+) -> History:
+    """Earlier dials of this appointment, and of its number by anyone, in the last week."""
+    last = session.execute(
+        select(func.max(CallAttempt.dialing_at)).where(
+            col(CallAttempt.appointment_id) == appointment.id
+        )
+    ).scalar_one_or_none()
+    dials = session.execute(
+        select(CallAttempt.dialing_at).where(
+            col(CallAttempt.number_called) == appointment.phone_e164,
+            col(CallAttempt.dialing_at) > now - NUMBER_CAP_SPAN,
+        )
+    ).scalars()
+    return History(
+        attempt_number=attempt_number,
+        last_attempt_at=last,
+        dials_to_number=tuple(sorted(d for d in dials if d is not None)),
+    )
+
+
+def decide_for(
+    session: Session,
+    appointment: Appointment,
+    clinic: Clinic,
+    attempt_number: int,
+    now: datetime,
+    rules: tuple[tuple[StateRule, ...], str] | None = None,
+) -> Decision:
+    """Everything the policy needs, read in the caller's transaction, then the pure decision."""
+    state_rules, version = rules or load_state_rules(session)
+    assert clinic.id is not None
+    found = dnc.lookup(session, appointment.phone_e164, clinic.id)
+    return decide(
+        callee_for(appointment, clinic),
+        history_for(session, appointment, attempt_number, now),
+        now,
+        policy_for(clinic, state_rules, version),
+        DncCheck(found.blocked_by, found.registry_as_of, found.list_versions),
+    )
+
+
+def decision_document(decision: Decision) -> dict[str, Any]:
+    """The decision as an auditor reads it (and as ``explain --json`` prints it)."""
+    return {
+        "allowed": decision.allowed,
+        "reasons": list(decision.reasons),
+        "next_allowed_at": decision.next_allowed_at.isoformat().replace("+00:00", "Z")
+        if decision.next_allowed_at
+        else None,
+        "callee_zones": list(decision.callee_zones),
+        "callee_local_times": dict(decision.callee_local_times),
+        "callee_states": list(decision.callee_states),
+        "zone_source": decision.zone_source,
+        "ruleset_version": decision.ruleset_version,
+        "dnc_list_versions": dict(decision.dnc_list_versions),
+    }
+
+
+def next_attempt_number(session: Session, appointment: Appointment) -> int:
+    """The attempt the policy is asked about: the open one, else the one after the last."""
+    numbers = session.execute(
+        select(CallAttempt.attempt_number, CallAttempt.state).where(
+            col(CallAttempt.appointment_id) == appointment.id
+        )
+    ).all()
+    open_numbers = [n for n, state in numbers if state in OPEN_ATTEMPT_STATES]
+    if open_numbers:
+        return max(open_numbers)
+    return max((n for n, _ in numbers), default=0) + 1
+
+
+def find_appointment(session: Session, clinic: Clinic, external_id: str) -> Appointment:
+    appointment = session.execute(
+        select(Appointment).where(
+            col(Appointment.clinic_id) == clinic.id, col(Appointment.external_id) == external_id
+        )
+    ).scalar_one_or_none()
+    if appointment is None:
+        raise NotFoundError(f"clinic {clinic.name!r} has no appointment {external_id!r}")
+    return appointment
