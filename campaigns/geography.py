@@ -1,0 +1,477 @@
+"""Where a callee may be: candidate time zones and US states.
+
+Pure lookups, no I/O: the tables below ship with the code.
+
+- ``locate(...)`` returns a :class:`Location` with the candidate IANA zones and the
+  US states whose rules apply to a call.
+- Zones, in order of precedence: the patient's explicit timezone; else the zones
+  of the states of the patient's address (``state`` and/or ``zip_code``); else the
+  phone number: the zones of its area-code state (every zone of that state: the
+  presumption is by state) plus ``phonenumbers.timezone.time_zones_for_number``.
+  An unknown or too broad answer for a US number falls back to
+  :data:`US_FALLBACK_ZONES` (safe in every zone of the 50 states + DC, never a
+  guess). A non-US number uses phonenumbers' zones, or its country's zones.
+- States: the union of the address state, the ZIP3 state and the area-code state
+  (calls to e.g. Florida area codes are presumed to reach Florida residents).
+
+The area-code table was generated from phonenumbers' English geocoder (area-code
+level description, else the majority of its exchanges) for numbers whose region is
+US; an area code missing from it is looked up in the geocoder at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import phonenumbers
+from phonenumbers import geocoder
+from phonenumbers import timezone as pn_timezone
+
+__all__ = [
+    "US_FALLBACK_ZONES",
+    "US_STATE_ZONES",
+    "Location",
+    "locate",
+    "state_for_area_code",
+    "state_for_number",
+    "state_for_zip",
+    "zones_for_number",
+    "zones_for_state",
+]
+
+UNKNOWN_ZONE = "Etc/Unknown"
+
+#: Zones covering the 50 states + DC (Adak: Aleutians, HST with DST; Phoenix: no DST).
+US_FALLBACK_ZONES: tuple[str, ...] = (
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Phoenix",
+    "America/Los_Angeles",
+    "America/Anchorage",
+    "America/Adak",
+    "Pacific/Honolulu",
+)
+
+#: Every zone observed in a state (official parts; multi-zone states list all).
+US_STATE_ZONES: dict[str, tuple[str, ...]] = {
+    "AL": ("America/Chicago",),
+    "AK": (
+        "America/Anchorage",
+        "America/Juneau",
+        "America/Sitka",
+        "America/Yakutat",
+        "America/Nome",
+        "America/Metlakatla",
+        "America/Adak",
+    ),
+    "AZ": ("America/Phoenix", "America/Denver"),  # Navajo Nation observes DST
+    "AR": ("America/Chicago",),
+    "CA": ("America/Los_Angeles",),
+    "CO": ("America/Denver",),
+    "CT": ("America/New_York",),
+    "DE": ("America/New_York",),
+    "DC": ("America/New_York",),
+    "FL": ("America/New_York", "America/Chicago"),  # panhandle is Central
+    "GA": ("America/New_York",),
+    "HI": ("Pacific/Honolulu",),
+    "ID": ("America/Boise", "America/Los_Angeles"),
+    "IL": ("America/Chicago",),
+    "IN": ("America/Indiana/Indianapolis", "America/Chicago"),
+    "IA": ("America/Chicago",),
+    "KS": ("America/Chicago", "America/Denver"),
+    "KY": ("America/New_York", "America/Chicago"),
+    "LA": ("America/Chicago",),
+    "ME": ("America/New_York",),
+    "MD": ("America/New_York",),
+    "MA": ("America/New_York",),
+    "MI": ("America/Detroit", "America/Menominee"),
+    "MN": ("America/Chicago",),
+    "MS": ("America/Chicago",),
+    "MO": ("America/Chicago",),
+    "MT": ("America/Denver",),
+    "NE": ("America/Chicago", "America/Denver"),
+    "NV": ("America/Los_Angeles", "America/Denver"),  # West Wendover is Mountain
+    "NH": ("America/New_York",),
+    "NJ": ("America/New_York",),
+    "NM": ("America/Denver",),
+    "NY": ("America/New_York",),
+    "NC": ("America/New_York",),
+    "ND": ("America/Chicago", "America/Denver"),
+    "OH": ("America/New_York",),
+    "OK": ("America/Chicago",),
+    "OR": ("America/Los_Angeles", "America/Boise"),  # Malheur County is Mountain
+    "PA": ("America/New_York",),
+    "RI": ("America/New_York",),
+    "SC": ("America/New_York",),
+    "SD": ("America/Chicago", "America/Denver"),
+    "TN": ("America/New_York", "America/Chicago"),
+    "TX": ("America/Chicago", "America/Denver"),  # El Paso, Hudspeth are Mountain
+    "UT": ("America/Denver",),
+    "VT": ("America/New_York",),
+    "VA": ("America/New_York",),
+    "WA": ("America/Los_Angeles",),
+    "WV": ("America/New_York",),
+    "WI": ("America/Chicago",),
+    "WY": ("America/Denver",),
+    # Territories with a USPS code (not in the fallback set).
+    "PR": ("America/Puerto_Rico",),
+    "VI": ("America/St_Thomas",),
+    "GU": ("Pacific/Guam",),
+    "MP": ("Pacific/Saipan",),
+    "AS": ("Pacific/Pago_Pago",),
+}
+
+# ZIP3 prefix ranges (inclusive) -> state. Military (AA/AE/AP) and unassigned
+# prefixes are absent: they give no state.
+_ZIP3_RANGES: tuple[tuple[int, int, str], ...] = (
+    (5, 5, "NY"),
+    (6, 7, "PR"),
+    (8, 8, "VI"),
+    (9, 9, "PR"),
+    (10, 27, "MA"),
+    (28, 29, "RI"),
+    (30, 38, "NH"),
+    (39, 49, "ME"),
+    (50, 54, "VT"),
+    (55, 55, "MA"),
+    (56, 59, "VT"),
+    (60, 69, "CT"),
+    (70, 89, "NJ"),
+    (100, 149, "NY"),
+    (150, 196, "PA"),
+    (197, 199, "DE"),
+    (200, 200, "DC"),
+    (201, 201, "VA"),
+    (202, 205, "DC"),
+    (206, 219, "MD"),
+    (220, 246, "VA"),
+    (247, 268, "WV"),
+    (270, 289, "NC"),
+    (290, 299, "SC"),
+    (300, 319, "GA"),
+    (320, 339, "FL"),
+    (341, 349, "FL"),
+    (350, 369, "AL"),
+    (370, 385, "TN"),
+    (386, 397, "MS"),
+    (398, 399, "GA"),
+    (400, 427, "KY"),
+    (430, 459, "OH"),
+    (460, 479, "IN"),
+    (480, 499, "MI"),
+    (500, 528, "IA"),
+    (530, 549, "WI"),
+    (550, 567, "MN"),
+    (569, 569, "DC"),
+    (570, 577, "SD"),
+    (580, 588, "ND"),
+    (590, 599, "MT"),
+    (600, 629, "IL"),
+    (630, 658, "MO"),
+    (660, 679, "KS"),
+    (680, 693, "NE"),
+    (700, 714, "LA"),
+    (716, 729, "AR"),
+    (730, 732, "OK"),
+    (733, 733, "TX"),
+    (734, 749, "OK"),
+    (750, 799, "TX"),
+    (800, 816, "CO"),
+    (820, 831, "WY"),
+    (832, 838, "ID"),
+    (840, 847, "UT"),
+    (850, 865, "AZ"),
+    (870, 884, "NM"),
+    (885, 885, "TX"),
+    (889, 898, "NV"),
+    (900, 961, "CA"),
+    (967, 968, "HI"),
+    (969, 969, "GU"),
+    (970, 979, "OR"),
+    (980, 994, "WA"),
+    (995, 999, "AK"),
+)
+
+# NANP area code -> state for numbers whose region is US (generated, see module doc).
+_NPA_BY_STATE: dict[str, str] = {
+    "AK": "907",
+    "AL": "205 251 256 334 659 938",
+    "AR": "327 479 501 870",
+    "AZ": "480 520 602 623 928",
+    "CA": (
+        "209 213 279 310 323 341 350 369 408 415 424 442 510 530 559 562 619 626 628 650 "
+        "657 661 669 707 714 738 747 760 805 818 820 831 840 858 909 916 925 949 951"
+    ),
+    "CO": "303 719 720 748 970 983",
+    "CT": "203 475 860 959",
+    "DC": "202 771",
+    "DE": "302",
+    "FL": (
+        "239 305 321 324 352 386 407 448 561 645 656 689 727 728 754 772 786 813 850 863 "
+        "904 941 954"
+    ),
+    "GA": "229 404 470 478 678 706 762 770 912 943",
+    "HI": "808",
+    "IA": "319 515 563 641 712",
+    "ID": "208 986",
+    "IL": "217 224 309 312 331 447 464 618 630 708 730 773 779 815 847 872",
+    "IN": "219 260 317 463 574 765 812 930",
+    "KS": "316 620 785 913",
+    "KY": "270 364 502 606 859",
+    "LA": "225 318 337 504 985",
+    "MA": "339 351 413 508 617 774 781 857 978",
+    "MD": "227 240 301 410 443 667",
+    "ME": "207",
+    "MI": "231 248 269 313 517 586 616 734 810 906 947 989",
+    "MN": "218 320 507 612 651 763 952",
+    "MO": "235 314 417 557 573 636 660 816 975",
+    "MS": "228 601 662 769",
+    "MT": "406",
+    "NC": "252 336 472 704 743 828 910 919 980 984",
+    "ND": "701",
+    "NE": "308 402 531",
+    "NH": "603",
+    "NJ": "201 551 609 640 732 848 856 862 908 973",
+    "NM": "505 575",
+    "NV": "702 725 775",
+    "NY": "212 315 329 332 347 363 516 518 585 607 631 646 680 716 718 838 845 914 917 929 934",
+    "OH": "216 220 234 283 326 330 380 419 440 513 567 614 740 937",
+    "OK": "405 539 572 580 918",
+    "OR": "458 503 541 971",
+    "PA": "215 223 267 272 412 445 484 570 582 610 717 724 814 835 878",
+    "RI": "401",
+    "SC": "803 821 839 843 854 864",
+    "SD": "605",
+    "TN": "423 615 629 731 865 901 931",
+    "TX": (
+        "210 214 254 281 325 346 361 409 430 432 469 512 682 713 726 737 806 817 830 832 "
+        "903 915 936 940 945 956 972 979"
+    ),
+    "UT": "385 435 801",
+    "VA": "276 434 540 571 686 703 757 804 826 948",
+    "VT": "802",
+    "WA": "206 253 360 425 509 564",
+    "WI": "262 274 353 414 534 608 715 920",
+    "WV": "304 681",
+    "WY": "307",
+}
+
+_STATE_BY_NPA: dict[str, str] = {
+    npa: state for state, npas in _NPA_BY_STATE.items() for npa in npas.split()
+}
+
+_STATE_NAMES: dict[str, str] = {
+    "Alabama": "AL",
+    "Alaska": "AK",
+    "Arizona": "AZ",
+    "Arkansas": "AR",
+    "California": "CA",
+    "Colorado": "CO",
+    "Connecticut": "CT",
+    "Delaware": "DE",
+    "Florida": "FL",
+    "Georgia": "GA",
+    "Hawaii": "HI",
+    "Idaho": "ID",
+    "Illinois": "IL",
+    "Indiana": "IN",
+    "Iowa": "IA",
+    "Kansas": "KS",
+    "Kentucky": "KY",
+    "Louisiana": "LA",
+    "Maine": "ME",
+    "Maryland": "MD",
+    "Massachusetts": "MA",
+    "Michigan": "MI",
+    "Minnesota": "MN",
+    "Mississippi": "MS",
+    "Missouri": "MO",
+    "Montana": "MT",
+    "Nebraska": "NE",
+    "Nevada": "NV",
+    "New Hampshire": "NH",
+    "New Jersey": "NJ",
+    "New Mexico": "NM",
+    "New York": "NY",
+    "North Carolina": "NC",
+    "North Dakota": "ND",
+    "Ohio": "OH",
+    "Oklahoma": "OK",
+    "Oregon": "OR",
+    "Pennsylvania": "PA",
+    "Rhode Island": "RI",
+    "South Carolina": "SC",
+    "South Dakota": "SD",
+    "Tennessee": "TN",
+    "Texas": "TX",
+    "Utah": "UT",
+    "Vermont": "VT",
+    "Virginia": "VA",
+    "Washington": "WA",
+    "Washington State": "WA",
+    "Washington D.C.": "DC",
+    "District of Columbia": "DC",
+    "West Virginia": "WV",
+    "Wisconsin": "WI",
+    "Wyoming": "WY",
+}
+
+# A US number's phonenumbers zones longer than this (e.g. toll-free: every NANP zone)
+# say nothing about where the callee is.
+_MAX_SPECIFIC_ZONES = 3
+_US_ZONES: frozenset[str] = frozenset(z for zs in US_STATE_ZONES.values() for z in zs)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Candidate zones (all must allow a call) and states (all rules apply)."""
+
+    zones: tuple[str, ...]
+    states: tuple[str, ...]
+    zone_source: str  # patient_timezone | address_state | phone_number | us_fallback | unknown
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@lru_cache(maxsize=1)
+def _available() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _valid_zone(name: str) -> bool:
+    if name not in _available():
+        return False
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def zones_for_state(state: str) -> tuple[str, ...]:
+    """Every zone of a US state or territory (USPS code); () when unknown."""
+    return US_STATE_ZONES.get(state.strip().upper(), ())
+
+
+def state_for_zip(zip_code: str) -> str | None:
+    """State of a US ZIP code by its 3-digit prefix; None when unknown/invalid."""
+    digits = re.sub(r"\D", "", zip_code)
+    if len(digits) not in (5, 9):
+        return None
+    prefix = int(digits[:3])
+    for lo, hi, state in _ZIP3_RANGES:
+        if lo <= prefix <= hi:
+            return state
+    return None
+
+
+def state_for_area_code(npa: str) -> str | None:
+    """State of a US NANP area code from the shipped table, None when unknown."""
+    return _STATE_BY_NPA.get(npa)
+
+
+def _parse(phone_e164: str, country: str) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(phone_e164, country.upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _state_from_description(description: str) -> str | None:
+    if description in _STATE_NAMES:
+        return _STATE_NAMES[description]
+    match = re.search(r", ([A-Z]{2})$", description)
+    if match and match.group(1) in US_STATE_ZONES:
+        return match.group(1)
+    return None
+
+
+def state_for_number(phone_e164: str, country: str = "US") -> str | None:
+    """The state a US number's area code presumes (e.g. +1 305 -> FL); None if not US."""
+    number = _parse(phone_e164, country)
+    if number is None or phonenumbers.region_code_for_number(number) != "US":
+        return None
+    npa = str(number.national_number)[:3]
+    state = state_for_area_code(npa)
+    if state is None:
+        state = _state_from_description(geocoder.description_for_number(number, "en"))
+    return state
+
+
+def _country_zones(region: str) -> tuple[str, ...]:
+    code = phonenumbers.country_code_for_region(region.upper())
+    if not code:
+        return ()
+    zones = pn_timezone.time_zones_for_geographical_number(
+        phonenumbers.PhoneNumber(country_code=code, national_number=0)
+    )
+    return tuple(z for z in zones if z != UNKNOWN_ZONE and _valid_zone(z))
+
+
+def zones_for_number(phone_e164: str, country: str = "US") -> tuple[str, ...]:
+    """phonenumbers' zones for the number, () when unknown or too broad for a US number."""
+    number = _parse(phone_e164, country)
+    if number is None:
+        return ()
+    zones = tuple(z for z in pn_timezone.time_zones_for_number(number) if z != UNKNOWN_ZONE)
+    region = phonenumbers.region_code_for_number(number)
+    if region == "US" and (
+        len(zones) > _MAX_SPECIFIC_ZONES or any(z not in _US_ZONES for z in zones)
+    ):
+        return ()
+    return tuple(z for z in zones if _valid_zone(z))
+
+
+def _address_states(state: str | None, zip_code: str | None) -> tuple[str, ...]:
+    found: list[str] = []
+    if state and state.strip().upper() in US_STATE_ZONES:
+        found.append(state.strip().upper())
+    if zip_code:
+        zip_state = state_for_zip(zip_code)
+        if zip_state:
+            found.append(zip_state)
+    return _dedupe(found)
+
+
+def locate(
+    phone_e164: str,
+    country: str,
+    timezone: str | None = None,
+    state: str | None = None,
+    zip_code: str | None = None,
+) -> Location:
+    """Candidate zones and states for a callee (see the module docstring)."""
+    address = _address_states(state, zip_code)
+    number_state = state_for_number(phone_e164, country)
+    states = tuple(sorted(set(address) | ({number_state} if number_state else set())))
+
+    if timezone and _valid_zone(timezone.strip()):
+        return Location((timezone.strip(),), states, "patient_timezone")
+    if address:
+        zones = _dedupe(z for s in address for z in zones_for_state(s))
+        return Location(zones, states, "address_state")
+
+    number = _parse(phone_e164, country)
+    region = phonenumbers.region_code_for_number(number) if number is not None else None
+    region = region or country.upper()
+    phone_zones = _dedupe(
+        [
+            *(zones_for_state(number_state) if number_state else ()),
+            *zones_for_number(phone_e164, country),
+        ]
+    )
+    if phone_zones:
+        return Location(phone_zones, states, "phone_number")
+    if region == "US" or (region in ("ZZ", "001") and country.upper() == "US"):
+        return Location(US_FALLBACK_ZONES, states, "us_fallback")
+    country_zones = _country_zones(region)
+    if country_zones:
+        return Location(country_zones, states, "country")
+    return Location((), states, "unknown")
