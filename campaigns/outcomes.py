@@ -1,0 +1,202 @@
+"""Outcomes of a call attempt and the classification of a failed dial.
+
+Pure: :func:`classify_dial_error` maps the error of ``CreateSIPParticipant``
+(``wait_until_answered``) to an outcome. It classifies by the ``sip_status_code``
+metadata, never by the Twirp code alone: LiveKit changed the Twirp code of SIP
+failures in late 2025, the SIP status is the stable signal (SPEC section 5).
+
+==========================================  ==========================  ======  =========
+error (HTTP status / Twirp code, metadata)  outcome                     config  ambiguous
+==========================================  ==========================  ======  =========
+any status, sip 486 / 600                   busy
+any status, sip 480 / 487 / 408             no_answer
+any status, sip 603 / 607 / 608             declined
+any status, sip 404 / 410 / 484 / 604       invalid_number
+any status, sip 401 / 407                   none (trunk auth rejected)  yes
+any status, other sip 1xx..6xx              failed
+408 ``canceled``, no metadata               no_answer (ringing timeout)
+401 ``unauthenticated``, no metadata        none (API key/secret)       yes
+403 ``permission_denied``, no metadata      none (grant ``sip.call``)   yes
+404 ``not_found``, no metadata              none (unknown trunk id)     yes
+other 4xx, no metadata                      failed (request refused)
+5xx, no metadata                            failed                              yes
+no HTTP status (transport error, timeout)   failed                              yes
+==========================================  ==========================  ======  =========
+
+"ambiguous" means LiveKit may have dialed the patient: the attempt is failed and
+never re-sent; the retry policy creates a new attempt later. A configuration
+error is not an outcome of the call: nothing was dialed and every further dial
+would fail the same way, so the caller pauses and alerts instead of retrying.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    CONFIRMED = "confirmed"
+    CANCELLED = "cancelled"
+    RESCHEDULE_REQUESTED = "reschedule_requested"
+    VOICEMAIL = "voicemail"
+    NO_ANSWER = "no_answer"
+    BUSY = "busy"
+    DECLINED = "declined"
+    INVALID_NUMBER = "invalid_number"
+    WRONG_NUMBER = "wrong_number"
+    OPTED_OUT = "opted_out"
+    FAILED = "failed"
+
+
+# What the voice agent may report after the patient (or a voicemail box) answered.
+AGENT_OUTCOMES: frozenset[Outcome] = frozenset(
+    {
+        Outcome.CONFIRMED,
+        Outcome.CANCELLED,
+        Outcome.RESCHEDULE_REQUESTED,
+        Outcome.VOICEMAIL,
+        Outcome.WRONG_NUMBER,
+        Outcome.OPTED_OUT,
+    }
+)
+
+# Outcomes after which another attempt may be scheduled. Voicemail is retried only
+# when the clinic says so (``Clinic.retry_voicemail``); see :func:`is_retryable`.
+RETRYABLE_OUTCOMES: frozenset[Outcome] = frozenset(
+    {Outcome.NO_ANSWER, Outcome.BUSY, Outcome.VOICEMAIL, Outcome.FAILED}
+)
+
+# Outcomes that end calling for the appointment, whatever the clinic's settings.
+TERMINAL_OUTCOMES: frozenset[Outcome] = frozenset(Outcome) - RETRYABLE_OUTCOMES
+
+
+def is_retryable(outcome: Outcome, *, retry_voicemail: bool) -> bool:
+    """Whether ``outcome`` allows another attempt (attempt caps aside)."""
+    if outcome is Outcome.VOICEMAIL:
+        return retry_voicemail
+    return outcome in RETRYABLE_OUTCOMES
+
+
+@dataclass(frozen=True)
+class DialClassification:
+    """How a failed dial is recorded.
+
+    ``outcome`` is ``None`` exactly when ``config_error`` is true: the engine's
+    configuration, not the callee, made the dial fail.
+    """
+
+    outcome: Outcome | None
+    config_error: bool
+    ambiguous: bool
+    reason: str
+
+
+# Twirp error codes and the HTTP status Twirp gives them, for an error that
+# carries a code but no status.
+_TWIRP_HTTP_STATUS: dict[str, int] = {
+    "canceled": 408,
+    "invalid_argument": 400,
+    "malformed": 400,
+    "deadline_exceeded": 408,
+    "not_found": 404,
+    "bad_route": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "unauthenticated": 401,
+    "resource_exhausted": 429,
+    "failed_precondition": 412,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unknown": 500,
+    "unavailable": 503,
+    "dataloss": 500,
+}
+
+_SIP_BUSY = frozenset({486, 600})
+_SIP_NO_ANSWER = frozenset({408, 480, 487})
+_SIP_DECLINED = frozenset({603, 607, 608})
+_SIP_INVALID = frozenset({404, 410, 484, 604})
+_SIP_TRUNK_AUTH = frozenset({401, 407})
+
+
+def classify_sip_status(sip_status_code: int) -> DialClassification:
+    """The outcome of a dial the carrier answered with a final SIP status."""
+    code = sip_status_code
+    if code in _SIP_BUSY:
+        return DialClassification(Outcome.BUSY, False, False, f"sip {code}: callee busy")
+    if code in _SIP_NO_ANSWER:
+        return DialClassification(Outcome.NO_ANSWER, False, False, f"sip {code}: not answered")
+    if code in _SIP_DECLINED:
+        return DialClassification(Outcome.DECLINED, False, False, f"sip {code}: call declined")
+    if code in _SIP_INVALID:
+        return DialClassification(
+            Outcome.INVALID_NUMBER, False, False, f"sip {code}: number does not exist"
+        )
+    if code in _SIP_TRUNK_AUTH:
+        return DialClassification(
+            None,
+            True,
+            False,
+            f"sip {code}: the carrier rejected the trunk's credentials; fix auth_username/"
+            "auth_password of the clinic's outbound trunk (CLI: campaigns trunk create)",
+        )
+    if 500 <= code < 600:
+        return DialClassification(Outcome.FAILED, False, False, f"sip {code}: carrier failure")
+    return DialClassification(Outcome.FAILED, False, False, f"sip {code}: call not completed")
+
+
+def classify_dial_error(
+    http_status: int | None,
+    twirp_code: str | None,
+    message: str,
+    sip_status_code: int | None,
+) -> DialClassification:
+    """Classify a failed ``CreateSIPParticipant`` (see the module's table).
+
+    ``http_status`` is ``None`` for a transport error (connection lost, timeout)
+    where no response was read. A refused connection proves nothing was sent; the
+    gateway handles that case itself, before asking this function.
+    """
+    if sip_status_code is not None:
+        return classify_sip_status(sip_status_code)
+    status = http_status
+    if status is None and twirp_code is not None:
+        status = _TWIRP_HTTP_STATUS.get(twirp_code)
+    detail = f"{status or 'no response'} {twirp_code or ''}: {message}".strip()
+    if status is None:
+        reason = f"transport error, the call may have been placed ({detail})"
+        return DialClassification(Outcome.FAILED, False, True, reason)
+    if status >= 500:
+        reason = f"LiveKit server error, the call may have been placed ({detail})"
+        return DialClassification(Outcome.FAILED, False, True, reason)
+    if status == 408 or twirp_code == "canceled":
+        return DialClassification(Outcome.NO_ANSWER, False, False, f"ringing timeout ({detail})")
+    if status == 401 or twirp_code == "unauthenticated":
+        return DialClassification(
+            None,
+            True,
+            False,
+            f"LiveKit rejected the API credentials; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET "
+            f"({detail})",
+        )
+    if status == 403 or twirp_code == "permission_denied":
+        return DialClassification(
+            None,
+            True,
+            False,
+            "LiveKit denied the request; the API key LIVEKIT_API_KEY needs the sip.call grant "
+            f"(and roomAdmin) ({detail})",
+        )
+    if status == 404 or twirp_code == "not_found":
+        return DialClassification(
+            None,
+            True,
+            False,
+            "unknown SIP outbound trunk; fix the clinic's trunk id (clinic trunk_id or "
+            f"LIVEKIT_SIP_TRUNK_ID, list trunks with `campaigns trunk list`) ({detail})",
+        )
+    reason = f"request refused by LiveKit, nothing dialed ({detail})"
+    return DialClassification(Outcome.FAILED, False, False, reason)
