@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from livekit import api
@@ -43,9 +44,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def stats(session: aiohttp.ClientSession, url: str) -> dict:
+async def stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     async with session.get(f"{url}/_sim/stats") as resp:
-        return await resp.json()
+        document: dict[str, Any] = await resp.json()
+        return document
 
 
 async def bench(url: str, pid: int, calls: int, ring: int, speed: float, limit: float) -> None:
@@ -64,9 +66,12 @@ async def bench(url: str, pid: int, calls: int, ring: int, speed: float, limit: 
 
         async def one(i: int) -> str:
             req = CreateSIPParticipantRequest(
-                sip_trunk_id="ST_default", sip_call_to=f"+1555{i:06d}02",
-                room_name=f"bench-{i}", participant_identity=f"callee-{i}",
-                wait_until_answered=True)
+                sip_trunk_id="ST_default",
+                sip_call_to=f"+1555{i:06d}02",
+                room_name=f"bench-{i}",
+                participant_identity=f"callee-{i}",
+                wait_until_answered=True,
+            )
             req.ringing_timeout.seconds = ring
             try:
                 # The client's own floor (ring + 2 s) is too tight while this one
@@ -86,14 +91,18 @@ async def bench(url: str, pid: int, calls: int, ring: int, speed: float, limit: 
             s = await stats(session, url)
             rss = rss_mb(pid)
             peak_flight, peak_rss = max(peak_flight, s["in_flight"]), max(peak_rss, rss)
-            print(f"t={time.monotonic() - started:5.1f}s in_flight={s['in_flight']:5d} "
-                  f"dials={s['dials']:5d} server_rss={rss:.0f} MB")
+            print(
+                f"t={time.monotonic() - started:5.1f}s in_flight={s['in_flight']:5d} "
+                f"dials={s['dials']:5d} server_rss={rss:.0f} MB"
+            )
         results = Counter(t.result() for t in tasks)
         elapsed = time.monotonic() - started
         print(f"\n{calls} calls ringing {ring}s: done in {elapsed:.1f}s; results {dict(results)}")
-        print(f"peak in flight {peak_flight} (server max_in_flight "
-              f"{(await stats(session, url))['max_in_flight']}); server RSS idle {base:.0f} MB, "
-              f"peak {peak_rss:.0f} MB (+{(peak_rss - base) * 1024 / max(calls, 1):.1f} KB/call)")
+        print(
+            f"peak in flight {peak_flight} (server max_in_flight "
+            f"{(await stats(session, url))['max_in_flight']}); server RSS idle {base:.0f} MB, "
+            f"peak {peak_rss:.0f} MB (+{(peak_rss - base) * 1024 / max(calls, 1):.1f} KB/call)"
+        )
 
 
 def main() -> None:
@@ -113,16 +122,37 @@ def main() -> None:
     env = {**os.environ, "LIVEKIT_API_KEY": "devkey", "LIVEKIT_API_SECRET": SECRET}
     env.pop("CAMPAIGNS_BROKER_URL", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port),
-         "--speed", str(args.speed), "--scenario", f.name, "--trunk", "ST_default",
-         "--no-report", "--log-level", "WARNING"],
-        env=env, cwd=Path(__file__).resolve().parent.parent,
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--speed",
+            str(args.speed),
+            "--scenario",
+            f.name,
+            "--trunk",
+            "ST_default",
+            "--no-report",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     limit = args.ring / args.speed + 120
     try:
-        asyncio.run(asyncio.wait_for(
-            bench(f"http://127.0.0.1:{port}", server.pid, args.calls, args.ring, args.speed, limit),
-            limit))
+        asyncio.run(
+            asyncio.wait_for(
+                bench(
+                    f"http://127.0.0.1:{port}", server.pid, args.calls, args.ring, args.speed, limit
+                ),
+                limit,
+            )
+        )
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -204,7 +204,10 @@ class LiveKitTelephony:
             exc = state.outcome.exception() if state.outcome else None
             logger.warning(
                 "%s failed (%s), try %d of %d; retrying (attempt=%s)",
-                what, _describe(exc) if exc else "?", state.attempt_number, self._attempts,
+                what,
+                _describe(exc) if exc else "?",
+                state.attempt_number,
+                self._attempts,
                 attempt_id,
             )
 
@@ -266,7 +269,9 @@ class LiveKitTelephony:
             return result
         except Exception as err:  # transport errors after the retries, or a bug: not dialed
             logger.warning(
-                "agent dispatch failed, nothing dialed %s: %s", where, _describe(err),
+                "agent dispatch failed, nothing dialed %s: %s",
+                where,
+                _describe(err),
                 exc_info=not isinstance(err, aiohttp.ClientError | TimeoutError),
             )
             await self._discard_room(req.room_name)
@@ -321,7 +326,11 @@ class LiveKitTelephony:
         log = logger.error if result.config_error else logger.info
         log(
             "not answered %s outcome=%s sip=%s ambiguous=%s: %s",
-            where, result.outcome, result.sip_status_code, result.ambiguous, result.error,
+            where,
+            result.outcome,
+            result.sip_status_code,
+            result.ambiguous,
+            result.error,
         )
         await self._discard_room(req.room_name)
         return result

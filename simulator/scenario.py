@@ -75,23 +75,37 @@ def _invite_failed(code: int, reason: str) -> str:
 
 # What a real LiveKit server returns for each failed callee (SPEC section 5).
 FAILURES: dict[str, SipFailure] = {
-    "busy": SipFailure(429, "resource_exhausted", _invite_failed(486, "Busy Here"), 486,
-                       "Busy Here"),
-    "busy_everywhere": SipFailure(429, "resource_exhausted",
-                                  _invite_failed(600, "Busy Everywhere"), 600, "Busy Everywhere"),
-    "unavailable": SipFailure(429, "resource_exhausted",
-                              _invite_failed(480, "Temporarily Unavailable"), 480,
-                              "Temporarily Unavailable"),
+    "busy": SipFailure(
+        429, "resource_exhausted", _invite_failed(486, "Busy Here"), 486, "Busy Here"
+    ),
+    "busy_everywhere": SipFailure(
+        429, "resource_exhausted", _invite_failed(600, "Busy Everywhere"), 600, "Busy Everywhere"
+    ),
+    "unavailable": SipFailure(
+        429,
+        "resource_exhausted",
+        _invite_failed(480, "Temporarily Unavailable"),
+        480,
+        "Temporarily Unavailable",
+    ),
     "no_answer": SipFailure(408, "canceled", "sip request timed out", latency="ringing_timeout"),
-    "aborted": SipFailure(409, "aborted", _invite_failed(487, "Request Terminated"), 487,
-                          "Request Terminated"),
-    "declined": SipFailure(403, "permission_denied", _invite_failed(603, "Decline"), 603,
-                           "Decline"),
-    "invalid_number": SipFailure(404, "not_found", _invite_failed(404, "Not Found"), 404,
-                                 "Not Found", latency="fail_fast"),
-    "carrier_failure": SipFailure(412, "failed_precondition",
-                                  _invite_failed(503, "Service Unavailable"), 503,
-                                  "Service Unavailable", latency="fail_fast"),
+    "aborted": SipFailure(
+        409, "aborted", _invite_failed(487, "Request Terminated"), 487, "Request Terminated"
+    ),
+    "declined": SipFailure(
+        403, "permission_denied", _invite_failed(603, "Decline"), 603, "Decline"
+    ),
+    "invalid_number": SipFailure(
+        404, "not_found", _invite_failed(404, "Not Found"), 404, "Not Found", latency="fail_fast"
+    ),
+    "carrier_failure": SipFailure(
+        412,
+        "failed_precondition",
+        _invite_failed(503, "Service Unavailable"),
+        503,
+        "Service Unavailable",
+        latency="fail_fast",
+    ),
 }
 
 BEHAVIOURS = frozenset(ANSWERED_OUTCOMES) | frozenset(FAILURES)
@@ -164,8 +178,16 @@ class Scenario:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
         known = {
-            "seed", "weights", "suffixes", "numbers", "latency", "default_ringing_timeout",
-            "fail_first_n_requests_with_503", "fail_methods", "fail_503_after_dialing", "down",
+            "seed",
+            "weights",
+            "suffixes",
+            "numbers",
+            "latency",
+            "default_ringing_timeout",
+            "fail_first_n_requests_with_503",
+            "fail_methods",
+            "fail_503_after_dialing",
+            "down",
         }
         unknown = set(data) - known
         if unknown:
@@ -186,8 +208,9 @@ class Scenario:
                 suffixes.pop(suffix, None)
             else:
                 suffixes[suffix] = _check_behaviour(name, "suffixes")
-        numbers = {str(k): _check_behaviour(v, "numbers") for k, v in
-                   dict(data.get("numbers", {})).items()}
+        numbers = {
+            str(k): _check_behaviour(v, "numbers") for k, v in dict(data.get("numbers", {})).items()
+        }
         latency = dict(base.latency)
         for key, value in dict(data.get("latency", {})).items():
             if key not in DEFAULT_LATENCY:
@@ -262,8 +285,11 @@ def _check_behaviour(name: object, where: str) -> str:
 def _range(key: str, value: object) -> tuple[float, float]:
     if isinstance(value, int | float):
         return float(value), float(value)
-    if (isinstance(value, list | tuple) and len(value) == 2
-            and all(isinstance(v, int | float) for v in value)):
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int | float) for v in value)
+    ):
         low, high = float(value[0]), float(value[1])
         if 0 <= low <= high:
             return low, high

@@ -85,7 +85,7 @@ class CeleryReporter:
     """
 
     def __init__(self, broker_url: str) -> None:
-        from celery import Celery  # noqa: PLC0415 - heavy import, only when reporting
+        from celery import Celery
 
         self._app = Celery("livekit-simulator", broker=broker_url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-report")
@@ -309,8 +309,9 @@ class Simulator:
         if header.get("alg") != "HS256":
             raise jwt.InvalidAlgorithmError("alg must be HS256")
         signing_input, _, signature = token.rpartition(".")
-        expected = hmac.new(self.config.api_secret.encode(), signing_input.encode(),
-                            hashlib.sha256).digest()
+        expected = hmac.new(
+            self.config.api_secret.encode(), signing_input.encode(), hashlib.sha256
+        ).digest()
         if not hmac.compare_digest(expected, base64url_decode(signature)):
             raise jwt.InvalidSignatureError("signature verification failed")
         claims = jwt.decode(token, options={"verify_signature": False})
@@ -494,8 +495,9 @@ class Simulator:
                 if failure.latency == "ringing_timeout":
                     delay = call.ringing_timeout
                 else:
-                    delay = min(scenario.duration(failure.latency, number, room),
-                                call.ringing_timeout)
+                    delay = min(
+                        scenario.duration(failure.latency, number, room), call.ringing_timeout
+                    )
                 await asyncio.sleep(cfg.scaled(delay))
                 call.answer.set_result(failure)
                 call.record["end"] = "failed"
@@ -550,8 +552,9 @@ class Simulator:
             attempt_id = int(meta["attempt_id"])
             token = str(meta["report_token"])
         except (ValueError, KeyError, TypeError):
-            logger.warning("room=%s dispatch metadata lacks attempt_id/report_token",
-                           call.room_name)
+            logger.warning(
+                "room=%s dispatch metadata lacks attempt_id/report_token", call.room_name
+            )
             return
         detail: dict[str, Any] = {
             "source": "livekit-simulator",
@@ -615,7 +618,8 @@ class Simulator:
 
     def list_outbound_trunks(self, req: pb_sip.ListSIPOutboundTrunkRequest) -> Message:
         items = [
-            t for t in self.trunks.values()
+            t
+            for t in self.trunks.values()
             if (not req.trunk_ids or t.sip_trunk_id in req.trunk_ids)
             and (not req.numbers or set(t.numbers) & set(req.numbers))
         ]
@@ -637,8 +641,13 @@ class Simulator:
         if not room.calls:
             self._schedule_expiry(room, EMPTY_ROOM_TIMEOUT)
         self.dispatch_log.append(
-            {"at": time.time(), "id": dispatch.id, "agent_name": req.agent_name,
-             "room": req.room, "metadata": req.metadata}
+            {
+                "at": time.time(),
+                "id": dispatch.id,
+                "agent_name": req.agent_name,
+                "room": req.room,
+                "metadata": req.metadata,
+            }
         )
         return dispatch
 
@@ -669,15 +678,17 @@ class Simulator:
             p.attributes.update(call.attributes)
             people.append(p)
         for dispatch in room.dispatches:
-            people.append(pb_models.ParticipantInfo(
-                sid="PA_" + dispatch.id[3:],
-                identity=f"agent-{dispatch.id}",
-                name=dispatch.agent_name,
-                state=state.ACTIVE,
-                kind=kind.AGENT,
-                joined_at=int(room.created_at),
-                joined_at_ms=int(room.created_at * 1000),
-            ))
+            people.append(
+                pb_models.ParticipantInfo(
+                    sid="PA_" + dispatch.id[3:],
+                    identity=f"agent-{dispatch.id}",
+                    name=dispatch.agent_name,
+                    state=state.ACTIVE,
+                    kind=kind.AGENT,
+                    joined_at=int(room.created_at),
+                    joined_at_ms=int(room.created_at * 1000),
+                )
+            )
         return pb_room.ListParticipantsResponse(participants=people)
 
 
@@ -712,24 +723,29 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "livekit.SIP/CreateSIPParticipant": Method(
-        pb_sip.CreateSIPParticipantRequest, _sip_call, "CreateSIPParticipant"),
+        pb_sip.CreateSIPParticipantRequest, _sip_call, "CreateSIPParticipant"
+    ),
     "livekit.SIP/CreateSIPOutboundTrunk": Method(
-        pb_sip.CreateSIPOutboundTrunkRequest, _sip_admin, "CreateSIPOutboundTrunk"),
+        pb_sip.CreateSIPOutboundTrunkRequest, _sip_admin, "CreateSIPOutboundTrunk"
+    ),
     "livekit.SIP/ListSIPOutboundTrunk": Method(
-        pb_sip.ListSIPOutboundTrunkRequest, _sip_admin, "ListSIPOutboundTrunk"),
+        pb_sip.ListSIPOutboundTrunkRequest, _sip_admin, "ListSIPOutboundTrunk"
+    ),
     "livekit.AgentDispatchService/CreateDispatch": Method(
-        pb_dispatch.CreateAgentDispatchRequest, _room_admin, "CreateDispatch"),
-    "livekit.RoomService/DeleteRoom": Method(
-        pb_room.DeleteRoomRequest, _room_create, "DeleteRoom"),
+        pb_dispatch.CreateAgentDispatchRequest, _room_admin, "CreateDispatch"
+    ),
+    "livekit.RoomService/DeleteRoom": Method(pb_room.DeleteRoomRequest, _room_create, "DeleteRoom"),
     "livekit.RoomService/ListParticipants": Method(
-        pb_room.ListParticipantsRequest, _room_admin, "ListParticipants"),
+        pb_room.ListParticipantsRequest, _room_admin, "ListParticipants"
+    ),
 }
 
 SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator", Simulator)
 
 
-async def _execute(sim: Simulator, method: Method, req: Any, request_id: str,
-                   as_json: bool) -> Reply:
+async def _execute(
+    sim: Simulator, method: Method, req: Any, request_id: str, as_json: bool
+) -> Reply:
     low, high = sim.scenario.latency["api"]
     if high > 0:
         await asyncio.sleep(sim.config.scaled(random.uniform(low, high)))  # noqa: S311
@@ -760,8 +776,9 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
     path = f"{request.match_info['service']}/{request.match_info['method']}"
     method = METHODS.get(path)
     if method is None:
-        return error_reply(TwirpError(404, "bad_route", f"no handler for path /twirp/{path}")
-                           ).response()
+        return error_reply(
+            TwirpError(404, "bad_route", f"no handler for path /twirp/{path}")
+        ).response()
     scenario = sim.scenario
     if scenario.down == "drop":
         sim.counters["rejected_5xx"] += 1
@@ -777,8 +794,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         try:
             if as_json:
-                req = json_format.Parse(body or b"{}", method.request(),
-                                        ignore_unknown_fields=True)
+                req = json_format.Parse(body or b"{}", method.request(), ignore_unknown_fields=True)
             else:
                 req = method.request.FromString(body)
         except (DecodeError, json_format.ParseError) as exc:
@@ -924,8 +940,19 @@ def run(
     app = create_app(config)
     logger.info(
         "LiveKit simulator on http://%s:%s speed=%s api_key=%s reports=%s",
-        host, port, speed, config.api_key, "celery" if config.broker_url else "recorded only",
+        host,
+        port,
+        speed,
+        config.api_key,
+        "celery" if config.broker_url else "recorded only",
     )
     with contextlib.suppress(KeyboardInterrupt):
-        web.run_app(app, host=host, port=port, access_log=None, print=None,
-                    shutdown_timeout=1.0, backlog=4096)
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            access_log=None,
+            print=None,
+            shutdown_timeout=1.0,
+            backlog=4096,
+        )

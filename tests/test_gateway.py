@@ -276,8 +276,9 @@ def test_connection_refused_is_a_clean_failure() -> None:
     # Nothing listens on the port now: every connection is refused.
 
     async def go() -> CallResult:
-        async with LiveKitTelephony(f"http://127.0.0.1:{port}", "devkey", "x" * 40,
-                                    retry_initial=0.01, retry_max=0.02) as tel:
+        async with LiveKitTelephony(
+            f"http://127.0.0.1:{port}", "devkey", "x" * 40, retry_initial=0.01, retry_max=0.02
+        ) as tel:
             return await tel.place_call(call_request(number("00")))
 
     result = asyncio.run(go())
@@ -341,8 +342,9 @@ class Relay:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-def place_through_relay(sim: SimulatorHandle, req: CallRequest,
-                        reopen_after: float | None) -> CallResult:
+def place_through_relay(
+    sim: SimulatorHandle, req: CallRequest, reopen_after: float | None
+) -> CallResult:
     async def go() -> CallResult:
         relay = Relay(sim.url, reopen_after)
         url = await relay.start()
@@ -351,8 +353,15 @@ def place_through_relay(sim: SimulatorHandle, req: CallRequest,
             connector=aiohttp.TCPConnector(force_close=True),
             timeout=aiohttp.ClientTimeout(total=10),
         ) as session:
-            tel = LiveKitTelephony(url, sim.api_key, sim.api_secret, session=session,
-                                   attempts=6, retry_initial=0.03, retry_max=0.1)
+            tel = LiveKitTelephony(
+                url,
+                sim.api_key,
+                sim.api_secret,
+                session=session,
+                attempts=6,
+                retry_initial=0.03,
+                retry_max=0.1,
+            )
             try:
                 return await tel.place_call(req)
             finally:
@@ -429,8 +438,9 @@ def test_missing_settings_are_refused() -> None:
 
 
 def test_participants_and_hang_up() -> None:
-    with running_simulator(speed=SPEED, default_trunk_id=TRUNK,
-                           scenario={"latency": {"call": [2000, 2000]}}) as s:
+    with running_simulator(
+        speed=SPEED, default_trunk_id=TRUNK, scenario={"latency": {"call": [2000, 2000]}}
+    ) as s:
         req = call_request(number("00"))
 
         async def go() -> tuple[list[str], list[str]]:

@@ -16,14 +16,28 @@ from campaigns.outcomes import (
 
 def test_vocabulary_is_exact() -> None:
     assert {o.value for o in Outcome} == {
-        "confirmed", "cancelled", "reschedule_requested", "voicemail", "no_answer", "busy",
-        "declined", "invalid_number", "wrong_number", "opted_out", "failed",
+        "confirmed",
+        "cancelled",
+        "reschedule_requested",
+        "voicemail",
+        "no_answer",
+        "busy",
+        "declined",
+        "invalid_number",
+        "wrong_number",
+        "opted_out",
+        "failed",
     }
 
 
 def test_outcome_sets() -> None:
     assert {o.value for o in AGENT_OUTCOMES} == {
-        "confirmed", "cancelled", "reschedule_requested", "voicemail", "wrong_number", "opted_out",
+        "confirmed",
+        "cancelled",
+        "reschedule_requested",
+        "voicemail",
+        "wrong_number",
+        "opted_out",
     }
     assert {o.value for o in RETRYABLE_OUTCOMES} == {"no_answer", "busy", "voicemail", "failed"}
     assert frozenset(Outcome) == TERMINAL_OUTCOMES | RETRYABLE_OUTCOMES
@@ -75,8 +89,14 @@ def test_sip_failures(status: int, code: str, msg: str, sip: int | None, outcome
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(429, "resource_exhausted"), (403, "permission_denied"), (500, "internal"), (None, None),
-     (412, "failed_precondition"), (200, "unknown")],
+    [
+        (429, "resource_exhausted"),
+        (403, "permission_denied"),
+        (500, "internal"),
+        (None, None),
+        (412, "failed_precondition"),
+        (200, "unknown"),
+    ],
 )
 def test_sip_status_wins_over_twirp_code(status: int | None, code: str | None) -> None:
     # LiveKit changed the Twirp code of SIP failures in late 2025; the SIP code is stable.
@@ -120,8 +140,15 @@ def test_trunk_auth_rejected_by_carrier_is_a_configuration_error(sip: int) -> No
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(None, None), (500, "internal"), (502, None), (503, "unavailable"), (504, None),
-     (None, "unavailable"), (None, "deadline_exceeded_unknown")],
+    [
+        (None, None),
+        (500, "internal"),
+        (502, None),
+        (503, "unavailable"),
+        (504, None),
+        (None, "unavailable"),
+        (None, "deadline_exceeded_unknown"),
+    ],
 )
 def test_transport_and_server_errors_are_ambiguous(status: int | None, code: str | None) -> None:
     result = classify_dial_error(status, code, "boom", None)
@@ -132,8 +159,12 @@ def test_transport_and_server_errors_are_ambiguous(status: int | None, code: str
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(400, "invalid_argument"), (429, "resource_exhausted"), (412, "failed_precondition"),
-     (409, "aborted")],
+    [
+        (400, "invalid_argument"),
+        (429, "resource_exhausted"),
+        (412, "failed_precondition"),
+        (409, "aborted"),
+    ],
 )
 def test_other_refusals_without_metadata_are_plain_failures(status: int, code: str) -> None:
     result = classify_dial_error(status, code, "nope", None)
@@ -143,6 +174,8 @@ def test_other_refusals_without_metadata_are_plain_failures(status: int, code: s
 
 
 def test_reason_keeps_the_server_message() -> None:
-    assert "sip request timed out" in classify_dial_error(408, "canceled", "sip request timed out",
-                                                          None).reason
+    assert (
+        "sip request timed out"
+        in classify_dial_error(408, "canceled", "sip request timed out", None).reason
+    )
     assert "486" in classify_dial_error(429, "resource_exhausted", "", 486).reason

@@ -8,6 +8,7 @@ from campaigns.policy import (
     TERMINAL_STATUSES,
     Callee,
     CallingWindow,
+    Decision,
     DncCheck,
     History,
     Policy,
@@ -48,7 +49,7 @@ def callee(phone: str = "+12125551234", **kw: object) -> Callee:
 
 
 def at(zone: ZoneInfo, *args: int, fold: int = 0) -> datetime:
-    return datetime(*args, tzinfo=zone, fold=fold).astimezone(UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=zone, fold=fold).astimezone(UTC)  # type: ignore[arg-type, misc]
 
 
 def run(
@@ -57,13 +58,13 @@ def run(
     policy: Policy = POLICY,
     history: History | None = None,
     dnc: DncCheck | None = None,
-):
+) -> Decision:
     if dnc is None:  # fresh registry data unless a test says otherwise
         dnc = replace(DNC, registry_as_of=now.date())
     return decide(c, history or History(1), now, policy, dnc)
 
 
-def codes(decision) -> set[str]:
+def codes(decision: Decision) -> set[str]:
     return {r.split(":")[0] for r in decision.reasons}
 
 

@@ -16,14 +16,30 @@ BASE = timedelta(minutes=60)
 CAP = timedelta(hours=24)
 
 
-def due(outcome: Outcome, n: int, *, jitter: float = 0.5, retry_voicemail: bool = True,
-        max_attempts: int = 10) -> datetime | None:
-    return next_retry_due(outcome, n, ENDED, base=BASE, cap=CAP, retry_voicemail=retry_voicemail,
-                          max_attempts=max_attempts, jitter=jitter)
+def due(
+    outcome: Outcome,
+    n: int,
+    *,
+    jitter: float = 0.5,
+    retry_voicemail: bool = True,
+    max_attempts: int = 10,
+) -> datetime | None:
+    return next_retry_due(
+        outcome,
+        n,
+        ENDED,
+        base=BASE,
+        cap=CAP,
+        retry_voicemail=retry_voicemail,
+        max_attempts=max_attempts,
+        jitter=jitter,
+    )
 
 
-@pytest.mark.parametrize(("n", "hours"), [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 20),
-                                          (7, 20), (40, 20), (10_000, 20)])
+@pytest.mark.parametrize(
+    ("n", "hours"),
+    [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 20), (7, 20), (40, 20), (10_000, 20)],
+)
 def test_exponential_then_capped_without_jitter(n: int, hours: int) -> None:
     assert due(Outcome.NO_ANSWER, n, max_attempts=100_000) == ENDED + timedelta(hours=hours)
 
@@ -59,8 +75,19 @@ def test_stops_at_max_attempts() -> None:
 
 
 def test_accepts_the_outcome_string() -> None:
-    assert next_retry_due("busy", 1, ENDED, base=BASE, cap=CAP,  # type: ignore[arg-type]
-                          retry_voicemail=False, max_attempts=3, jitter=0.5) is not None
+    assert (
+        next_retry_due(
+            "busy",  # type: ignore[arg-type]
+            1,
+            ENDED,
+            base=BASE,
+            cap=CAP,
+            retry_voicemail=False,
+            max_attempts=3,
+            jitter=0.5,
+        )
+        is not None
+    )
 
 
 @pytest.mark.parametrize(
@@ -70,14 +97,30 @@ def test_accepts_the_outcome_string() -> None:
 def test_rejects_bad_input(kwargs: dict[str, float]) -> None:
     n = int(kwargs.pop("n", 1))
     with pytest.raises(ValueError, match=r"attempt_number|jitter"):
-        next_retry_due(Outcome.BUSY, n, ENDED, base=BASE, cap=CAP, retry_voicemail=True,
-                       max_attempts=3, jitter=kwargs.get("jitter", 0.5))
+        next_retry_due(
+            Outcome.BUSY,
+            n,
+            ENDED,
+            base=BASE,
+            cap=CAP,
+            retry_voicemail=True,
+            max_attempts=3,
+            jitter=kwargs.get("jitter", 0.5),
+        )
 
 
 def test_rejects_naive_end_time() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        next_retry_due(Outcome.BUSY, 1, datetime(2026, 3, 2, 15, 0), base=BASE, cap=CAP,
-                       retry_voicemail=True, max_attempts=3, jitter=0.5)
+        next_retry_due(
+            Outcome.BUSY,
+            1,
+            datetime(2026, 3, 2, 15, 0),
+            base=BASE,
+            cap=CAP,
+            retry_voicemail=True,
+            max_attempts=3,
+            jitter=0.5,
+        )
 
 
 @given(

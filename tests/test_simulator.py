@@ -61,8 +61,9 @@ def lkapi(sim: SimulatorHandle, **kw: Any) -> api.LiveKitAPI:
     return api.LiveKitAPI(sim.url, sim.api_key, sim.api_secret, failover=False, **kw)
 
 
-def dial_request(number: str, room: str | None = None, *, wait: bool = True,
-                 ringing: int = 15, **kw: Any) -> CreateSIPParticipantRequest:
+def dial_request(
+    number: str, room: str | None = None, *, wait: bool = True, ringing: int = 15, **kw: Any
+) -> CreateSIPParticipantRequest:
     req = CreateSIPParticipantRequest(
         sip_trunk_id=kw.pop("trunk", TRUNK),
         sip_call_to=number,
@@ -97,8 +98,11 @@ FAILURE_SHAPES = {
     "02": (408, "canceled", {}),
     "04": (403, "permission_denied", {"sip_status_code": "603", "sip_status": "Decline"}),
     "05": (404, "not_found", {"sip_status_code": "404", "sip_status": "Not Found"}),
-    "06": (412, "failed_precondition",
-           {"sip_status_code": "503", "sip_status": "Service Unavailable"}),
+    "06": (
+        412,
+        "failed_precondition",
+        {"sip_status_code": "503", "sip_status": "Service Unavailable"},
+    ),
 }
 
 
@@ -116,15 +120,27 @@ def test_failed_callee_returns_livekit_error_shape(sim: SimulatorHandle, suffix:
         assert isinstance(err, SipCallError)
         assert err.sip_status_code == int(meta["sip_status_code"])
     [call] = sim.calls()
-    expected = {"01": "busy", "02": "no_answer", "04": "declined", "05": "invalid_number",
-                "06": "carrier_failure"}[suffix]
+    expected = {
+        "01": "busy",
+        "02": "no_answer",
+        "04": "declined",
+        "05": "invalid_number",
+        "06": "carrier_failure",
+    }[suffix]
     assert call["result"] == expected
 
 
-@pytest.mark.parametrize(("suffix", "outcome"), [
-    ("00", "confirmed"), ("03", "voicemail"), ("07", "cancelled"),
-    ("08", "reschedule_requested"), ("09", "opted_out"), ("10", "wrong_number"),
-])
+@pytest.mark.parametrize(
+    ("suffix", "outcome"),
+    [
+        ("00", "confirmed"),
+        ("03", "voicemail"),
+        ("07", "cancelled"),
+        ("08", "reschedule_requested"),
+        ("09", "opted_out"),
+        ("10", "wrong_number"),
+    ],
+)
 def test_answered_callee_returns_participant_info(
     sim: SimulatorHandle, suffix: str, outcome: str
 ) -> None:
@@ -184,10 +200,12 @@ def test_missing_field_is_invalid_argument(sim: SimulatorHandle, missing: str) -
 
 def test_weighted_mix_is_deterministic_and_close_to_weights() -> None:
     scenario = Scenario()
-    picks = [scenario.behaviour_for(f"+1555{n:07d}", f"room-{n}") for n in range(4000)
-             if n % 100 > 10]
-    again = [scenario.behaviour_for(f"+1555{n:07d}", f"room-{n}") for n in range(4000)
-             if n % 100 > 10]
+    picks = [
+        scenario.behaviour_for(f"+1555{n:07d}", f"room-{n}") for n in range(4000) if n % 100 > 10
+    ]
+    again = [
+        scenario.behaviour_for(f"+1555{n:07d}", f"room-{n}") for n in range(4000) if n % 100 > 10
+    ]
     assert picks == again
     shares = Counter(picks)
     total = sum(DEFAULT_WEIGHTS.values())
@@ -200,12 +218,16 @@ def test_weighted_mix_is_deterministic_and_close_to_weights() -> None:
 
 def test_scenario_file_overrides(tmp_path: Path) -> None:
     path = tmp_path / "scenario.json"
-    path.write_text(json.dumps({
-        "weights": {"busy": 1},
-        "suffixes": {"42": "declined", "00": None},
-        "numbers": {"+15559999999": "voicemail"},
-        "latency": {"answer": [1, 2]},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "weights": {"busy": 1},
+                "suffixes": {"42": "declined", "00": None},
+                "numbers": {"+15559999999": "voicemail"},
+                "latency": {"answer": [1, 2]},
+            }
+        )
+    )
     scenario = Scenario.load(path)
     assert scenario.behaviour_for("+15550000042", "r") == "declined"
     assert scenario.behaviour_for("+15550000000", "r") == "busy"  # suffix removed
@@ -252,8 +274,14 @@ def test_down_modes(sim: SimulatorHandle) -> None:
 # --- auth ----------------------------------------------------------------------------
 
 
-def token(sim: SimulatorHandle, *, secret: str | None = None, ttl: float = 600,
-          video: api.VideoGrants | None = None, sip: api.SIPGrants | None = None) -> str:
+def token(
+    sim: SimulatorHandle,
+    *,
+    secret: str | None = None,
+    ttl: float = 600,
+    video: api.VideoGrants | None = None,
+    sip: api.SIPGrants | None = None,
+) -> str:
     tok = api.AccessToken(sim.api_key, secret or sim.api_secret)
     tok.with_ttl(dt.timedelta(seconds=ttl))
     if video:
@@ -286,12 +314,17 @@ def test_bad_token_is_unauthenticated(sim: SimulatorHandle, case: str) -> None:
 
 def test_missing_authorization_is_unauthenticated(sim: SimulatorHandle) -> None:
     async def go() -> int:
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{sim.url}/twirp/livekit.SIP/CreateSIPParticipant", data=b"",
-            headers={"Content-Type": "application/protobuf"},
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{sim.url}/twirp/livekit.SIP/CreateSIPParticipant",
+                data=b"",
+                headers={"Content-Type": "application/protobuf"},
+            ) as resp,
+        ):
             assert (await resp.json())["code"] == "unauthenticated"
             return resp.status
+
     assert asyncio.run(go()) == 401
 
 
@@ -305,7 +338,8 @@ def test_missing_grants_are_permission_denied(sim: SimulatorHandle) -> None:
         jwt_token = token(sim, video=api.VideoGrants(room_admin=True, room="room-a"))
         async with lkapi(sim, token=jwt_token) as lk:
             return await lk.agent_dispatch.create_dispatch(
-                CreateAgentDispatchRequest(agent_name="a", room="room-b"))
+                CreateAgentDispatchRequest(agent_name="a", room="room-b")
+            )
 
     with pytest.raises(ServerError) as info:
         asyncio.run(other_room_dispatch())
@@ -352,19 +386,28 @@ def test_repeated_request_id_dials_once(sim: SimulatorHandle) -> None:
 # --- trunks, dispatch, rooms, reports ---------------------------------------------------
 
 
-def test_outbound_trunk_create_and_list(sim: SimulatorHandle, caplog: pytest.LogCaptureFixture
-                                        ) -> None:
+def test_outbound_trunk_create_and_list(
+    sim: SimulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
     secret = "trunk-password-do-not-log"
 
     async def go() -> tuple[Any, Any, Any]:
         async with lkapi(sim) as lk:
-            created = await lk.sip.create_outbound_trunk(CreateSIPOutboundTrunkRequest(
-                trunk=SIPOutboundTrunkInfo(
-                    name="clinic", address="sip.carrier.example", numbers=["+15550001111"],
-                    auth_username="clinic", auth_password=secret)))
+            created = await lk.sip.create_outbound_trunk(
+                CreateSIPOutboundTrunkRequest(
+                    trunk=SIPOutboundTrunkInfo(
+                        name="clinic",
+                        address="sip.carrier.example",
+                        numbers=["+15550001111"],
+                        auth_username="clinic",
+                        auth_password=secret,
+                    )
+                )
+            )
             everything = await lk.sip.list_outbound_trunk(ListSIPOutboundTrunkRequest())
             one = await lk.sip.list_outbound_trunk(
-                ListSIPOutboundTrunkRequest(trunk_ids=[created.sip_trunk_id]))
+                ListSIPOutboundTrunkRequest(trunk_ids=[created.sip_trunk_id])
+            )
             return created, everything, one
 
     with caplog.at_level("DEBUG"):
@@ -381,10 +424,14 @@ def test_outbound_trunk_create_and_list(sim: SimulatorHandle, caplog: pytest.Log
 def test_json_bodies_are_accepted(sim: SimulatorHandle) -> None:
     async def go() -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token(sim, sip=api.SIPGrants(admin=True))}"}
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{sim.url}/twirp/livekit.SIP/ListSIPOutboundTrunk", json={}, headers=headers
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{sim.url}/twirp/livekit.SIP/ListSIPOutboundTrunk", json={}, headers=headers
+            ) as resp,
+        ):
             return resp.status, await resp.json()
+
     status, payload = asyncio.run(go())
     assert status == 200
     assert payload["items"][0]["sip_trunk_id"] == TRUNK
@@ -396,8 +443,11 @@ def test_dispatch_participants_and_delete_room(sim: SimulatorHandle) -> None:
 
     async def go() -> None:
         async with lkapi(sim) as lk:
-            dispatch = await lk.agent_dispatch.create_dispatch(CreateAgentDispatchRequest(
-                agent_name="appointment-confirmer", room=room, metadata=metadata))
+            dispatch = await lk.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(
+                    agent_name="appointment-confirmer", room=room, metadata=metadata
+                )
+            )
             assert dispatch.id.startswith("AD_")
             assert (dispatch.room, dispatch.metadata) == (room, metadata)
             await lk.sip.create_sip_participant(dial_request("+15550123400", room))
@@ -408,8 +458,10 @@ def test_dispatch_participants_and_delete_room(sim: SimulatorHandle) -> None:
             assert sip_p.attributes["sip.callStatus"] == "active"
             assert kinds[pb_models.ParticipantInfo.Kind.AGENT].name == "appointment-confirmer"
             await lk.room.delete_room(DeleteRoomRequest(room=room))
-            for call in (lk.room.list_participants(ListParticipantsRequest(room=room)),
-                         lk.room.delete_room(DeleteRoomRequest(room=room))):
+            for call in (
+                lk.room.list_participants(ListParticipantsRequest(room=room)),
+                lk.room.delete_room(DeleteRoomRequest(room=room)),
+            ):
                 with pytest.raises(ServerError) as info:
                     await call
                 assert (info.value.status, info.value.code) == (404, "not_found")
@@ -448,9 +500,13 @@ def test_answered_call_reports_through_the_reporter(
 
     async def go() -> None:
         async with lkapi(sim) as lk:
-            await lk.agent_dispatch.create_dispatch(CreateAgentDispatchRequest(
-                agent_name="appointment-confirmer", room=room,
-                metadata=json.dumps({"attempt_id": 42, "report_token": "sig.42", "clinic": 1})))
+            await lk.agent_dispatch.create_dispatch(
+                CreateAgentDispatchRequest(
+                    agent_name="appointment-confirmer",
+                    room=room,
+                    metadata=json.dumps({"attempt_id": 42, "report_token": "sig.42", "clinic": 1}),
+                )
+            )
             await lk.sip.create_sip_participant(dial_request(f"+155501234{suffix}", room))
 
     asyncio.run(go())
@@ -473,12 +529,18 @@ def test_no_dispatch_no_report(sim: SimulatorHandle) -> None:
 
 def test_celery_reporter_sends_record_outcome() -> None:
     with running_simulator(speed=SPEED, default_trunk_id=TRUNK, broker_url="memory://") as s:
+
         async def go() -> None:
             async with lkapi(s) as lk:
-                await lk.agent_dispatch.create_dispatch(CreateAgentDispatchRequest(
-                    agent_name="a", room="r-celery",
-                    metadata=json.dumps({"attempt_id": 5, "report_token": "t5"})))
+                await lk.agent_dispatch.create_dispatch(
+                    CreateAgentDispatchRequest(
+                        agent_name="a",
+                        room="r-celery",
+                        metadata=json.dumps({"attempt_id": 5, "report_token": "t5"}),
+                    )
+                )
                 await lk.sip.create_sip_participant(dial_request("+15550123407", "r-celery"))
+
         asyncio.run(go())
         [entry] = wait_for(s.reports)
         wait_for(lambda: s.reports()[0]["sent"] or s.reports()[0]["error"])
@@ -505,12 +567,14 @@ def test_thousand_concurrent_ringing_calls(sim: SimulatorHandle) -> None:
         connector = aiohttp.TCPConnector(limit=0)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            lk = api.LiveKitAPI(sim.url, sim.api_key, sim.api_secret, session=session,
-                                failover=False)
+            lk = api.LiveKitAPI(
+                sim.url, sim.api_key, sim.api_secret, session=session, failover=False
+            )
             # 30 simulated seconds of ringing at SPEED 50: 0.6 s of real time
             reqs = [dial_request(f"+1555{i:05d}99", ringing=30) for i in range(n)]
-            results = await asyncio.gather(*(lk.sip.create_sip_participant(r) for r in reqs),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(lk.sip.create_sip_participant(r) for r in reqs), return_exceptions=True
+            )
         return Counter(getattr(r, "code", type(r).__name__) for r in results)
 
     started = time.monotonic()
@@ -518,8 +582,10 @@ def test_thousand_concurrent_ringing_calls(sim: SimulatorHandle) -> None:
     elapsed = time.monotonic() - started
     stats = sim.stats()
     grown = rss_mb() - before
-    print(f"\n{n} concurrent rings: {elapsed:.1f}s, max in flight {stats['max_in_flight']}, "
-          f"RSS {rss_mb():.0f} MB (+{grown:.0f} MB, client and server)")
+    print(
+        f"\n{n} concurrent rings: {elapsed:.1f}s, max in flight {stats['max_in_flight']}, "
+        f"RSS {rss_mb():.0f} MB (+{grown:.0f} MB, client and server)"
+    )
     assert codes == {"canceled": n}
     assert stats["max_in_flight"] >= n * 0.9
     assert stats["in_flight"] == 0
