@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -49,6 +49,66 @@ def _event_hash(
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One event to append; see :func:`record`."""
+
+    kind: str
+    payload: Mapping[str, Any]
+    actor: str
+    clinic_id: int | None = None
+    appointment_id: int | None = None
+    attempt_id: int | None = None
+    at: datetime | None = None
+
+
+def record_many(session: Session, entries: Iterable[Entry]) -> None:
+    """Append events in order, in the caller's transaction, chaining each to the last."""
+    pending = list(entries)
+    if not pending:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
+    prev_hash = (
+        session.execute(
+            select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
+        ).scalar_one_or_none()
+        or GENESIS_HASH
+    )
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for entry in pending:
+        at = entry.at or now
+        body = canonical_json(dict(entry.payload))
+        digest = _event_hash(
+            prev_hash,
+            at,
+            entry.actor,
+            entry.kind,
+            entry.clinic_id,
+            entry.appointment_id,
+            entry.attempt_id,
+            body,
+        )
+        rows.append(
+            {
+                "at": at,
+                "actor": entry.actor,
+                "kind": entry.kind,
+                "clinic_id": entry.clinic_id,
+                "appointment_id": entry.appointment_id,
+                "attempt_id": entry.attempt_id,
+                "payload": body,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    # Inserted in list order, so sequence numbers follow the chain.
+    for start in range(0, len(rows), 1000):
+        session.execute(insert(AuditEvent), rows[start : start + 1000])
+
+
 def record(
     session: Session,
     kind: str,
@@ -59,31 +119,9 @@ def record(
     appointment_id: int | None = None,
     attempt_id: int | None = None,
     at: datetime | None = None,
-) -> AuditEvent:
+) -> None:
     """Append one event in the caller's transaction."""
-    bind = session.get_bind()
-    if bind.dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
-    prev_hash = session.execute(
-        select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).scalar_one_or_none()
-    prev_hash = prev_hash or GENESIS_HASH
-    at = at or utcnow()
-    body = canonical_json(dict(payload))
-    event = AuditEvent(
-        at=at,
-        actor=actor,
-        kind=kind,
-        clinic_id=clinic_id,
-        appointment_id=appointment_id,
-        attempt_id=attempt_id,
-        payload=body,
-        prev_hash=prev_hash,
-        hash=_event_hash(prev_hash, at, actor, kind, clinic_id, appointment_id, attempt_id, body),
-    )
-    session.add(event)
-    session.flush()
-    return event
+    record_many(session, [Entry(kind, payload, actor, clinic_id, appointment_id, attempt_id, at)])
 
 
 @dataclass(frozen=True)
@@ -102,7 +140,12 @@ def verify(session: Session) -> VerifyResult:
         count += 1
         assert event.seq is not None
         if event.prev_hash != expected_prev:
-            return VerifyResult(False, count, event.seq, "previous hash does not match: an event was removed or reordered")
+            return VerifyResult(
+                False,
+                count,
+                event.seq,
+                "previous hash does not match: an event was removed or reordered",
+            )
         recomputed = _event_hash(
             event.prev_hash,
             event.at,
@@ -114,12 +157,25 @@ def verify(session: Session) -> VerifyResult:
             event.payload,
         )
         if recomputed != event.hash:
-            return VerifyResult(False, count, event.seq, "content does not match its hash: the event was altered")
+            return VerifyResult(
+                False, count, event.seq, "content does not match its hash: the event was altered"
+            )
         expected_prev = event.hash
     return VerifyResult(True, count)
 
 
-EXPORT_FIELDS = ("seq", "at", "actor", "kind", "clinic_id", "appointment_id", "attempt_id", "payload", "prev_hash", "hash")
+EXPORT_FIELDS = (
+    "seq",
+    "at",
+    "actor",
+    "kind",
+    "clinic_id",
+    "appointment_id",
+    "attempt_id",
+    "payload",
+    "prev_hash",
+    "hash",
+)
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 

@@ -6,6 +6,7 @@ Every error a user can cause is one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
 import logging
@@ -16,16 +17,17 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
+from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import audit, clinics, compliance, dnc, migrate
+from campaigns import audit, calls, clinics, compliance, dnc, migrate
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
@@ -41,7 +43,7 @@ log = logging.getLogger("campaigns")
 class _OneLineErrors(TyperGroup):
     """Turns every user-facing error into one line on stderr and exit status 1."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
         except CampaignError as exc:
@@ -55,7 +57,9 @@ class _OneLineErrors(TyperGroup):
         except Exception as exc:
             if os.environ.get("CAMPAIGNS_DEBUG"):
                 raise
-            _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            _fail(
+                f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
 
 
 def _fail(message: str) -> None:
@@ -74,7 +78,9 @@ db_app = _typer("Database schema.")
 clinic_app = _typer("Clinics and their calling rules.")
 dnc_app = _typer("Do-not-call lists.")
 audit_app = _typer("The tamper-evident audit log.")
+trunk_app = _typer("LiveKit SIP outbound trunks and their calling limits.")
 app.add_typer(db_app, name="db")
+app.add_typer(trunk_app, name="trunk")
 app.add_typer(clinic_app, name="clinic")
 app.add_typer(dnc_app, name="dnc")
 app.add_typer(audit_app, name="audit")
@@ -105,7 +111,9 @@ def parse_instant(text: str, option: str) -> datetime:
     except ValueError as exc:
         raise InvalidInputError(f"{option}: {text!r} is not an ISO 8601 time") from exc
     if value.tzinfo is None:
-        raise InvalidInputError(f"{option}: {text!r} needs a UTC offset, e.g. 2026-12-01T15:00:00-05:00")
+        raise InvalidInputError(
+            f"{option}: {text!r} needs a UTC offset, e.g. 2026-12-01T15:00:00-05:00"
+        )
     return value.astimezone(UTC)
 
 
@@ -136,9 +144,13 @@ def clinic_add(
     name: str,
     timezone: Annotated[str, typer.Option(help="IANA zone of the clinic, e.g. America/New_York")],
     country: Annotated[str, typer.Option(help="Default region for phone numbers")] = "US",
-    window: Annotated[str, typer.Option(help="Calling hours in the callee's local time")] = "09:00-19:00",
+    window: Annotated[
+        str, typer.Option(help="Calling hours in the callee's local time")
+    ] = "09:00-19:00",
     days: Annotated[str, typer.Option(help="Calling weekdays")] = "mon,tue,wed,thu,fri",
-    holidays: Annotated[str | None, typer.Option(help="No calls on these holidays: US or US-NY")] = None,
+    holidays: Annotated[
+        str | None, typer.Option(help="No calls on these holidays: US or US-NY")
+    ] = None,
     caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
     trunk: Annotated[str | None, typer.Option(help="LiveKit SIP outbound trunk id")] = None,
     agent_name: Annotated[str | None, typer.Option(help="LiveKit agent to dispatch")] = None,
@@ -183,7 +195,14 @@ def clinic_list(as_json: JsonFlag = False) -> None:
         return
     table = Table("name", "timezone", "window", "days", "lead days", "max attempts")
     for row in rows:
-        table.add_row(row["name"], row["timezone"], row["window"], row["days"], row["lead_days"], str(row["max_attempts"]))
+        table.add_row(
+            row["name"],
+            row["timezone"],
+            row["window"],
+            row["days"],
+            row["lead_days"],
+            str(row["max_attempts"]),
+        )
     out.print(table)
 
 
@@ -201,6 +220,14 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
     out.print(table)
 
 
+@clinic_app.command("resume")
+def clinic_resume(name: str) -> None:
+    """Resume calling for a clinic paused by a configuration error."""
+    with unit_of_work() as session:
+        resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
+    err.print(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}")
+
+
 # --- explain ----------------------------------------------------------------
 
 
@@ -208,7 +235,9 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
 def explain(
     clinic: Annotated[str, typer.Option(help="Clinic name")],
     appointment: Annotated[str, typer.Option(help="The clinic's appointment id")],
-    at: Annotated[str | None, typer.Option(help="ISO 8601 instant with offset (default now)")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="ISO 8601 instant with offset (default now)")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Why this patient may or may not be called at that time, and when next."""
@@ -229,7 +258,9 @@ def explain(
         out.print(f"  - {reason}", markup=False)
     for zone, local in decision.callee_local_times.items():
         out.print(f"  callee local time in {zone}: {local}", markup=False)
-    out.print(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False)
+    out.print(
+        f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False
+    )
 
 
 # --- do-not-call ------------------------------------------------------------
@@ -242,7 +273,9 @@ def _clinic_id(session: Session, name: str | None) -> int | None:
 @dnc_app.command("add")
 def dnc_add(
     phone: str,
-    clinic: Annotated[str | None, typer.Option(help="Only for this clinic (default: every clinic)")] = None,
+    clinic: Annotated[
+        str | None, typer.Option(help="Only for this clinic (default: every clinic)")
+    ] = None,
     reason: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Never call this number again (for one clinic or all)."""
@@ -250,14 +283,19 @@ def dnc_add(
         clinic_id = _clinic_id(session, clinic)
         region = clinics.get_clinic(session, clinic).country if clinic else "US"
         number = to_e164(phone, region)
-        dnc.add(session, number, clinic_id=clinic_id, source=DncSource.INTERNAL, reason=reason, actor=actor())
+        dnc.add(
+            session,
+            number,
+            clinic_id=clinic_id,
+            source=DncSource.INTERNAL,
+            reason=reason,
+            actor=actor(),
+        )
     err.print(f"{mask_phone(number)} is on the do-not-call list")
 
 
 @dnc_app.command("remove")
-def dnc_remove(
-    phone: str, clinic: Annotated[str | None, typer.Option()] = None
-) -> None:
+def dnc_remove(phone: str, clinic: Annotated[str | None, typer.Option()] = None) -> None:
     """Take a number off an internal list."""
     with unit_of_work() as session:
         clinic_id = _clinic_id(session, clinic)
@@ -268,7 +306,9 @@ def dnc_remove(
 
 
 @dnc_app.command("list")
-def dnc_list(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
+def dnc_list(
+    clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False
+) -> None:
     """Internal do-not-call entries (numbers shown in full: this list is for staff)."""
     with unit_of_work() as session:
         rows = [
@@ -287,15 +327,26 @@ def dnc_list(clinic: Annotated[str | None, typer.Option()] = None, as_json: Json
         return
     table = Table("phone", "list", "source", "reason", "added by", "added at")
     for row in rows:
-        table.add_row(row["phone"], row["list"], row["source"], row["reason"] or "", row["added_by"], row["added_at"])
+        table.add_row(
+            row["phone"],
+            row["list"],
+            row["source"],
+            row["reason"] or "",
+            row["added_by"],
+            row["added_at"],
+        )
     out.print(table)
 
 
 @dnc_app.command("import")
 def dnc_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],
-    source: Annotated[str, typer.Option(help="national (registry snapshot) or internal")] = "national",
-    as_of: Annotated[str | None, typer.Option(help="Data date of the registry file (default today)")] = None,
+    source: Annotated[
+        str, typer.Option(help="national (registry snapshot) or internal")
+    ] = "national",
+    as_of: Annotated[
+        str | None, typer.Option(help="Data date of the registry file (default today)")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Load a registry flat file: one number per line, or areacode,number."""
@@ -317,8 +368,10 @@ def dnc_import(
     if as_json:
         emit_json(document)
     else:
-        out.print(f"{result.list_name}: {result.entries} numbers (version {result.version}), "
-                  f"{len(result.rejected_lines)} lines rejected")
+        out.print(
+            f"{result.list_name}: {result.entries} numbers (version {result.version}), "
+            f"{len(result.rejected_lines)} lines rejected"
+        )
 
 
 # --- audit ------------------------------------------------------------------
@@ -330,8 +383,14 @@ def audit_verify(as_json: JsonFlag = False) -> None:
     with unit_of_work() as session:
         result = audit.verify(session)
     if as_json:
-        emit_json({"ok": result.ok, "events": result.events, "first_bad_seq": result.first_bad_seq,
-                   "problem": result.problem})
+        emit_json(
+            {
+                "ok": result.ok,
+                "events": result.events,
+                "first_bad_seq": result.first_bad_seq,
+                "problem": result.problem,
+            }
+        )
     if not result.ok:
         _fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
     if not as_json:
@@ -344,13 +403,216 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
 ) -> None:
     """Write the audit log to stdout."""
-    writers: dict[str, Callable[..., Iterator[str]]] = {"csv": audit.export_csv, "jsonl": audit.export_jsonl}
+    writers: dict[str, Callable[..., Iterator[str]]] = {
+        "csv": audit.export_csv,
+        "jsonl": audit.export_jsonl,
+    }
     if fmt not in writers:
         raise InvalidInputError("--format must be csv or jsonl")
     start = parse_instant(since, "--since") if since else None
     with unit_of_work() as session:
         for chunk in writers[fmt](audit.iter_events(session, start)):
             sys.stdout.write(chunk)
+
+
+# --- pipeline ---------------------------------------------------------------
+
+
+@app.command("run-daily")
+def run_daily(
+    clinic: Annotated[str | None, typer.Option(help="One clinic (default: all)")] = None,
+    run_date: Annotated[
+        str | None, typer.Option("--date", help="Clinic-local run date YYYY-MM-DD (default today)")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create first call attempts for appointments lead-days ahead; running twice adds nothing."""
+    try:
+        day = date.fromisoformat(run_date) if run_date else None
+    except ValueError as exc:
+        raise InvalidInputError(f"--date: {run_date!r} is not YYYY-MM-DD") from exc
+    now = datetime.now(UTC)
+    results = []
+    with unit_of_work() as session:
+        targets = [clinics.get_clinic(session, clinic)] if clinic else clinics.list_clinics(session)
+        for target in targets:
+            local_day = day or now.astimezone(ZoneInfo(target.timezone)).date()
+            results.append(calls.run_daily(session, target, local_day, now, actor=actor()))
+    documents = [
+        {
+            "clinic": r.clinic,
+            "date": r.run_date.isoformat(),
+            "created": r.created,
+            "skipped": r.skipped,
+            "appointments_considered": r.appointments_considered,
+        }
+        for r in results
+    ]
+    if as_json:
+        emit_json(documents)
+        return
+    for d in documents:
+        out.print(
+            f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
+            f"{d['skipped']} not callable"
+        )
+
+
+@app.command("status")
+def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
+    """Appointments, call attempts by state, and outcomes."""
+    with unit_of_work() as session:
+        clinic_id = _clinic_id(session, clinic)
+        counts = calls.status_counts(session, clinic_id)
+    if as_json:
+        emit_json(counts)
+        return
+    out.print(f"appointments: {counts['appointments']}   retries: {counts['retries']}")
+    table = Table("attempt state", "count")
+    for state, count in counts["attempts"].items():
+        table.add_row(state, str(count))
+    out.print(table)
+    table = Table("outcome", "count")
+    for outcome, count in counts["outcomes"].items():
+        table.add_row(outcome, str(count))
+    out.print(table)
+
+
+@app.command("worker")
+def worker(
+    concurrency: Annotated[int | None, typer.Option(help="Calls in flight (threads)")] = None,
+    loglevel: Annotated[str, typer.Option()] = "INFO",
+) -> None:
+    """Start a Celery worker that places calls."""
+    from workers.celery_app import app as celery_app
+
+    settings = get_settings()
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={concurrency or settings.worker_concurrency}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command("beat")
+def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Start the scheduler: the tick, reconciliation and daily runs (run one)."""
+    from workers.celery_app import app as celery_app
+
+    schedule = Path(".campaigns").absolute() / "beat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
+
+
+@app.command("simulator")
+def simulator(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 7880,
+    speed: Annotated[float, typer.Option(help="Divide every simulated duration by this")] = 1.0,
+    scenario: Annotated[Path | None, typer.Option(exists=True, dir_okay=False)] = None,
+    trunk: Annotated[
+        str | None, typer.Option(help="Pre-create an outbound trunk with this id")
+    ] = None,
+    no_report: Annotated[
+        bool, typer.Option(help="Do not send agent reports to the engine")
+    ] = False,
+) -> None:
+    """Serve the LiveKit simulator (Twirp API, scripted callees, simulated agent)."""
+    from simulator.server import run
+
+    settings = get_settings()
+    if speed <= 0:
+        raise InvalidInputError("--speed must be positive")
+    run(
+        host,
+        port,
+        speed,
+        str(scenario) if scenario else None,
+        trunk=trunk,
+        no_report=no_report,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret.get_secret_value(),
+        broker_url=settings.broker_url,
+    )
+
+
+# --- trunks -----------------------------------------------------------------
+
+
+@trunk_app.command("create")
+def trunk_create(
+    name: Annotated[str, typer.Option()],
+    address: Annotated[str, typer.Option(help="Carrier SIP host")],
+    numbers: Annotated[str, typer.Option(help="Caller-ID numbers, E.164, comma separated")],
+    auth_username: Annotated[str | None, typer.Option()] = None,
+    auth_password: Annotated[str | None, typer.Option(help="Never printed or logged")] = None,
+    destination_country: Annotated[str | None, typer.Option(help="Region pinning, e.g. US")] = None,
+    cps: Annotated[float, typer.Option(help="Calls started per second at most")] = 1.0,
+    max_concurrent: Annotated[int, typer.Option(help="Calls in progress at most")] = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a LiveKit SIP outbound trunk and store its calling limits."""
+    from campaigns import trunks
+    from campaigns.livekit_gateway import LiveKitTelephony
+
+    spec = trunks.trunk_spec(
+        name, address, numbers, auth_username, auth_password, destination_country
+    )
+    trunks.check_limits(cps, max_concurrent)
+
+    async def create() -> str:
+        async with LiveKitTelephony.from_settings(get_settings()) as telephony:
+            return await telephony.create_outbound_trunk(spec)
+
+    trunk_id = asyncio.run(create())
+    with unit_of_work() as session:
+        trunks.save_limits(session, trunk_id, spec, cps, max_concurrent, actor=actor())
+    if as_json:
+        emit_json({"sip_trunk_id": trunk_id})
+    else:
+        out.print(f"trunk created: {trunk_id}")
+
+
+@trunk_app.command("list")
+def trunk_list(as_json: JsonFlag = False) -> None:
+    """Outbound trunks at LiveKit, with the engine's limits for each."""
+    from campaigns import trunks
+    from campaigns.livekit_gateway import LiveKitTelephony
+
+    async def listing() -> list[Any]:
+        async with LiveKitTelephony.from_settings(get_settings()) as telephony:
+            return await telephony.list_outbound_trunks()
+
+    found = asyncio.run(listing())
+    with unit_of_work() as session:
+        rows = trunks.describe(session, found)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("sip_trunk_id", "name", "address", "numbers", "cps", "max concurrent")
+    for row in rows:
+        table.add_row(
+            row["sip_trunk_id"],
+            row["name"],
+            row["address"],
+            ",".join(row["numbers"]),
+            str(row["cps"]),
+            str(row["max_concurrent"]),
+        )
+    out.print(table)
+
+
+@app.command("demo")
+def demo(speed: Annotated[float, typer.Option(help="Simulated call speed-up")] = 10.0) -> None:
+    """Run a whole campaign on the embedded default against the LiveKit simulator."""
+    from demo.runner import run_demo
+
+    raise typer.Exit(run_demo(out, speed=speed))
 
 
 def main() -> None:

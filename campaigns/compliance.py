@@ -49,7 +49,9 @@ def _rule_from_row(row: StateRuleRow) -> StateRule:
         saturday_window=_window(row.saturday_start, row.saturday_end),
         sunday_banned=row.sunday_banned,
         holiday_banned=row.holiday_banned,
-        extra_holidays=tuple(datetime.fromisoformat(d).date() for d in json.loads(row.extra_holidays)),
+        extra_holidays=tuple(
+            datetime.fromisoformat(d).date() for d in json.loads(row.extra_holidays)
+        ),
         max_calls_per_24h=row.max_calls_per_24h,
         citation=row.citation,
     )

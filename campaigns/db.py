@@ -20,6 +20,7 @@ from sqlalchemy.types import TypeDecorator
 
 from campaigns.settings import get_settings
 
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

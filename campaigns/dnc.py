@@ -59,7 +59,9 @@ def add(
     name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
     dnc_list = _list(session, name)
     existing = session.execute(
-        select(DncEntry).where(col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164)
+        select(DncEntry).where(
+            col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164
+        )
     ).scalar_one_or_none()
     if existing is not None:
         return existing
@@ -77,7 +79,13 @@ def add(
     audit.record(
         session,
         "dnc.added",
-        {"list": name, "list_version": dnc_list.version, "phone": phone_e164, "source": source, "reason": reason},
+        {
+            "list": name,
+            "list_version": dnc_list.version,
+            "phone": phone_e164,
+            "source": source,
+            "reason": reason,
+        },
         actor=actor,
         clinic_id=clinic_id,
     )
@@ -88,7 +96,9 @@ def remove(session: Session, phone_e164: str, *, clinic_id: int | None, actor: s
     name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
     dnc_list = _list(session, name)
     removed = session.execute(
-        delete(DncEntry).where(col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164)
+        delete(DncEntry).where(
+            col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164
+        )
     ).rowcount  # type: ignore[attr-defined]
     if not removed:
         return False
@@ -144,7 +154,10 @@ def import_file(
     actor: str,
     default_region: str = "US",
 ) -> RegistryImport:
-    """Load a DNC file. ``national`` replaces the registry snapshot; ``internal`` adds to the global list."""
+    """Load a DNC file.
+
+    ``national`` replaces the registry snapshot; ``internal`` adds to the global list.
+    """
     if source not in ("national", "internal"):
         raise InvalidInputError("--source must be national or internal")
     name = NATIONAL_LIST if source == "national" else GLOBAL_LIST
@@ -172,7 +185,9 @@ def import_file(
         existing: set[str] = set()
     else:
         existing = set(
-            session.execute(select(DncEntry.phone_e164).where(col(DncEntry.list_name) == name)).scalars()
+            session.execute(
+                select(DncEntry.phone_e164).where(col(DncEntry.list_name) == name)
+            ).scalars()
         )
     now = utcnow()
     batch: list[dict[str, Any]] = []
@@ -181,7 +196,13 @@ def import_file(
             continue
         existing.add(number)
         batch.append(
-            {"list_name": name, "phone_e164": number, "source": entry_source, "added_by": actor, "added_at": now}
+            {
+                "list_name": name,
+                "phone_e164": number,
+                "source": entry_source,
+                "added_by": actor,
+                "added_at": now,
+            }
         )
         if len(batch) >= _BULK_CHUNK:
             session.execute(insert(DncEntry), batch)
@@ -198,8 +219,14 @@ def import_file(
     audit.record(
         session,
         "dnc.imported",
-        {"list": name, "list_version": dnc_list.version, "entries": count, "as_of": as_of.isoformat(),
-         "rejected_lines": rejected[:1000], "rejected": len(rejected)},
+        {
+            "list": name,
+            "list_version": dnc_list.version,
+            "entries": count,
+            "as_of": as_of.isoformat(),
+            "rejected_lines": rejected[:1000],
+            "rejected": len(rejected),
+        },
         actor=actor,
     )
     return RegistryImport(name, dnc_list.version, count, tuple(rejected))
@@ -221,9 +248,14 @@ def lookup(session: Session, phone_e164: str, clinic_id: int) -> DncLookup:
         )
     ).scalars()
     lists = {
-        row.name: row for row in session.execute(select(DncList).where(col(DncList.name).in_(names))).scalars()
+        row.name: row
+        for row in session.execute(select(DncList).where(col(DncList.name).in_(names))).scalars()
     }
-    labels = {GLOBAL_LIST: "global", clinic_list(clinic_id): "clinic", NATIONAL_LIST: "national_registry"}
+    labels = {
+        GLOBAL_LIST: "global",
+        clinic_list(clinic_id): "clinic",
+        NATIONAL_LIST: "national_registry",
+    }
     national = lists.get(NATIONAL_LIST)
     return DncLookup(
         blocked_by=tuple(sorted(labels[name] for name in set(hits))),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from enum import StrEnum
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from campaigns.db import UTCDateTime, utcnow
@@ -29,6 +29,7 @@ class AppointmentStatus(StrEnum):
     CANCELLED = "cancelled"
     RESCHEDULE_REQUESTED = "reschedule_requested"
     WRONG_NUMBER = "wrong_number"
+    INVALID_NUMBER = "invalid_number"
     OPTED_OUT = "opted_out"
     UNREACHED = "unreached"
 
@@ -59,7 +60,6 @@ class DncSource(StrEnum):
     NATIONAL_REGISTRY = "national_registry"
 
 
-
 class Clinic(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, max_length=200)
@@ -83,7 +83,9 @@ class Clinic(SQLModel, table=True):
     daily_run_time: time = Field(default=time(10, 0))
     lead_days: str = Field(default="1", max_length=40)
     paused_reason: str | None = Field(
-        default=None, sa_type=Text, description="set on a configuration error; no calls until resumed"
+        default=None,
+        sa_type=Text,
+        description="set on a configuration error; no calls until resumed",
     )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -142,7 +144,9 @@ class CallAttempt(SQLModel, table=True):
     appointment_id: int = Field(foreign_key="appointment.id")
     clinic_id: int = Field(foreign_key="clinic.id", index=True)
     attempt_number: int
-    run_date: date | None = Field(default=None, description="clinic-local date of the daily run that created it")
+    run_date: date | None = Field(
+        default=None, description="clinic-local date of the daily run that created it"
+    )
     state: str = Field(default=AttemptState.SCHEDULED, max_length=16)
     due_at: datetime = Field(sa_type=UTCDateTime)
     number_called: str = Field(max_length=20)
@@ -157,7 +161,9 @@ class CallAttempt(SQLModel, table=True):
     outcome: str | None = Field(default=None, max_length=32)
     error: str | None = Field(default=None, sa_type=Text)
     skip_reasons: str | None = Field(default=None, sa_type=Text)
-    decision: str | None = Field(default=None, sa_type=Text, description="JSON of the last policy decision")
+    decision: str | None = Field(
+        default=None, sa_type=Text, description="JSON of the last policy decision"
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     queued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     dialing_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -186,7 +192,9 @@ class DncList(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=40, description="global, national, clinic:<id>")
     version: int = Field(default=0)
-    registry_as_of: date | None = Field(default=None, description="data date of a national registry file")
+    registry_as_of: date | None = Field(
+        default=None, description="data date of a national registry file"
+    )
     entries: int = Field(default=0)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DATA_DIR = Path.cwd() / ".campaigns"
+DATA_DIR = Path(".campaigns").absolute()
 
 
 class Settings(BaseSettings):
@@ -44,7 +44,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LIVEKIT_API_KEY", "CAMPAIGNS_LIVEKIT_API_KEY"),
     )
     livekit_api_secret: SecretStr = Field(
-        default=SecretStr("secret"),
+        # Long enough for HS256; only the local simulator accepts it.
+        default=SecretStr("dev-secret-for-the-local-simulator-only"),
         validation_alias=AliasChoices("LIVEKIT_API_SECRET", "CAMPAIGNS_LIVEKIT_API_SECRET"),
     )
     livekit_trunk_id: str | None = Field(
@@ -52,9 +53,34 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LIVEKIT_SIP_TRUNK_ID", "CAMPAIGNS_LIVEKIT_TRUNK_ID"),
         description="Outbound trunk used for clinics that name none.",
     )
-    agent_name: str = Field(default="appointment-confirmer", description="Agent dispatched per call.")
-    ringing_timeout_seconds: int = Field(default=30, ge=15)
+    agent_name: str = Field(
+        default="appointment-confirmer", description="Agent dispatched per call."
+    )
+    agent_script_version: str = Field(default="confirm-v1", description="Recorded with every dial.")
+    ringing_timeout_seconds: int = Field(default=30, ge=15, description="Calls ring 15 s or more.")
     max_call_duration_seconds: int = Field(default=300, ge=30)
+    tick_seconds: float = Field(default=5.0, gt=0, description="How often beat claims due calls.")
+    tick_batch: int = Field(default=1000, ge=1, description="Attempts claimed per tick at most.")
+    reconcile_seconds: float = Field(default=30.0, gt=0)
+    queued_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        description="A queued attempt no worker took is queued again after this.",
+    )
+    dial_grace_seconds: float = Field(
+        default=90.0,
+        ge=1,
+        description="Past ringing timeout + this, a dialing attempt is reconciled.",
+    )
+    report_grace_seconds: float = Field(
+        default=120.0,
+        ge=1,
+        description="Past max call duration + this, a silent answered call is reconciled.",
+    )
+    pacing_max_wait_seconds: float = Field(
+        default=5.0, ge=0, description="A call waiting longer for its trunk goes back to the queue."
+    )
+    worker_concurrency: int = Field(default=200, ge=1, description="Calls in flight per worker.")
 
 
 @lru_cache(maxsize=1)

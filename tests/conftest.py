@@ -20,14 +20,18 @@ from campaigns.db import get_engine, make_engine, session_factory
 from campaigns.models import Appointment, Clinic
 from campaigns.settings import get_settings
 
-PG_ADMIN_DSN = os.environ.get("CAMPAIGNS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_HOST_URL = os.environ.get("CAMPAIGNS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+PG_ADMIN_DSN = os.environ.get(
+    "CAMPAIGNS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+PG_HOST_URL = os.environ.get(
+    "CAMPAIGNS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
+)
 _TEMPLATE_DB = f"campaigns_tpl_{os.getpid()}"
 
 
 def _pg_admin(sql: str) -> None:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute(sql.encode())
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +104,11 @@ def app_env(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def add_clinic(session: Session, **overrides: Any) -> Clinic:
-    values: dict[str, Any] = {"name": "Lakeside Clinic", "timezone": "America/New_York", "country": "US"}
+    values: dict[str, Any] = {
+        "name": "Lakeside Clinic",
+        "timezone": "America/New_York",
+        "country": "US",
+    }
     values.update(overrides)
     clinic = Clinic(**values)
     session.add(clinic)

@@ -17,7 +17,9 @@ from campaigns import audit
 
 def _write_events(session: Session, count: int = 5) -> None:
     for n in range(count):
-        audit.record(session, "test.event", {"n": n, "note": f"event {n}"}, actor="tester", clinic_id=1)
+        audit.record(
+            session, "test.event", {"n": n, "note": f"event {n}"}, actor="tester", clinic_id=1
+        )
     session.commit()
 
 
@@ -47,7 +49,7 @@ def test_the_database_refuses_edits_and_deletes(session: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    "column, value",
+    ("column", "value"),
     [
         ("payload", '{"n":2,"note":"edited"}'),
         ("actor", "mallory"),
@@ -61,7 +63,9 @@ def test_editing_any_field_of_an_event_breaks_the_chain_there(
 ) -> None:
     _write_events(session)
     _lift_append_only_guard(session)
-    session.execute(text(f"UPDATE audit_event SET {column} = :value WHERE seq = 3"), {"value": value})
+    session.execute(
+        text(f"UPDATE audit_event SET {column} = :value WHERE seq = 3"), {"value": value}
+    )
     session.commit()
     result = audit.verify(session)
     assert not result.ok
@@ -89,7 +93,7 @@ def test_rewriting_an_event_with_a_fresh_hash_is_still_detected(session: Session
 
 
 def test_csv_export_neutralises_formula_cells(session: Session) -> None:
-    audit.record(session, "=HYPERLINK(\"http://x\")", {"x": 1}, actor="+cmd", clinic_id=None)
+    audit.record(session, '=HYPERLINK("http://x")', {"x": 1}, actor="+cmd", clinic_id=None)
     session.commit()
     rows = list(csv.DictReader(io.StringIO("".join(audit.export_csv(audit.iter_events(session))))))
     assert rows[0]["kind"].startswith("'=")

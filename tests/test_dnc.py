@@ -16,7 +16,14 @@ from tests.conftest import add_clinic
 def test_clinic_entry_blocks_only_that_clinic(session: Session) -> None:
     north, south = add_clinic(session, name="North"), add_clinic(session, name="South")
     assert north.id and south.id
-    dnc.add(session, "+13055550100", clinic_id=north.id, source=DncSource.INTERNAL, reason=None, actor="t")
+    dnc.add(
+        session,
+        "+13055550100",
+        clinic_id=north.id,
+        source=DncSource.INTERNAL,
+        reason=None,
+        actor="t",
+    )
     assert dnc.lookup(session, "+13055550100", north.id).blocked_by == ("clinic",)
     assert dnc.lookup(session, "+13055550100", south.id).blocked_by == ()
 
@@ -25,8 +32,22 @@ def test_global_entry_blocks_every_clinic_and_versions_move(session: Session) ->
     clinic = add_clinic(session)
     assert clinic.id
     before = dnc.lookup(session, "+13055550100", clinic.id).list_versions["global"]
-    dnc.add(session, "+13055550100", clinic_id=None, source=DncSource.PATIENT_REQUEST, reason="asked", actor="t")
-    dnc.add(session, "+13055550100", clinic_id=None, source=DncSource.PATIENT_REQUEST, reason="asked", actor="t")
+    dnc.add(
+        session,
+        "+13055550100",
+        clinic_id=None,
+        source=DncSource.PATIENT_REQUEST,
+        reason="asked",
+        actor="t",
+    )
+    dnc.add(
+        session,
+        "+13055550100",
+        clinic_id=None,
+        source=DncSource.PATIENT_REQUEST,
+        reason="asked",
+        actor="t",
+    )
     found = dnc.lookup(session, "+13055550100", clinic.id)
     assert found.blocked_by == ("global",)
     assert found.list_versions["global"] == before + 1  # adding twice is one change
@@ -39,11 +60,16 @@ def test_registry_import_is_a_snapshot_with_a_data_date(session: Session) -> Non
     clinic = add_clinic(session)
     assert clinic.id
     first = dnc.import_file(
-        session, ["3055550100", "212,5550101", "", "not-a-number", "12"], source="national",
-        as_of=date(2026, 11, 1), actor="t",
+        session,
+        ["3055550100", "212,5550101", "", "not-a-number", "12"],
+        source="national",
+        as_of=date(2026, 11, 1),
+        actor="t",
     )
     assert first.entries == 2 and first.rejected_lines == (4, 5)
-    second = dnc.import_file(session, ["2125550101"], source="national", as_of=date(2026, 11, 20), actor="t")
+    second = dnc.import_file(
+        session, ["2125550101"], source="national", as_of=date(2026, 11, 20), actor="t"
+    )
     assert second.entries == 1 and second.version == first.version + 1
     dropped = dnc.lookup(session, "+13055550100", clinic.id)
     kept = dnc.lookup(session, "+12125550101", clinic.id)

@@ -52,7 +52,9 @@ def test_closed_attempts_do_not_block_the_next_one(session: Session) -> None:
 
 def test_timestamps_come_back_as_utc(session: Session) -> None:
     clinic = add_clinic(session)
-    appointment = add_appointment(session, clinic, starts_at=datetime(2026, 12, 1, 15, 30, tzinfo=UTC))
+    appointment = add_appointment(
+        session, clinic, starts_at=datetime(2026, 12, 1, 15, 30, tzinfo=UTC)
+    )
     session.commit()
     session.expire_all()
     fetched = session.execute(text("SELECT id FROM appointment")).scalar_one()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy import Connection
 from sqlmodel import SQLModel
+from sqlmodel.sql.sqltypes import AutoString
 
 import campaigns.models  # noqa: F401  (registers the tables)
 from campaigns.db import make_engine
@@ -24,12 +29,20 @@ def run_migrations_online() -> None:
     engine.dispose()
 
 
-def _run(connection: object) -> None:
+def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
+    # SQLModel's AutoString is a plain String; render it so migrations need no SQLModel import.
+    if type_ == "type" and isinstance(obj, AutoString):
+        return f"sa.String(length={obj.length})" if obj.length else "sa.String()"
+    return False
+
+
+def _run(connection: Connection) -> None:
     context.configure(
-        connection=connection,  # type: ignore[arg-type]
+        connection=connection,
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        render_item=_render_item,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,1043 @@
+"""The life of a call attempt, as service functions over one database session.
+
+An attempt is created by a clinic's daily run (or as the retry of an earlier
+one), claimed by the scheduler tick when due, dialed by a worker, and closed by
+the agent's report, by a failed dial, or by reconciliation. Every transition is
+a guarded UPDATE (``WHERE state = <expected>``) so a duplicate task, a second
+beat or a late report is a no-op, and every transition is audited.
+
+Callers own the transaction: nothing here commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, insert, update
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+
+from campaigns import audit, compliance, dnc
+from campaigns.clinics import parse_lead_days
+from campaigns.errors import InvalidInputError, NotFoundError
+from campaigns.masking import mask_phone
+from campaigns.models import (
+    OPEN_ATTEMPT_STATES,
+    Appointment,
+    AppointmentStatus,
+    AttemptState,
+    CallAttempt,
+    Clinic,
+    DailyRun,
+    DncEntry,
+    DncList,
+    DncSource,
+    Trunk,
+)
+from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
+from campaigns.policy import Callee, Decision, DncCheck, History, StateRule, decide
+from campaigns.retry import next_retry_due
+from campaigns.telephony import CallRequest, CallResult
+from campaigns.tokens import sign_report_token, verify_report_token
+from campaigns.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = "scheduler"
+WORKER = "worker"
+AGENT = "agent"
+
+# The appointment statuses an agent's outcome sets.
+_STATUS_FOR_OUTCOME = {
+    Outcome.CONFIRMED: AppointmentStatus.CONFIRMED,
+    Outcome.CANCELLED: AppointmentStatus.CANCELLED,
+    Outcome.RESCHEDULE_REQUESTED: AppointmentStatus.RESCHEDULE_REQUESTED,
+    Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
+    Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
+    Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+}
+
+
+def _decision_json(decision: Decision) -> str:
+    return json.dumps(compliance.decision_document(decision), sort_keys=True)
+
+
+def _audit_decision(decision: Decision) -> dict[str, Any]:
+    return compliance.decision_document(decision)
+
+
+# --------------------------------------------------------------------------- daily run
+
+
+@dataclass(frozen=True)
+class DailyRunResult:
+    clinic: str
+    run_date: date
+    created: int
+    skipped: int
+    appointments_considered: int
+
+
+def clinic_local_day(clinic: Clinic, day: date) -> tuple[datetime, datetime]:
+    """The UTC instants bounding one clinic-local calendar day (DST days included)."""
+    zone = ZoneInfo(clinic.timezone)
+    start = datetime.combine(day, time(0), zone)
+    end = datetime.combine(day + timedelta(days=1), time(0), zone)
+    return start, end
+
+
+def clinics_due_for_daily_run(session: Session, now: datetime) -> list[tuple[Clinic, date]]:
+    """Clinics whose local daily-run time has passed today and that have not run today."""
+    due: list[tuple[Clinic, date]] = []
+    for clinic in session.execute(select(Clinic).order_by(col(Clinic.id))).scalars():
+        local = now.astimezone(ZoneInfo(clinic.timezone))
+        if local.time() < clinic.daily_run_time:
+            continue
+        ran = session.execute(
+            select(DailyRun.id).where(
+                col(DailyRun.clinic_id) == clinic.id, col(DailyRun.run_date) == local.date()
+            )
+        ).first()
+        if ran is None:
+            due.append((clinic, local.date()))
+    return due
+
+
+def run_daily(
+    session: Session, clinic: Clinic, run_date: date, now: datetime, *, actor: str
+) -> DailyRunResult:
+    """Create the first attempt of every appointment ``lead days`` after ``run_date``.
+
+    Idempotent: an appointment with an open attempt, or one already created by
+    this run date, gets nothing new (the database's unique index backs this up).
+    """
+    assert clinic.id is not None
+    rules = compliance.load_state_rules(session)
+    created = skipped = considered = 0
+    for lead in parse_lead_days(clinic.lead_days):
+        start, end = clinic_local_day(clinic, run_date + timedelta(days=lead))
+        appointments = (
+            session.execute(
+                select(Appointment).where(
+                    col(Appointment.clinic_id) == clinic.id,
+                    col(Appointment.starts_at) >= start,
+                    col(Appointment.starts_at) < end,
+                    col(Appointment.status) == AppointmentStatus.SCHEDULED,
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for appointment in appointments:
+            considered += 1
+            attempts = session.execute(
+                select(
+                    col(CallAttempt.attempt_number),
+                    col(CallAttempt.state),
+                    col(CallAttempt.run_date),
+                ).where(col(CallAttempt.appointment_id) == appointment.id)
+            ).all()
+            if any(s in OPEN_ATTEMPT_STATES or r == run_date for _, s, r in attempts):
+                continue
+            number = max((n for n, _, _ in attempts), default=0) + 1
+            if number > clinic.max_attempts:
+                continue
+            decision = compliance.decide_for(session, appointment, clinic, number, now, rules)
+            attempt = _new_attempt(appointment, clinic, number, decision, now, run_date=run_date)
+            session.add(attempt)
+            session.flush()
+            if attempt.state == AttemptState.SKIPPED:
+                skipped += 1
+            else:
+                created += 1
+            audit.record(
+                session,
+                "attempt.created" if attempt.state != AttemptState.SKIPPED else "attempt.skipped",
+                {
+                    "attempt_number": number,
+                    "run_date": run_date.isoformat(),
+                    "due_at": attempt.due_at.isoformat(),
+                    "decision": _audit_decision(decision),
+                },
+                actor=actor,
+                clinic_id=clinic.id,
+                appointment_id=appointment.id,
+                attempt_id=attempt.id,
+            )
+    _record_daily_run(session, clinic.id, run_date, created)
+    audit.record(
+        session,
+        "daily_run.completed",
+        {
+            "run_date": run_date.isoformat(),
+            "created": created,
+            "skipped": skipped,
+            "considered": considered,
+            "lead_days": clinic.lead_days,
+        },
+        actor=actor,
+        clinic_id=clinic.id,
+    )
+    return DailyRunResult(clinic.name, run_date, created, skipped, considered)
+
+
+def _record_daily_run(session: Session, clinic_id: int, run_date: date, created: int) -> None:
+    existing = session.execute(
+        select(DailyRun).where(
+            col(DailyRun.clinic_id) == clinic_id, col(DailyRun.run_date) == run_date
+        )
+    ).scalar_one_or_none()
+    if existing is None:
+        session.add(DailyRun(clinic_id=clinic_id, run_date=run_date, attempts_created=created))
+    else:
+        existing.attempts_created += created
+    session.flush()
+
+
+def _new_attempt(
+    appointment: Appointment,
+    clinic: Clinic,
+    number: int,
+    decision: Decision,
+    now: datetime,
+    *,
+    run_date: date | None = None,
+    not_before: datetime | None = None,
+) -> CallAttempt:
+    """A scheduled attempt due when the policy next allows it, or a skipped one saying why not."""
+    assert appointment.id is not None and clinic.id is not None
+    attempt = CallAttempt(
+        appointment_id=appointment.id,
+        clinic_id=clinic.id,
+        attempt_number=number,
+        run_date=run_date,
+        number_called=appointment.phone_e164,
+        due_at=not_before or now,
+        decision=_decision_json(decision),
+    )
+    if decision.allowed:
+        attempt.due_at = max(now, not_before or now)
+    elif decision.next_allowed_at is not None:
+        attempt.due_at = decision.next_allowed_at
+        attempt.skip_reasons = "; ".join(decision.reasons)
+    else:
+        attempt.state = AttemptState.SKIPPED
+        attempt.ended_at = now
+        attempt.skip_reasons = "; ".join(decision.reasons)
+    return attempt
+
+
+# --------------------------------------------------------------------------- the tick
+
+
+@dataclass
+class _BatchFacts:
+    """What the policy needs for a whole batch, read in a handful of queries."""
+
+    rules: tuple[tuple[StateRule, ...], str]
+    dnc_hits: dict[str, set[str]] = field(default_factory=dict)
+    list_versions: dict[str, int] = field(default_factory=dict)
+    registry_as_of: date | None = None
+    dials: dict[str, list[datetime]] = field(default_factory=dict)
+    last_dial: dict[int, datetime] = field(default_factory=dict)
+
+
+def _batch_facts(session: Session, attempts: Sequence[CallAttempt], now: datetime) -> _BatchFacts:
+    facts = _BatchFacts(rules=compliance.load_state_rules(session))
+    phones = sorted({a.number_called for a in attempts})
+    for list_name, phone in session.execute(
+        select(DncEntry.list_name, DncEntry.phone_e164).where(col(DncEntry.phone_e164).in_(phones))
+    ).all():
+        facts.dnc_hits.setdefault(phone, set()).add(list_name)
+    for dnc_list in session.execute(select(DncList)).scalars():
+        facts.list_versions[dnc_list.name] = dnc_list.version
+        if dnc_list.name == dnc.NATIONAL_LIST:
+            facts.registry_as_of = dnc_list.registry_as_of
+    for phone, dialed in session.execute(
+        select(CallAttempt.number_called, CallAttempt.dialing_at).where(
+            col(CallAttempt.number_called).in_(phones),
+            col(CallAttempt.dialing_at) > now - compliance.NUMBER_CAP_SPAN,
+        )
+    ).all():
+        if dialed is not None:
+            facts.dials.setdefault(phone, []).append(dialed)
+    appointment_ids = sorted({a.appointment_id for a in attempts})
+    for appointment_id, last in session.execute(
+        select(CallAttempt.appointment_id, func.max(CallAttempt.dialing_at))
+        .where(col(CallAttempt.appointment_id).in_(appointment_ids))
+        .group_by(col(CallAttempt.appointment_id))
+    ).all():
+        if last is not None:
+            facts.last_dial[appointment_id] = last
+    return facts
+
+
+def _decide_in_batch(
+    facts: _BatchFacts,
+    attempt: CallAttempt,
+    appointment: Appointment,
+    clinic: Clinic,
+    now: datetime,
+) -> Decision:
+    assert clinic.id is not None
+    names = {
+        dnc.GLOBAL_LIST: "global",
+        dnc.clinic_list(clinic.id): "clinic",
+        dnc.NATIONAL_LIST: "national_registry",
+    }
+    hits = facts.dnc_hits.get(attempt.number_called, set())
+    state_rules, version = facts.rules
+    callee = Callee(
+        phone_e164=attempt.number_called,
+        country=clinic.country,
+        timezone=appointment.patient_timezone,
+        state=appointment.patient_state,
+        zip_code=appointment.patient_zip,
+        appointment_start=appointment.starts_at,
+        appointment_status=appointment.status,
+    )
+    history = History(
+        attempt_number=attempt.attempt_number,
+        last_attempt_at=facts.last_dial.get(appointment.id or 0),
+        dials_to_number=tuple(sorted(facts.dials.get(attempt.number_called, []))),
+    )
+    return decide(
+        callee,
+        history,
+        now,
+        compliance.policy_for(clinic, state_rules, version),
+        DncCheck(
+            blocked_by=tuple(sorted(label for name, label in names.items() if name in hits)),
+            registry_as_of=facts.registry_as_of,
+            list_versions={
+                label: facts.list_versions.get(name, 0) for name, label in names.items()
+            },
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class TickResult:
+    queued: list[int]
+    deferred: int
+    skipped: int
+
+
+def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickResult:
+    """Re-check the policy for due attempts and mark the callable ones queued.
+
+    The rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
+    ticks at once split the work instead of both taking it; SQLite's single
+    writer gives the same guarantee. The caller commits, then sends one task
+    per returned id.
+    """
+    query = (
+        select(CallAttempt, Appointment, Clinic)
+        .join(Appointment, col(Appointment.id) == col(CallAttempt.appointment_id))
+        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+        .where(
+            col(CallAttempt.state) == AttemptState.SCHEDULED,
+            col(CallAttempt.due_at) <= now,
+            col(Clinic.paused_reason).is_(None),
+        )
+        .order_by(col(CallAttempt.due_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=CallAttempt)
+    )
+    rows = session.execute(query).all()
+    if not rows:
+        return TickResult([], 0, 0)
+    facts = _batch_facts(session, [attempt for attempt, _, _ in rows], now)
+    updates: list[dict[str, Any]] = []
+    events: list[audit.Entry] = []
+    queued: list[int] = []
+    deferred = skipped = 0
+    for attempt, appointment, clinic in rows:
+        assert attempt.id is not None
+        decision = _decide_in_batch(facts, attempt, appointment, clinic, now)
+        change: dict[str, Any] = {
+            "id": attempt.id,
+            "decision": _decision_json(decision),
+            "updated_at": now,
+        }
+        if decision.allowed:
+            change |= {"state": AttemptState.QUEUED, "queued_at": now}
+            kind = "attempt.queued"
+            queued.append(attempt.id)
+        elif decision.next_allowed_at is not None:
+            change |= {
+                "due_at": decision.next_allowed_at,
+                "skip_reasons": "; ".join(decision.reasons),
+            }
+            kind = "attempt.deferred"
+            deferred += 1
+        else:
+            change |= {
+                "state": AttemptState.SKIPPED,
+                "ended_at": now,
+                "skip_reasons": "; ".join(decision.reasons),
+            }
+            kind = "attempt.skipped"
+            skipped += 1
+        updates.append(change)
+        events.append(
+            audit.Entry(
+                kind,
+                {"attempt_number": attempt.attempt_number, "decision": _audit_decision(decision)},
+                SCHEDULER,
+                clinic.id,
+                appointment.id,
+                attempt.id,
+                now,
+            )
+        )
+    session.execute(update(CallAttempt), updates)
+    audit.record_many(session, events)
+    return TickResult(queued, deferred, skipped)
+
+
+# --------------------------------------------------------------------------- dialing
+
+
+@dataclass(frozen=True)
+class DialTarget:
+    """What pacing needs to know before the attempt is touched."""
+
+    attempt_id: int
+    trunk_id: str | None
+    calls_per_second: float
+    max_concurrent: int
+
+
+def dial_target(session: Session, attempt_id: int, default_trunk: str | None) -> DialTarget | None:
+    """The trunk and its limits for a queued attempt; None if it is not queued (a no-op)."""
+    row = session.execute(
+        select(CallAttempt.state, Clinic.trunk_id)
+        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+        .where(col(CallAttempt.id) == attempt_id)
+    ).first()
+    if row is None or row[0] != AttemptState.QUEUED:
+        return None
+    trunk_id = row[1] or default_trunk
+    limits = session.get(Trunk, trunk_id) if trunk_id else None
+    return DialTarget(
+        attempt_id=attempt_id,
+        trunk_id=trunk_id,
+        calls_per_second=limits.calls_per_second if limits else DEFAULT_CPS,
+        max_concurrent=limits.max_concurrent if limits else DEFAULT_MAX_CONCURRENT,
+    )
+
+
+def return_to_queue(
+    session: Session, attempt_id: int, now: datetime, *, due_at: datetime, why: str
+) -> bool:
+    """queued -> scheduled: the call never started (pacing full, a worker shutting down)."""
+    changed = session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
+        .values(state=AttemptState.SCHEDULED, due_at=due_at, updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed:
+        attempt = session.get(CallAttempt, attempt_id)
+        assert attempt is not None
+        audit.record(
+            session,
+            "attempt.requeued",
+            {"why": why, "due_at": due_at.isoformat()},
+            actor=WORKER,
+            clinic_id=attempt.clinic_id,
+            appointment_id=attempt.appointment_id,
+            attempt_id=attempt_id,
+        )
+    return bool(changed)
+
+
+@dataclass(frozen=True)
+class DialSettings:
+    default_trunk: str | None
+    default_agent: str
+    report_secret: str
+    ringing_timeout: timedelta
+    max_call_duration: timedelta
+    agent_script_version: str
+
+
+def begin_dial(
+    session: Session, attempt_id: int, now: datetime, config: DialSettings
+) -> CallRequest | None:
+    """queued -> dialing after a last policy check; the returned request is dialed exactly once.
+
+    None when there is nothing to dial: not queued any more (a duplicate task),
+    the policy now says no (a DNC entry added a second ago wins), or the clinic
+    has no trunk (the clinic is paused until an operator fixes it).
+    """
+    attempt = session.execute(
+        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
+    ).scalar_one_or_none()
+    if attempt is None or attempt.state != AttemptState.QUEUED:
+        return None
+    appointment = session.get(Appointment, attempt.appointment_id)
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert appointment is not None and clinic is not None
+    if clinic.paused_reason:
+        attempt.state = AttemptState.SCHEDULED
+        attempt.updated_at = now
+        return None
+    decision = compliance.decide_for(session, appointment, clinic, attempt.attempt_number, now)
+    attempt.decision = _decision_json(decision)
+    attempt.updated_at = now
+    if not decision.allowed:
+        if decision.next_allowed_at is not None:
+            attempt.state = AttemptState.SCHEDULED
+            attempt.due_at = decision.next_allowed_at
+            kind = "attempt.deferred"
+        else:
+            attempt.state = AttemptState.SKIPPED
+            attempt.ended_at = now
+            kind = "attempt.skipped"
+        attempt.skip_reasons = "; ".join(decision.reasons)
+        audit.record(
+            session,
+            kind,
+            {"at_dial_time": True, "decision": _audit_decision(decision)},
+            actor=WORKER,
+            clinic_id=clinic.id,
+            appointment_id=appointment.id,
+            attempt_id=attempt.id,
+        )
+        return None
+    trunk_id = clinic.trunk_id or config.default_trunk
+    if not trunk_id:
+        pause_clinic(
+            session,
+            clinic,
+            "no SIP outbound trunk: set it with `campaigns clinic add --trunk` "
+            "or LIVEKIT_SIP_TRUNK_ID",
+            now,
+        )
+        attempt.state = AttemptState.SCHEDULED
+        return None
+    assert attempt.id is not None
+    attempt.state = AttemptState.DIALING
+    attempt.dialing_at = now
+    attempt.trunk_id = trunk_id
+    attempt.caller_id = clinic.caller_id
+    attempt.room_name = f"appt-{attempt.id}-{secrets.token_hex(4)}"
+    attempt.participant_identity = f"callee-{attempt.id}-{secrets.token_hex(4)}"
+    local_start = appointment.starts_at.astimezone(
+        ZoneInfo(appointment.patient_timezone or clinic.timezone)
+    )
+    audit.record(
+        session,
+        "attempt.dialing",
+        {
+            "attempt_number": attempt.attempt_number,
+            "caller_id": clinic.caller_id,
+            "number_called": attempt.number_called,
+            "trunk_id": trunk_id,
+            "room_name": attempt.room_name,
+            "number_source": appointment.phone_source,
+            "agent_name": clinic.agent_name or config.default_agent,
+            "agent_script_version": config.agent_script_version,
+            "decision": _audit_decision(decision),
+        },
+        actor=WORKER,
+        clinic_id=clinic.id,
+        appointment_id=appointment.id,
+        attempt_id=attempt.id,
+        at=now,
+    )
+    return CallRequest(
+        attempt_id=attempt.id,
+        room_name=attempt.room_name,
+        participant_identity=attempt.participant_identity,
+        trunk_id=trunk_id,
+        call_to=attempt.number_called,
+        caller_id=clinic.caller_id,
+        agent_name=clinic.agent_name or config.default_agent,
+        agent_metadata={
+            "attempt_id": attempt.id,
+            "report_token": sign_report_token(attempt.id, config.report_secret),
+            "clinic_name": clinic.name,
+            "patient_first_name": appointment.patient_name.split()[0],
+            "appointment_local_time": local_start.isoformat(),
+            "appointment_timezone": str(local_start.tzinfo),
+            "provider": appointment.provider,
+            "location": appointment.location,
+            "callback_number": clinic.caller_id,
+            "language": appointment.language,
+            "script_version": config.agent_script_version,
+        },
+        ringing_timeout=config.ringing_timeout,
+        max_call_duration=config.max_call_duration,
+    )
+
+
+def pause_clinic(session: Session, clinic: Clinic, reason: str, now: datetime) -> None:
+    """Stop calling for a clinic whose configuration makes every call fail (no retry storm)."""
+    if clinic.paused_reason == reason:
+        return
+    clinic.paused_reason = reason
+    clinic.updated_at = now
+    log.error("clinic %s paused: %s", clinic.name, reason)
+    audit.record(
+        session, "clinic.paused", {"reason": reason}, actor=WORKER, clinic_id=clinic.id, at=now
+    )
+
+
+def resume_clinic(session: Session, clinic: Clinic, *, actor: str) -> bool:
+    if clinic.paused_reason is None:
+        return False
+    audit.record(
+        session, "clinic.resumed", {"was": clinic.paused_reason}, actor=actor, clinic_id=clinic.id
+    )
+    clinic.paused_reason = None
+    return True
+
+
+@dataclass(frozen=True)
+class FinishedDial:
+    """What the worker learned; ``release_slot`` is False while the call goes on."""
+
+    state: str
+    outcome: str | None
+    release_slot: bool
+
+
+def finish_dial(
+    session: Session, attempt_id: int, result: CallResult, now: datetime, *, jitter: float
+) -> FinishedDial:
+    """Record the result of CreateSIPParticipant and, for a failed dial, the next attempt."""
+    attempt = session.execute(
+        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
+    ).scalar_one()
+    attempt.dispatch_id = result.dispatch_id or attempt.dispatch_id
+    attempt.sip_call_id = result.sip_call_id or attempt.sip_call_id
+    attempt.sip_status_code = result.sip_status_code
+    attempt.sip_status = result.sip_status
+    attempt.updated_at = now
+    if attempt.state != AttemptState.DIALING:
+        # The agent's report (or reconciliation) got here first; keep its outcome.
+        return FinishedDial(attempt.state, attempt.outcome, attempt.state != AttemptState.ANSWERED)
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert clinic is not None
+    base = {
+        "clinic_id": attempt.clinic_id,
+        "appointment_id": attempt.appointment_id,
+        "attempt_id": attempt.id,
+    }
+    if result.answered:
+        attempt.state = AttemptState.ANSWERED
+        attempt.answered_at = now
+        audit.record(
+            session,
+            "attempt.answered",
+            {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
+            actor=WORKER,
+            at=now,
+            **base,
+        )
+        return FinishedDial(attempt.state, None, release_slot=False)
+    if result.config_error:
+        # Nothing was dialed: the attempt goes back, the clinic stops until fixed.
+        attempt.state = AttemptState.SCHEDULED
+        attempt.dialing_at = None
+        attempt.error = result.error
+        pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        audit.record(
+            session,
+            "attempt.requeued",
+            {"why": "configuration error", "error": result.error},
+            actor=WORKER,
+            at=now,
+            **base,
+        )
+        return FinishedDial(attempt.state, None, release_slot=True)
+    outcome = result.outcome or Outcome.FAILED
+    _close(
+        session,
+        attempt,
+        clinic,
+        outcome,
+        now,
+        error=result.error,
+        ambiguous=result.ambiguous,
+        jitter=jitter,
+        actor=WORKER,
+    )
+    return FinishedDial(attempt.state, outcome, release_slot=True)
+
+
+def _close(
+    session: Session,
+    attempt: CallAttempt,
+    clinic: Clinic,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    error: str | None,
+    jitter: float,
+    actor: str,
+    ambiguous: bool = False,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Set the outcome, apply it to the appointment, and schedule the retry if any."""
+    attempt.state = AttemptState.FAILED if outcome == Outcome.FAILED else AttemptState.COMPLETED
+    attempt.outcome = outcome
+    attempt.ended_at = now
+    attempt.error = error
+    attempt.updated_at = now
+    appointment = session.get(Appointment, attempt.appointment_id)
+    assert appointment is not None and clinic.id is not None
+    status = _STATUS_FOR_OUTCOME.get(outcome)
+    if status is not None and appointment.status == AppointmentStatus.SCHEDULED:
+        appointment.status = status
+        appointment.updated_at = now
+    if outcome == Outcome.OPTED_OUT:
+        dnc.add(
+            session,
+            attempt.number_called,
+            clinic_id=clinic.id,
+            source=DncSource.PATIENT_REQUEST,
+            reason=f"opted out during call attempt {attempt.id}",
+            actor=actor,
+        )
+    session.flush()
+    audit.record(
+        session,
+        "attempt.completed" if attempt.state == AttemptState.COMPLETED else "attempt.failed",
+        {
+            "outcome": outcome,
+            "sip_status_code": attempt.sip_status_code,
+            "sip_status": attempt.sip_status,
+            "ambiguous": ambiguous,
+            "error": error,
+            "dialing_at": attempt.dialing_at.isoformat() if attempt.dialing_at else None,
+            "answered_at": attempt.answered_at.isoformat() if attempt.answered_at else None,
+            "ended_at": now.isoformat(),
+            "duration_seconds": (now - attempt.answered_at).total_seconds()
+            if attempt.answered_at
+            else 0,
+            "detail": detail or {},
+        },
+        actor=actor,
+        clinic_id=clinic.id,
+        appointment_id=appointment.id,
+        attempt_id=attempt.id,
+        at=now,
+    )
+    schedule_retry(session, attempt, appointment, clinic, outcome, now, jitter=jitter, actor=actor)
+
+
+def schedule_retry(
+    session: Session,
+    attempt: CallAttempt,
+    appointment: Appointment,
+    clinic: Clinic,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    jitter: float,
+    actor: str,
+) -> CallAttempt | None:
+    """The next attempt as a row due after the backoff, moved into the next allowed instant."""
+    if not is_retryable(outcome, retry_voicemail=clinic.retry_voicemail):
+        return None
+    due = next_retry_due(
+        outcome,
+        attempt.attempt_number,
+        now,
+        base=timedelta(seconds=clinic.retry_base_seconds),
+        cap=timedelta(seconds=clinic.retry_cap_seconds),
+        retry_voicemail=clinic.retry_voicemail,
+        max_attempts=clinic.max_attempts,
+        jitter=jitter,
+    )
+    base = {"clinic_id": clinic.id, "appointment_id": appointment.id, "attempt_id": attempt.id}
+    if due is None:
+        if appointment.status == AppointmentStatus.SCHEDULED:
+            appointment.status = AppointmentStatus.UNREACHED
+        audit.record(
+            session,
+            "retry.exhausted",
+            {"attempts": attempt.attempt_number},
+            actor=actor,
+            at=now,
+            **base,
+        )
+        return None
+    number = attempt.attempt_number + 1
+    decision = compliance.decide_for(session, appointment, clinic, number, due)
+    if not decision.allowed and decision.next_allowed_at is None:
+        audit.record(
+            session,
+            "retry.dropped",
+            {"attempt_number": number, "decision": _audit_decision(decision)},
+            actor=actor,
+            at=now,
+            **base,
+        )
+        return None
+    following = _new_attempt(appointment, clinic, number, decision, due, not_before=due)
+    session.add(following)
+    session.flush()
+    audit.record(
+        session,
+        "attempt.scheduled",
+        {
+            "attempt_number": number,
+            "after_outcome": outcome,
+            "due_at": following.due_at.isoformat(),
+            "decision": _audit_decision(decision),
+        },
+        actor=actor,
+        clinic_id=clinic.id,
+        appointment_id=appointment.id,
+        attempt_id=following.id,
+        at=now,
+    )
+    return following
+
+
+# --------------------------------------------------------------------------- agent reports
+
+
+class InvalidReportError(InvalidInputError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    attempt_id: int
+    accepted: bool
+    duplicate: bool
+    release_slot: bool
+    trunk_id: str | None
+
+
+def record_outcome(
+    session: Session,
+    attempt_id: int,
+    outcome: str,
+    token: str,
+    now: datetime,
+    *,
+    secret: str,
+    jitter: float,
+    detail: dict[str, Any] | None = None,
+) -> ReportResult:
+    """The agent's report after an answered call: authenticated, and idempotent."""
+    if not verify_report_token(attempt_id, token, secret):
+        raise InvalidReportError(f"report for attempt {attempt_id} has a bad token")
+    try:
+        reported = Outcome(outcome)
+    except ValueError as exc:
+        raise InvalidReportError(f"unknown outcome {outcome!r}") from exc
+    if reported not in AGENT_OUTCOMES:
+        raise InvalidReportError(f"an agent cannot report {outcome!r}")
+    attempt = session.execute(
+        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
+    ).scalar_one_or_none()
+    if attempt is None:
+        raise NotFoundError(f"no call attempt {attempt_id}")
+    if attempt.outcome is not None or attempt.state not in (
+        AttemptState.DIALING,
+        AttemptState.ANSWERED,
+    ):
+        return ReportResult(attempt_id, False, True, False, attempt.trunk_id)
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert clinic is not None
+    attempt.answered_at = attempt.answered_at or now
+    # A report can beat the worker's own write after an answer; then the worker frees the slot.
+    release = attempt.state == AttemptState.ANSWERED
+    _close(
+        session,
+        attempt,
+        clinic,
+        reported,
+        now,
+        error=None,
+        jitter=jitter,
+        actor=AGENT,
+        detail=detail,
+    )
+    log.info(
+        "attempt %s: agent reported %s for %s",
+        attempt_id,
+        reported,
+        mask_phone(attempt.number_called),
+    )
+    return ReportResult(attempt_id, True, False, release, attempt.trunk_id)
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+@dataclass(frozen=True)
+class StaleAttempt:
+    attempt_id: int
+    state: str
+    room_name: str | None
+    participant_identity: str | None
+    trunk_id: str | None
+
+
+def stale_attempts(
+    session: Session,
+    now: datetime,
+    *,
+    queued_timeout: timedelta,
+    dialing_timeout: timedelta,
+    answered_timeout: timedelta,
+) -> list[StaleAttempt]:
+    """Attempts past the deadline of their state: lost tasks, killed workers, silent agents."""
+    rows = session.execute(
+        select(CallAttempt).where(
+            (
+                (col(CallAttempt.state) == AttemptState.QUEUED)
+                & (col(CallAttempt.queued_at) < now - queued_timeout)
+            )
+            | (
+                (col(CallAttempt.state) == AttemptState.DIALING)
+                & (col(CallAttempt.dialing_at) < now - dialing_timeout)
+            )
+            | (
+                (col(CallAttempt.state) == AttemptState.ANSWERED)
+                & (col(CallAttempt.answered_at) < now - answered_timeout)
+            )
+        )
+    ).scalars()
+    return [
+        StaleAttempt(a.id or 0, a.state, a.room_name, a.participant_identity, a.trunk_id)
+        for a in rows
+    ]
+
+
+def reconcile_attempt(
+    session: Session,
+    stale: StaleAttempt,
+    room_participants: Sequence[str] | None,
+    now: datetime,
+    *,
+    jitter: float,
+) -> str | None:
+    """Settle one stale attempt given what the room shows; never re-dials it.
+
+    ``room_participants`` is None when the room could not be inspected (then a
+    dialing/answered attempt is left for the next pass).
+    """
+    attempt = session.execute(
+        select(CallAttempt).where(col(CallAttempt.id) == stale.attempt_id).with_for_update()
+    ).scalar_one_or_none()
+    if attempt is None or attempt.state != stale.state:
+        return None
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert clinic is not None
+    base = {
+        "clinic_id": attempt.clinic_id,
+        "appointment_id": attempt.appointment_id,
+        "attempt_id": attempt.id,
+    }
+    if attempt.state == AttemptState.QUEUED:
+        # Never dialed (dialing is a committed state before any dial): safe to queue again.
+        attempt.state = AttemptState.SCHEDULED
+        attempt.due_at = now
+        attempt.updated_at = now
+        audit.record(
+            session,
+            "attempt.reconciled",
+            {"was": "queued", "action": "rescheduled"},
+            actor=SCHEDULER,
+            at=now,
+            **base,
+        )
+        return "rescheduled"
+    if room_participants is None:
+        return None
+    on_call = attempt.participant_identity in room_participants
+    if attempt.state == AttemptState.DIALING and on_call:
+        attempt.state = AttemptState.ANSWERED
+        attempt.answered_at = now
+        attempt.updated_at = now
+        audit.record(
+            session,
+            "attempt.reconciled",
+            {"was": "dialing", "action": "answered"},
+            actor=SCHEDULER,
+            at=now,
+            **base,
+        )
+        return "answered"
+    if on_call:
+        return None  # still talking past the deadline: the hang-up is the caller's job
+    error = (
+        "worker lost while dialing; the call may have been placed"
+        if attempt.state == AttemptState.DIALING
+        else "no report from the agent"
+    )
+    _close(
+        session,
+        attempt,
+        clinic,
+        Outcome.FAILED,
+        now,
+        error=error,
+        jitter=jitter,
+        actor=SCHEDULER,
+        ambiguous=True,
+    )
+    return "failed"
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status_counts(session: Session, clinic_id: int | None = None) -> dict[str, Any]:
+    appointments = select(func.count()).select_from(Appointment)
+    attempts = select(CallAttempt.state, func.count()).group_by(col(CallAttempt.state))
+    outcomes = (
+        select(CallAttempt.outcome, func.count())
+        .where(col(CallAttempt.outcome).is_not(None))
+        .group_by(col(CallAttempt.outcome))
+    )
+    statuses = select(Appointment.status, func.count()).group_by(col(Appointment.status))
+    if clinic_id is not None:
+        appointments = appointments.where(col(Appointment.clinic_id) == clinic_id)
+        attempts = attempts.where(col(CallAttempt.clinic_id) == clinic_id)
+        outcomes = outcomes.where(col(CallAttempt.clinic_id) == clinic_id)
+        statuses = statuses.where(col(Appointment.clinic_id) == clinic_id)
+    state_counts: dict[str, int] = defaultdict(int, {s.value: 0 for s in AttemptState})
+    for state, count in session.execute(attempts).all():
+        state_counts[state] = count
+    outcome_counts: dict[str, int] = {o.value: 0 for o in Outcome}
+    for outcome, count in session.execute(outcomes).all():
+        outcome_counts[outcome] = count
+    retries = session.execute(
+        select(func.count()).select_from(CallAttempt).where(col(CallAttempt.attempt_number) > 1)
+        if clinic_id is None
+        else select(func.count())
+        .select_from(CallAttempt)
+        .where(col(CallAttempt.attempt_number) > 1, col(CallAttempt.clinic_id) == clinic_id)
+    ).scalar_one()
+    return {
+        "appointments": session.execute(appointments).scalar_one(),
+        "attempts": dict(state_counts),
+        "outcomes": outcome_counts,
+        "appointment_statuses": dict(session.execute(statuses).tuples().all()),
+        "retries": retries,
+    }
+
+
+def bulk_insert_attempts(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Insert many attempt rows at once (benchmarks and data loads)."""
+    batch = list(rows)
+    for start in range(0, len(batch), 1000):
+        session.execute(insert(CallAttempt), batch[start : start + 1000])

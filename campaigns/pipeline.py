@@ -1,0 +1,248 @@
+"""The calling pipeline's steps, each spanning several short transactions.
+
+A worker's task or the beat calls one of these with its collaborators (a
+session factory, the telephony port, a pacer, a clock). No transaction is
+held open while waiting on the network or on pacing, and a call is dialed
+only after the ``dialing`` state has been committed: whatever crashes, the
+database says whether a dial may have happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from campaigns import calls
+from campaigns.masking import mask_phone
+from campaigns.models import Clinic
+from campaigns.outcomes import Outcome
+from campaigns.pacing import Pacer
+from campaigns.settings import Settings
+from campaigns.telephony import CallResult, Telephony
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Runner = Callable[[Awaitable[T]], T]
+Clock = Callable[[], datetime]
+
+# How soon a call that found its trunk full is due again.
+PACING_RETRY_DELAY = timedelta(seconds=1)
+
+
+def utc_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Pipeline:
+    """Everything the steps need; built once per process."""
+
+    sessions: sessionmaker[Session]
+    settings: Settings
+    pacer: Pacer
+    telephony: Telephony | None = None
+    run: Runner[Any] | None = None
+    clock: Clock = utc_clock
+    rng: random.Random | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def jitter(self) -> float:
+        return (self.rng or random).random()
+
+    @property
+    def dial_settings(self) -> calls.DialSettings:
+        s = self.settings
+        return calls.DialSettings(
+            default_trunk=s.livekit_trunk_id,
+            default_agent=s.agent_name,
+            report_secret=s.report_secret.get_secret_value(),
+            ringing_timeout=timedelta(seconds=s.ringing_timeout_seconds),
+            max_call_duration=timedelta(seconds=s.max_call_duration_seconds),
+            agent_script_version=s.agent_script_version,
+        )
+
+    @property
+    def slot_lease(self) -> timedelta:
+        s = self.settings
+        return timedelta(
+            seconds=s.ringing_timeout_seconds + s.max_call_duration_seconds + s.dial_grace_seconds
+        )
+
+    def _telephony(self) -> tuple[Telephony, Runner[Any]]:
+        if self.telephony is None or self.run is None:
+            raise RuntimeError("this pipeline has no telephony")
+        return self.telephony, self.run
+
+    # ------------------------------------------------------------------ tick
+
+    def tick(self, send: Callable[[int], None], *, max_batches: int = 10) -> calls.TickResult:
+        """Claim due attempts batch by batch; send each task after its batch commits."""
+        queued: list[int] = []
+        deferred = skipped = 0
+        for _ in range(max_batches):
+            with self.transaction() as session:
+                result = calls.claim_due_attempts(
+                    session, self.clock(), limit=self.settings.tick_batch
+                )
+            for attempt_id in result.queued:
+                send(attempt_id)
+            queued += result.queued
+            deferred += result.deferred
+            skipped += result.skipped
+            if len(result.queued) + result.deferred + result.skipped < self.settings.tick_batch:
+                break
+        if queued or deferred or skipped:
+            log.info("tick: %d queued, %d deferred, %d skipped", len(queued), deferred, skipped)
+        return calls.TickResult(queued, deferred, skipped)
+
+    # ------------------------------------------------------------------ place a call
+
+    def place_call(self, attempt_id: int) -> str:
+        """Dial one queued attempt at most once. Returns what happened, for logs and tests."""
+        telephony, run = self._telephony()
+        with self.transaction() as session:
+            target = calls.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
+        if target is None:
+            return "not-queued"
+        slot = None
+        if target.trunk_id is not None:
+            slot = self.pacer.acquire(
+                target.trunk_id,
+                attempt_id,
+                cps=target.calls_per_second,
+                max_concurrent=target.max_concurrent,
+                lease=self.slot_lease,
+                max_wait=timedelta(seconds=self.settings.pacing_max_wait_seconds),
+            )
+            if slot is None:
+                with self.transaction() as session:
+                    now = self.clock()
+                    calls.return_to_queue(
+                        session,
+                        attempt_id,
+                        now,
+                        due_at=now + PACING_RETRY_DELAY,
+                        why="trunk at its limit",
+                    )
+                return "paced"
+        release = True
+        try:
+            with self.transaction() as session:
+                request = calls.begin_dial(session, attempt_id, self.clock(), self.dial_settings)
+            if request is None:
+                return "not-dialed"
+            log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
+            try:
+                result: CallResult = run(telephony.place_call(request))
+            except Exception as exc:
+                # The request may have reached LiveKit: record an ambiguous failure, never re-dial.
+                log.exception("attempt %s: dial raised", attempt_id)
+                result = CallResult(
+                    answered=False,
+                    outcome=Outcome.FAILED,
+                    error=f"{type(exc).__name__}: {exc}",
+                    ambiguous=True,
+                )
+            with self.transaction() as session:
+                finished = calls.finish_dial(
+                    session, attempt_id, result, self.clock(), jitter=self.jitter()
+                )
+            release = finished.release_slot
+            log.info("attempt %s: %s %s", attempt_id, finished.state, finished.outcome or "")
+            return finished.state
+        finally:
+            if release and target.trunk_id is not None:
+                self.pacer.release(target.trunk_id, attempt_id)
+
+    # ------------------------------------------------------------------ agent reports
+
+    def record_outcome(
+        self, attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
+    ) -> calls.ReportResult:
+        with self.transaction() as session:
+            result = calls.record_outcome(
+                session,
+                attempt_id,
+                outcome,
+                token,
+                self.clock(),
+                secret=self.settings.report_secret.get_secret_value(),
+                jitter=self.jitter(),
+                detail=detail,
+            )
+        if result.release_slot and result.trunk_id:
+            self.pacer.release(result.trunk_id, attempt_id)
+        return result
+
+    # ------------------------------------------------------------------ reconciliation
+
+    def reconcile(self) -> dict[str, int]:
+        """Settle attempts stuck past their deadlines, looking at the room before deciding."""
+        s = self.settings
+        with self.transaction() as session:
+            stale = calls.stale_attempts(
+                session,
+                self.clock(),
+                queued_timeout=timedelta(seconds=s.queued_timeout_seconds),
+                dialing_timeout=timedelta(seconds=s.ringing_timeout_seconds + s.dial_grace_seconds),
+                answered_timeout=timedelta(
+                    seconds=s.max_call_duration_seconds + s.report_grace_seconds
+                ),
+            )
+        settled: dict[str, int] = {}
+        for attempt in stale:
+            participants: list[str] | None = None
+            if attempt.room_name and self.telephony is not None and self.run is not None:
+                try:
+                    participants = self.run(self.telephony.room_participants(attempt.room_name))
+                except Exception:
+                    log.warning("attempt %s: room not inspectable, retry later", attempt.attempt_id)
+            with self.transaction() as session:
+                action = calls.reconcile_attempt(
+                    session, attempt, participants, self.clock(), jitter=self.jitter()
+                )
+            if action is None:
+                continue
+            settled[action] = settled.get(action, 0) + 1
+            if action == "failed" and attempt.trunk_id:
+                self.pacer.release(attempt.trunk_id, attempt.attempt_id)
+        if settled:
+            log.warning("reconciled stale attempts: %s", settled)
+        return settled
+
+    # ------------------------------------------------------------------ daily runs
+
+    def daily_runs(self) -> list[calls.DailyRunResult]:
+        results = []
+        with self.transaction() as session:
+            due = [
+                (clinic.id, day)
+                for clinic, day in calls.clinics_due_for_daily_run(session, self.clock())
+            ]
+        for clinic_id, day in due:
+            with self.transaction() as session:
+                clinic = session.get(Clinic, clinic_id)
+                assert clinic is not None
+                results.append(
+                    calls.run_daily(session, clinic, day, self.clock(), actor=calls.SCHEDULER)
+                )
+        return results

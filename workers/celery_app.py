@@ -1,0 +1,44 @@
+"""The Celery application: configuration only; tasks live in :mod:`workers.tasks`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from campaigns.settings import get_settings
+from scheduler.schedule import beat_schedule
+
+
+def _transport_options(broker_url: str) -> dict[str, Any]:
+    if broker_url.startswith(("redis://", "rediss://")):
+        # Above the longest task (a dial), so Redis never re-delivers one still running.
+        return {"visibility_timeout": 3600}
+    return {}
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("campaigns", broker=settings.broker_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        # A message whose worker died is redelivered; the attempt's state makes it a no-op.
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options=_transport_options(settings.broker_url),
+        beat_schedule=beat_schedule(settings),
+        timezone="UTC",
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,60 @@
+"""Celery tasks: thin adapters that take ids and call one pipeline step."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import Reject
+from sqlalchemy.exc import OperationalError
+
+from campaigns.calls import InvalidReportError
+from campaigns.errors import NotFoundError
+from workers.celery_app import app
+from workers.runtime import get_pipeline
+
+log = logging.getLogger(__name__)
+
+# A dial waits at most the ringing timeout plus the gateway's margin; this bounds a stuck task.
+PLACE_CALL_TIME_LIMIT = 600
+
+
+@app.task(name="campaigns.tick", acks_late=False, ignore_result=True)
+def tick() -> int:
+    result = get_pipeline().tick(send=place_call.delay)
+    return len(result.queued)
+
+
+@app.task(name="campaigns.place_call", acks_late=True, soft_time_limit=PLACE_CALL_TIME_LIMIT)
+def place_call(attempt_id: int) -> str:
+    # Not retried by Celery: a second run of a dialed attempt is a no-op by its state,
+    # and an undialed one is put back in the database queue by the step itself.
+    return get_pipeline().place_call(int(attempt_id))
+
+
+@app.task(
+    name="campaigns.record_outcome",
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=8,
+)
+def record_outcome(
+    attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
+) -> bool:
+    try:
+        result = get_pipeline().record_outcome(int(attempt_id), outcome, token, detail)
+    except (InvalidReportError, NotFoundError) as exc:
+        log.warning("rejected outcome report for attempt %s: %s", attempt_id, exc)
+        raise Reject(str(exc), requeue=False) from exc
+    return result.accepted
+
+
+@app.task(name="campaigns.reconcile", acks_late=False)
+def reconcile() -> dict[str, int]:
+    return get_pipeline().reconcile()
+
+
+@app.task(name="campaigns.daily_runs", acks_late=False)
+def daily_runs() -> int:
+    return sum(r.created for r in get_pipeline().daily_runs())
