@@ -21,7 +21,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import ARRAY, ColumnElement, Integer, Text, any_, bindparam, func, insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -43,7 +43,7 @@ from campaigns.models import (
     Trunk,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
-from campaigns.policy import Callee, Decision, DncCheck, History, StateRule, decide
+from campaigns.policy import Callee, Decision, DncCheck, History, Policy, StateRule, decide
 from campaigns.retry import next_retry_due
 from campaigns.telephony import CallRequest, CallResult
 from campaigns.tokens import sign_report_token, verify_report_token
@@ -238,11 +238,29 @@ def _new_attempt(
 # --------------------------------------------------------------------------- the tick
 
 
+@dataclass(frozen=True)
+class _DueAttempt:
+    """The columns the claim needs, without loading ORM objects."""
+
+    id: int
+    attempt_number: int
+    number_called: str
+    appointment_id: int
+    clinic_id: int
+    patient_timezone: str | None
+    patient_state: str | None
+    patient_zip: str | None
+    starts_at: datetime
+    status: str
+
+
 @dataclass
 class _BatchFacts:
     """What the policy needs for a whole batch, read in a handful of queries."""
 
     rules: tuple[tuple[StateRule, ...], str]
+    clinics: dict[int, Clinic] = field(default_factory=dict)
+    policies: dict[int, Policy] = field(default_factory=dict)
     dnc_hits: dict[str, set[str]] = field(default_factory=dict)
     list_versions: dict[str, int] = field(default_factory=dict)
     registry_as_of: date | None = None
@@ -250,11 +268,28 @@ class _BatchFacts:
     last_dial: dict[int, datetime] = field(default_factory=dict)
 
 
-def _batch_facts(session: Session, attempts: Sequence[CallAttempt], now: datetime) -> _BatchFacts:
+def _one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """``column IN values``; one array parameter on PostgreSQL instead of a thousand."""
+    if session.get_bind().dialect.name == "postgresql":
+        element_type = Integer() if values and isinstance(values[0], int) else Text()
+        return column == any_(bindparam("values", list(values), type_=ARRAY(element_type)))  # type: ignore[no-any-return]
+    return column.in_(values)  # type: ignore[no-any-return]
+
+
+def _batch_facts(session: Session, attempts: Sequence[_DueAttempt], now: datetime) -> _BatchFacts:
     facts = _BatchFacts(rules=compliance.load_state_rules(session))
+    state_rules, version = facts.rules
+    for clinic in session.execute(
+        select(Clinic).where(col(Clinic.id).in_({a.clinic_id for a in attempts}))
+    ).scalars():
+        assert clinic.id is not None
+        facts.clinics[clinic.id] = clinic
+        facts.policies[clinic.id] = compliance.policy_for(clinic, state_rules, version)
     phones = sorted({a.number_called for a in attempts})
     for list_name, phone in session.execute(
-        select(DncEntry.list_name, DncEntry.phone_e164).where(col(DncEntry.phone_e164).in_(phones))
+        select(DncEntry.list_name, DncEntry.phone_e164).where(
+            _one_of(session, col(DncEntry.phone_e164), phones)
+        )
     ).all():
         facts.dnc_hits.setdefault(phone, set()).add(list_name)
     for dnc_list in session.execute(select(DncList)).scalars():
@@ -263,7 +298,7 @@ def _batch_facts(session: Session, attempts: Sequence[CallAttempt], now: datetim
             facts.registry_as_of = dnc_list.registry_as_of
     for phone, dialed in session.execute(
         select(CallAttempt.number_called, CallAttempt.dialing_at).where(
-            col(CallAttempt.number_called).in_(phones),
+            _one_of(session, col(CallAttempt.number_called), phones),
             col(CallAttempt.dialing_at) > now - compliance.NUMBER_CAP_SPAN,
         )
     ).all():
@@ -272,7 +307,8 @@ def _batch_facts(session: Session, attempts: Sequence[CallAttempt], now: datetim
     appointment_ids = sorted({a.appointment_id for a in attempts})
     for appointment_id, last in session.execute(
         select(CallAttempt.appointment_id, func.max(CallAttempt.dialing_at))
-        .where(col(CallAttempt.appointment_id).in_(appointment_ids))
+        .where(_one_of(session, col(CallAttempt.appointment_id), appointment_ids))
+        .where(col(CallAttempt.dialing_at).is_not(None))
         .group_by(col(CallAttempt.appointment_id))
     ).all():
         if last is not None:
@@ -280,40 +316,33 @@ def _batch_facts(session: Session, attempts: Sequence[CallAttempt], now: datetim
     return facts
 
 
-def _decide_in_batch(
-    facts: _BatchFacts,
-    attempt: CallAttempt,
-    appointment: Appointment,
-    clinic: Clinic,
-    now: datetime,
-) -> Decision:
-    assert clinic.id is not None
+def _decide_in_batch(facts: _BatchFacts, due: _DueAttempt, now: datetime) -> Decision:
+    clinic = facts.clinics[due.clinic_id]
     names = {
         dnc.GLOBAL_LIST: "global",
-        dnc.clinic_list(clinic.id): "clinic",
+        dnc.clinic_list(due.clinic_id): "clinic",
         dnc.NATIONAL_LIST: "national_registry",
     }
-    hits = facts.dnc_hits.get(attempt.number_called, set())
-    state_rules, version = facts.rules
+    hits = facts.dnc_hits.get(due.number_called, set())
     callee = Callee(
-        phone_e164=attempt.number_called,
+        phone_e164=due.number_called,
         country=clinic.country,
-        timezone=appointment.patient_timezone,
-        state=appointment.patient_state,
-        zip_code=appointment.patient_zip,
-        appointment_start=appointment.starts_at,
-        appointment_status=appointment.status,
+        timezone=due.patient_timezone,
+        state=due.patient_state,
+        zip_code=due.patient_zip,
+        appointment_start=due.starts_at,
+        appointment_status=due.status,
     )
     history = History(
-        attempt_number=attempt.attempt_number,
-        last_attempt_at=facts.last_dial.get(appointment.id or 0),
-        dials_to_number=tuple(sorted(facts.dials.get(attempt.number_called, []))),
+        attempt_number=due.attempt_number,
+        last_attempt_at=facts.last_dial.get(due.appointment_id),
+        dials_to_number=tuple(sorted(facts.dials.get(due.number_called, []))),
     )
     return decide(
         callee,
         history,
         now,
-        compliance.policy_for(clinic, state_rules, version),
+        facts.policies[due.clinic_id],
         DncCheck(
             blocked_by=tuple(sorted(label for name, label in names.items() if name in hits)),
             registry_as_of=facts.registry_as_of,
@@ -340,7 +369,18 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
     per returned id.
     """
     query = (
-        select(CallAttempt, Appointment, Clinic)
+        select(  # type: ignore[call-overload]
+            CallAttempt.id,
+            CallAttempt.attempt_number,
+            CallAttempt.number_called,
+            CallAttempt.appointment_id,
+            CallAttempt.clinic_id,
+            Appointment.patient_timezone,
+            Appointment.patient_state,
+            Appointment.patient_zip,
+            Appointment.starts_at,
+            Appointment.status,
+        )
         .join(Appointment, col(Appointment.id) == col(CallAttempt.appointment_id))
         .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
         .where(
@@ -352,27 +392,28 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
         .limit(limit)
         .with_for_update(skip_locked=True, of=CallAttempt)
     )
-    rows = session.execute(query).all()
+    rows = [_DueAttempt(*row) for row in session.execute(query).tuples()]
     if not rows:
         return TickResult([], 0, 0)
-    facts = _batch_facts(session, [attempt for attempt, _, _ in rows], now)
+    facts = _batch_facts(session, rows, now)
     updates: list[dict[str, Any]] = []
     events: list[audit.Entry] = []
     queued: list[int] = []
+    queued_by_clinic: dict[int, list[int]] = defaultdict(list)
     deferred = skipped = 0
-    for attempt, appointment, clinic in rows:
-        assert attempt.id is not None
-        decision = _decide_in_batch(facts, attempt, appointment, clinic, now)
+    for due in rows:
+        decision = _decide_in_batch(facts, due, now)
+        if decision.allowed:
+            # The full decision is recorded again when the worker re-checks it at dial time.
+            queued.append(due.id)
+            queued_by_clinic[due.clinic_id].append(due.id)
+            continue
         change: dict[str, Any] = {
-            "id": attempt.id,
+            "id": due.id,
             "decision": _decision_json(decision),
             "updated_at": now,
         }
-        if decision.allowed:
-            change |= {"state": AttemptState.QUEUED, "queued_at": now}
-            kind = "attempt.queued"
-            queued.append(attempt.id)
-        elif decision.next_allowed_at is not None:
+        if decision.next_allowed_at is not None:
             change |= {
                 "due_at": decision.next_allowed_at,
                 "skip_reasons": "; ".join(decision.reasons),
@@ -391,15 +432,33 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
         events.append(
             audit.Entry(
                 kind,
-                {"attempt_number": attempt.attempt_number, "decision": _audit_decision(decision)},
+                {"attempt_number": due.attempt_number, "decision": _audit_decision(decision)},
                 SCHEDULER,
-                clinic.id,
-                appointment.id,
-                attempt.id,
+                due.clinic_id,
+                due.appointment_id,
+                due.id,
                 now,
             )
         )
-    session.execute(update(CallAttempt), updates)
+    if queued:
+        session.execute(
+            update(CallAttempt)
+            .where(_one_of(session, col(CallAttempt.id), queued))
+            .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    if updates:
+        session.execute(update(CallAttempt), updates)
+    events += [
+        audit.Entry(
+            "attempts.queued",
+            {"attempt_ids": ids, "ruleset_version": facts.rules[1]},
+            SCHEDULER,
+            clinic_id,
+            at=now,
+        )
+        for clinic_id, ids in queued_by_clinic.items()
+    ]
     audit.record_many(session, events)
     return TickResult(queued, deferred, skipped)
 
@@ -698,7 +757,10 @@ def _close(
     appointment = session.get(Appointment, attempt.appointment_id)
     assert appointment is not None and clinic.id is not None
     status = _STATUS_FOR_OUTCOME.get(outcome)
-    if status is not None and appointment.status == AppointmentStatus.SCHEDULED:
+    if status is not None and appointment.status in (
+        AppointmentStatus.SCHEDULED,
+        AppointmentStatus.UNREACHED,
+    ):
         appointment.status = status
         appointment.updated_at = now
     if outcome == Outcome.OPTED_OUT:
@@ -848,13 +910,16 @@ def record_outcome(
     ).scalar_one_or_none()
     if attempt is None:
         raise NotFoundError(f"no call attempt {attempt_id}")
-    if attempt.outcome is not None or attempt.state not in (
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert clinic is not None
+    if _closed_by_reconciliation(attempt):
+        # The authentic report outranks reconciliation's guess; its retry must not call again.
+        _cancel_open_retry(session, attempt, reported, now)
+    elif attempt.outcome is not None or attempt.state not in (
         AttemptState.DIALING,
         AttemptState.ANSWERED,
     ):
         return ReportResult(attempt_id, False, True, False, attempt.trunk_id)
-    clinic = session.get(Clinic, attempt.clinic_id)
-    assert clinic is not None
     attempt.answered_at = attempt.answered_at or now
     # A report can beat the worker's own write after an answer; then the worker frees the slot.
     release = attempt.state == AttemptState.ANSWERED
@@ -879,6 +944,40 @@ def record_outcome(
 
 
 # --------------------------------------------------------------------------- reconciliation
+
+RECONCILED = "reconciled: "
+
+
+def _closed_by_reconciliation(attempt: CallAttempt) -> bool:
+    return attempt.outcome == Outcome.FAILED and (attempt.error or "").startswith(RECONCILED)
+
+
+def _cancel_open_retry(
+    session: Session, attempt: CallAttempt, reported: Outcome, now: datetime
+) -> None:
+    later = session.execute(
+        select(CallAttempt).where(
+            col(CallAttempt.appointment_id) == attempt.appointment_id,
+            col(CallAttempt.attempt_number) > attempt.attempt_number,
+            col(CallAttempt.state) == AttemptState.SCHEDULED,
+        )
+    ).scalars()
+    for retry in later:
+        retry.state = AttemptState.SKIPPED
+        retry.ended_at = now
+        retry.skip_reasons = (
+            f"superseded: the agent reported {reported} for attempt {attempt.attempt_number}"
+        )
+        audit.record(
+            session,
+            "attempt.skipped",
+            {"reason": retry.skip_reasons},
+            actor=AGENT,
+            clinic_id=retry.clinic_id,
+            appointment_id=retry.appointment_id,
+            attempt_id=retry.id,
+            at=now,
+        )
 
 
 @dataclass(frozen=True)
@@ -978,7 +1077,7 @@ def reconcile_attempt(
         return "answered"
     if on_call:
         return None  # still talking past the deadline: the hang-up is the caller's job
-    error = (
+    error = RECONCILED + (
         "worker lost while dialing; the call may have been placed"
         if attempt.state == AttemptState.DIALING
         else "no report from the agent"

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
@@ -226,6 +227,69 @@ def clinic_resume(name: str) -> None:
     with unit_of_work() as session:
         resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
     err.print(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}")
+
+
+# --- import -----------------------------------------------------------------
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(dir_okay=False, help="CSV of appointments")],
+    clinic: Annotated[str, typer.Option(help="Clinic name")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Import appointments; valid rows are committed together, invalid ones reported by line."""
+    from campaigns.importer import import_appointments
+
+    if not file.is_file():
+        raise InvalidInputError(f"{file}: no such file")
+    show_progress = sys.stdout.isatty() and not as_json
+    with unit_of_work() as session, _import_progress(show_progress, file.name) as progress:
+        found = clinics.get_clinic(session, clinic)
+        report = import_appointments(
+            session,
+            found,
+            file,
+            filename=file.name,
+            now=datetime.now(UTC),
+            actor=actor(),
+            progress=progress,
+        )
+        if report.usable_rows == 0:
+            # Roll back: an unusable file leaves no trace but its report.
+            session.rollback()
+    document = report.to_json()
+    if as_json:
+        emit_json(document)
+    else:
+        out.print(
+            f"{file.name}: {report.imported} imported, {report.updated} updated, "
+            f"{report.unchanged} unchanged, {len(report.rejected)} rejected"
+        )
+        for rejection in report.rejected[:50]:
+            out.print(
+                f"  line {rejection.line}, {rejection.column}: {rejection.reason}", markup=False
+            )
+        if len(report.rejected) > 50:
+            out.print(f"  ... and {len(report.rejected) - 50} more (use --json for all)")
+    if report.usable_rows == 0:
+        _fail(f"{file.name} has no usable row; nothing was imported")
+
+
+@contextmanager
+def _import_progress(enabled: bool, name: str) -> Iterator[Callable[[int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed} rows"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(f"importing {name}", total=None)
+        yield lambda rows: bar.update(task, completed=rows)
 
 
 # --- explain ----------------------------------------------------------------

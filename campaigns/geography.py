@@ -395,6 +395,11 @@ def _state_from_description(description: str) -> str | None:
 
 def state_for_number(phone_e164: str, country: str = "US") -> str | None:
     """The state a US number's area code presumes (e.g. +1 305 -> FL); None if not US."""
+    if phone_e164.startswith("+1") and len(phone_e164) == 12:
+        # The shipped table holds US area codes only: a hit settles it without parsing.
+        known = _STATE_BY_NPA.get(phone_e164[2:5])
+        if known is not None:
+            return known
     number = _parse(phone_e164, country)
     if number is None or phonenumbers.region_code_for_number(number) != "US":
         return None
@@ -440,6 +445,7 @@ def _address_states(state: str | None, zip_code: str | None) -> tuple[str, ...]:
     return _dedupe(found)
 
 
+@lru_cache(maxsize=65_536)
 def locate(
     phone_e164: str,
     country: str,

@@ -99,6 +99,7 @@ def app_env(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     get_settings.cache_clear()
     get_engine.cache_clear()
     yield database_url
+    get_engine().dispose()  # the CLI's pooled connections, before the database is dropped
     get_engine.cache_clear()
     get_settings.cache_clear()
 
