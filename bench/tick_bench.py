@@ -41,11 +41,14 @@ def load(appointments: int, pending: int, due: int) -> None:
     started = time.perf_counter()
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{DB}") as conn:
         conn.execute(
-            "INSERT INTO clinic (name, timezone, country, window_start, window_end, weekdays,"
-            " max_attempts, retry_base_seconds, retry_cap_seconds, retry_voicemail, min_gap_seconds,"
-            " cutoff_minutes, dials_per_number_24h, dials_per_number_7d, daily_run_time, lead_days,"
-            " created_at, updated_at) VALUES ('Bench', %s, 'US', '00:00', '23:59',"
-            " 'mon,tue,wed,thu,fri,sat,sun', 4, 3600, 86400, true, 3600, 120, 3, 6, '10:00', '1', %s, %s)",
+            """
+            INSERT INTO clinic (name, timezone, country, window_start, window_end, weekdays,
+                max_attempts, retry_base_seconds, retry_cap_seconds, retry_voicemail,
+                min_gap_seconds, cutoff_minutes, dials_per_number_24h, dials_per_number_7d,
+                daily_run_time, lead_days, created_at, updated_at)
+            VALUES ('Bench', %s, 'US', '00:00', '23:59', 'mon,tue,wed,thu,fri,sat,sun', 4, 3600,
+                86400, true, 3600, 120, 3, 6, '10:00', '1', %s, %s)
+            """,
             (zone, now, now),
         )
         starts = now + timedelta(days=2)
@@ -55,8 +58,18 @@ def load(appointments: int, pending: int, due: int) -> None:
         ) as copy:
             for n in range(appointments):
                 copy.write_row(
-                    (1, f"A{n}", "Bench Patient", f"+1212{n % 10_000_000:07d}", "bench", zone, starts,
-                     "scheduled", now, now)
+                    (
+                        1,
+                        f"A{n}",
+                        "Bench Patient",
+                        f"+1212{n % 10_000_000:07d}",
+                        "bench",
+                        zone,
+                        starts,
+                        "scheduled",
+                        now,
+                        now,
+                    )
                 )
         with conn.cursor().copy(
             "COPY call_attempt (appointment_id, clinic_id, attempt_number, state, due_at,"
@@ -65,11 +78,15 @@ def load(appointments: int, pending: int, due: int) -> None:
             for n in range(pending):
                 # The first `due` are due now, the rest later today.
                 due_at = now - timedelta(seconds=due - n) if n < due else now + timedelta(hours=2)
-                copy.write_row((n + 1, 1, 1, "scheduled", due_at, f"+1212{n % 10_000_000:07d}", now, now))
+                copy.write_row(
+                    (n + 1, 1, 1, "scheduled", due_at, f"+1212{n % 10_000_000:07d}", now, now)
+                )
         conn.execute("ANALYZE")
         conn.commit()
-    print(f"loaded {appointments:,} appointments and {pending:,} pending attempts "
-          f"in {time.perf_counter() - started:.1f}s (patients in {zone})")
+    print(
+        f"loaded {appointments:,} appointments and {pending:,} pending attempts "
+        f"in {time.perf_counter() - started:.1f}s (patients in {zone})"
+    )
 
 
 def main() -> None:
@@ -101,11 +118,19 @@ def main() -> None:
             claim_times.append((claimed - started) * 1000)
             send_times.append((finished - claimed) * 1000)
             totals.append((finished - started) * 1000)
-    print(f"tick of {batch} due attempts over {args.pending:,} pending / {args.appointments:,} appointments")
-    print(f"  claim + policy + audit: median {statistics.median(claim_times):.0f} ms  (all: "
-          + ", ".join(f"{t:.0f}" for t in claim_times) + ")")
+    print(
+        f"tick of {batch} due attempts over {args.pending:,} pending"
+        f" / {args.appointments:,} appointments"
+    )
+    print(
+        f"  claim + policy + audit: median {statistics.median(claim_times):.0f} ms  (all: "
+        + ", ".join(f"{t:.0f}" for t in claim_times)
+        + ")"
+    )
     print(f"  enqueue on Redis:       median {statistics.median(send_times):.0f} ms")
-    print(f"  whole tick:             median {statistics.median(totals):.0f} ms  (target <= 100 ms)")
+    print(
+        f"  whole tick:             median {statistics.median(totals):.0f} ms  (target <= 100 ms)"
+    )
     engine.dispose()
     sender.close()
 
