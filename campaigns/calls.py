@@ -392,7 +392,7 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
         .limit(limit)
         .with_for_update(skip_locked=True, of=CallAttempt)
     )
-    rows = [_DueAttempt(*row) for row in session.execute(query).tuples()]
+    rows = [_DueAttempt(*row) for row in session.execute(query).all()]
     if not rows:
         return TickResult([], 0, 0)
     facts = _batch_facts(session, rows, now)
@@ -1130,7 +1130,9 @@ def status_counts(session: Session, clinic_id: int | None = None) -> dict[str, A
         "appointments": session.execute(appointments).scalar_one(),
         "attempts": dict(state_counts),
         "outcomes": outcome_counts,
-        "appointment_statuses": dict(session.execute(statuses).tuples().all()),
+        "appointment_statuses": {
+            status: count for status, count in session.execute(statuses).all()
+        },
         "retries": retries,
     }
 

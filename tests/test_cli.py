@@ -1,0 +1,497 @@
+"""The ``campaigns`` command line: its JSON documents, exit codes and one-line errors.
+
+Most tests exercise the adapter (parsing, output, errors) on SQLite only; those whose
+behaviour rests on the database (audit tampering, run-daily, status) run on both.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+from typer.testing import CliRunner, Result
+
+from campaigns import audit
+from campaigns.cli import app
+from campaigns.db import get_engine, make_engine, session_factory
+from campaigns.models import Appointment, AttemptState, CallAttempt, Clinic
+from campaigns.outcomes import Outcome
+from campaigns.settings import get_settings
+from tests.conftest import add_appointment
+from tests.test_audit import _lift_append_only_guard
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+CLINIC = "Lakeside"
+APPOINTMENT_START = datetime(2026, 5, 14, 15, 0, tzinfo=UTC)  # Thursday 11:00 EDT
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> Result:
+    return runner.invoke(app, list(args))
+
+
+def cli_json(*args: str) -> Any:
+    result = cli(*args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> str:
+    """Exit 1, no traceback, exactly one ``error: ...`` line on stderr; returns that line."""
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@contextmanager
+def database(url: str) -> Iterator[Session]:
+    """Direct access to the test database, committed at the end."""
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            yield session
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def stored_appointments(url: str) -> int:
+    with database(url) as session:
+        return len(session.execute(select(Appointment.id)).all())
+
+
+def add_clinic_cli(*extra: str) -> dict[str, Any]:
+    document: dict[str, Any] = cli_json(
+        "clinic", "add", CLINIC, "--timezone", "America/New_York", *extra
+    )
+    return document
+
+
+def add_patient(url: str, external_id: str = "A-1", **overrides: Any) -> None:
+    with database(url) as session:
+        clinic = session.execute(select(Clinic).where(col(Clinic.name) == CLINIC)).scalar_one()
+        values: dict[str, Any] = {
+            "external_id": external_id,
+            "phone_e164": "+12125550100",
+            "starts_at": APPOINTMENT_START,
+            "patient_timezone": "America/New_York",
+        }
+        values.update(overrides)
+        add_appointment(session, clinic, **values)
+
+
+# --------------------------------------------------------------------------- clinics
+
+
+@SQLITE_ONLY
+def test_clinic_add_list_and_show_print_the_same_document(app_env: str) -> None:
+    added = add_clinic_cli(
+        "--window",
+        "10:00-18:00",
+        "--days",
+        "mon,wed,fri",
+        "--caller-id",
+        "(212) 555-0199",
+        "--trunk",
+        "ST_abc",
+        "--lead-days",
+        "2,1",
+        "--max-attempts",
+        "3",
+    )
+
+    assert added["name"] == CLINIC
+    assert added["timezone"] == "America/New_York"
+    assert added["window"] == "10:00-18:00"
+    assert added["days"] == "mon,wed,fri"
+    assert added["caller_id"] == "+12125550199"
+    assert added["lead_days"] == "1,2"
+    assert (added["trunk_id"], added["max_attempts"], added["paused_reason"]) == ("ST_abc", 3, None)
+    assert cli_json("clinic", "show", CLINIC) == added
+    assert cli_json("clinic", "list") == [added]
+    human = cli("clinic", "list")
+    assert human.exit_code == 0 and CLINIC in human.stdout
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["clinic", "add", "X", "--timezone", "Mars/Olympus_Mons"], "unknown IANA timezone"),
+        (["clinic", "add", "X", "--timezone", "UTC", "--window", "19:00-09:00"], "window"),
+        (["clinic", "add", "X", "--timezone", "UTC", "--lead-days", "soon"], "lead days"),
+        (["clinic", "add", "X", "--timezone", "UTC", "--caller-id", "12"], "caller_id"),
+        (["clinic", "show", "Nowhere"], "no clinic named 'Nowhere'"),
+        (["clinic", "add", CLINIC, "--timezone", "UTC"], "already exists"),
+    ],
+)
+def test_bad_clinic_input_is_one_line_and_stores_nothing(
+    app_env: str, args: list[str], fragment: str
+) -> None:
+    add_clinic_cli()
+
+    assert_one_line_error(cli(*args), fragment)
+
+    assert [c["name"] for c in cli_json("clinic", "list")] == [CLINIC]
+
+
+@SQLITE_ONLY
+def test_clinic_resume_clears_a_pause(app_env: str) -> None:
+    add_clinic_cli()
+    with database(app_env) as session:
+        clinic = session.execute(select(Clinic)).scalar_one()
+        clinic.paused_reason = "telephony configuration: unknown trunk"
+
+    resumed = cli("clinic", "resume", CLINIC)
+
+    assert resumed.exit_code == 0 and "resumed" in resumed.stderr
+    assert cli_json("clinic", "show", CLINIC)["paused_reason"] is None
+    again = cli("clinic", "resume", CLINIC)
+    assert again.exit_code == 0 and "was not paused" in again.stderr
+
+
+# --------------------------------------------------------------------------- explain
+
+
+@SQLITE_ONLY
+def test_explain_json_says_when_the_patient_may_be_called(app_env: str) -> None:
+    add_clinic_cli()
+    add_patient(app_env)
+
+    early = cli_json(
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T12:00:00Z"
+    )
+    on_time = cli_json(
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T11:00:00-04:00"
+    )
+
+    assert {"allowed", "reasons", "next_allowed_at", "callee_zones", "callee_local_times"} <= set(
+        early
+    )
+    assert early["allowed"] is False
+    assert any(r.startswith("outside_clinic_window") for r in early["reasons"])
+    assert early["next_allowed_at"] == "2026-05-12T13:00:00Z"  # 09:00 in New York
+    assert early["callee_zones"] == ["America/New_York"]
+    assert early["callee_local_times"] == {"America/New_York": "2026-05-12T08:00:00-04:00"}
+    assert on_time["allowed"] is True
+    assert on_time["next_allowed_at"] == "2026-05-12T15:00:00Z"
+    human = cli("explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T12:00Z")
+    assert human.exit_code == 0 and "may not be called" in human.stdout
+
+
+@SQLITE_ONLY
+def test_explain_for_a_dnc_listed_patient_never_allows_a_call(app_env: str) -> None:
+    add_clinic_cli()
+    add_patient(app_env)
+    assert cli("dnc", "add", "212-555-0100", "--clinic", CLINIC).exit_code == 0
+
+    document = cli_json(
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T15:00:00Z"
+    )
+
+    assert document["allowed"] is False
+    assert document["next_allowed_at"] is None
+    assert "dnc_listed: clinic" in document["reasons"]
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--at", "2026-05-12T15:00:00"], "needs a UTC offset"),
+        (["--at", "next tuesday"], "not an ISO 8601 time"),
+        (["--appointment", "NOPE"], "has no appointment 'NOPE'"),
+    ],
+)
+def test_explain_rejects_bad_input_in_one_line(
+    app_env: str, args: list[str], fragment: str
+) -> None:
+    add_clinic_cli()
+    add_patient(app_env)
+    base = {"--clinic": CLINIC, "--appointment": "A-1"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+
+    result = cli("explain", *[part for pair in base.items() for part in pair])
+
+    assert_one_line_error(result, fragment)
+
+
+# --------------------------------------------------------------------------- do-not-call
+
+
+@SQLITE_ONLY
+def test_dnc_add_list_and_remove(app_env: str) -> None:
+    add_clinic_cli()
+    assert (
+        cli("dnc", "add", "(212) 555-0100", "--clinic", CLINIC, "--reason", "asked").exit_code == 0
+    )
+    assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0
+    clinic_id = cli_json("clinic", "show", CLINIC)["id"]
+
+    listed = cli_json("dnc", "list", "--clinic", CLINIC)
+    assert {(e["phone"], e["list"]) for e in listed} == {
+        ("+12125550100", f"clinic:{clinic_id}"),
+        ("+13055550101", "global"),
+    }
+    assert next(e for e in listed if e["phone"] == "+12125550100")["reason"] == "asked"
+
+    removed = cli("dnc", "remove", "212 555 0100", "--clinic", CLINIC)
+    assert removed.exit_code == 0, removed.output
+    assert [e["phone"] for e in cli_json("dnc", "list", "--clinic", CLINIC)] == ["+13055550101"]
+    assert_one_line_error(
+        cli("dnc", "remove", "212 555 0100", "--clinic", CLINIC), "not on that list"
+    )
+    assert_one_line_error(cli("dnc", "add", "12"))
+    # Numbers are masked in messages meant for logs and terminals.
+    assert "5550101" not in cli("dnc", "add", "+1 305 555 0101").stderr
+
+
+@SQLITE_ONLY
+def test_dnc_import_loads_a_national_registry_snapshot(app_env: str, tmp_path: Path) -> None:
+    add_clinic_cli()
+    add_patient(app_env)
+    registry = tmp_path / "registry.txt"
+    registry.write_text("2125550100\n305,5550101\nnot-a-number\n\n")
+
+    document = cli_json(
+        "dnc", "import", str(registry), "--source", "national", "--as-of", "2026-05-01"
+    )
+
+    assert document["list"] == "national"
+    assert document["entries"] == 2
+    assert document["rejected_lines"] == [3]
+    explained = cli_json(
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T15:00:00Z"
+    )
+    assert "dnc_listed: national_registry" in explained["reasons"]
+    assert explained["next_allowed_at"] is None
+    # A snapshot replaces the previous one: the number may be called again.
+    registry.write_text("3055550101\n")
+    assert cli_json("dnc", "import", str(registry), "--as-of", "2026-05-02")["entries"] == 1
+    explained = cli_json(
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T15:00:00Z"
+    )
+    assert explained["allowed"] is True
+    assert_one_line_error(cli("dnc", "import", str(registry), "--as-of", "May 1st"), "--as-of")
+
+
+# --------------------------------------------------------------------------- audit
+
+
+def test_audit_verify_names_the_tampered_event(app_env: str) -> None:
+    add_clinic_cli()
+    assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0
+    verified = cli_json("audit", "verify")
+    assert (verified["ok"], verified["first_bad_seq"]) == (True, None)
+    assert verified["events"] >= 2
+    with database(app_env) as session:
+        _lift_append_only_guard(session)
+        session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 2"))
+
+    result = cli("audit", "verify")
+
+    line = assert_one_line_error(result, "audit log broken at event 2")
+    assert "altered" in line
+
+
+@SQLITE_ONLY
+def test_audit_export_csv_neutralises_formula_cells(app_env: str) -> None:
+    with database(app_env) as session:
+        audit.record(session, '=HYPERLINK("http://evil")', {"n": 1}, actor="@SUM(A1)")
+        audit.record(session, "plain.event", {"n": 2}, actor="tester")
+
+    result = cli("audit", "export", "--format", "csv")
+
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["seq"] for r in rows] == ["1", "2"]
+    assert rows[0]["kind"] == '\'=HYPERLINK("http://evil")'
+    assert rows[0]["actor"] == "'@SUM(A1)"
+    assert (rows[1]["kind"], rows[1]["actor"]) == ("plain.event", "tester")
+    assert_one_line_error(cli("audit", "export", "--format", "xml"), "--format")
+    assert_one_line_error(cli("audit", "export", "--since", "2026-05-01"), "needs a UTC offset")
+
+
+# --------------------------------------------------------------------------- run-daily, status
+
+
+def test_run_daily_twice_creates_nothing_the_second_time(app_env: str) -> None:
+    add_clinic_cli("--lead-days", "2", "--days", "mon,tue,wed,thu,fri,sat,sun")
+    # A week ahead of the real clock (the command's "now"): always callable before the cut-off.
+    run_date = datetime.now(ZoneInfo("America/New_York")).date() + timedelta(days=7)
+    starts = datetime.combine(
+        run_date + timedelta(days=2), time(14, 0), ZoneInfo("America/New_York")
+    )
+    add_patient(app_env, starts_at=starts)
+    add_patient(app_env, "A-2", starts_at=starts + timedelta(days=1), phone_e164="+12125550101")
+    args = ("run-daily", "--clinic", CLINIC, "--date", run_date.isoformat())
+
+    first = cli_json(*args)
+    second = cli_json(*args)
+
+    assert first == [
+        {
+            "clinic": CLINIC,
+            "date": run_date.isoformat(),
+            "created": 1,
+            "skipped": 0,
+            "appointments_considered": 1,
+        }
+    ]
+    assert (second[0]["created"], second[0]["skipped"]) == (0, 0)
+    with database(app_env) as session:
+        attempts = session.execute(select(col(CallAttempt.state), col(CallAttempt.run_date))).all()
+    assert [tuple(a) for a in attempts] == [(AttemptState.SCHEDULED, run_date)]
+    assert_one_line_error(cli("run-daily", "--date", "tomorrow"), "--date")
+
+
+def test_status_json_has_every_state_and_outcome(app_env: str) -> None:
+    add_clinic_cli()
+    add_patient(app_env)
+
+    document = cli_json("status")
+
+    assert {"appointments", "attempts", "outcomes"} <= set(document)
+    assert set(document["attempts"]) == {
+        "scheduled",
+        "queued",
+        "dialing",
+        "answered",
+        "completed",
+        "failed",
+        "skipped",
+    }
+    assert set(document["outcomes"]) == {o.value for o in Outcome}
+    assert document["appointments"] == 1
+    assert set(document["attempts"].values()) == {0}
+    assert_one_line_error(cli("status", "--clinic", "Nowhere"), "no clinic named")
+
+
+# --------------------------------------------------------------------------- un-migrated database
+
+
+@pytest.fixture
+def empty_sqlite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    monkeypatch.setenv("CAMPAIGNS_DATABASE_URL", url)
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    yield url
+    get_engine.cache_clear()
+    get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clinic", "list"],
+        ["status", "--json"],
+        ["audit", "verify"],
+        ["clinic", "add", "X", "--timezone", "UTC"],
+    ],
+)
+def test_an_unmigrated_database_asks_for_db_upgrade(empty_sqlite: str, args: list[str]) -> None:
+    assert_one_line_error(cli(*args), "run `campaigns db upgrade`")
+
+
+def test_db_upgrade_makes_an_empty_database_usable(empty_sqlite: str) -> None:
+    upgraded = cli("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.output
+    assert cli_json("clinic", "list") == []
+    assert cli("db", "upgrade").exit_code == 0  # idempotent
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _future_day(days: int) -> date:
+    return datetime.now(ZoneInfo("America/New_York")).date() + timedelta(days=days)
+
+
+@SQLITE_ONLY
+def test_import_reports_each_row_and_reimport_changes_nothing(app_env: str, tmp_path: Path) -> None:
+    add_clinic_cli()
+    day = _future_day(10)
+    upload = tmp_path / "appointments.csv"
+    upload.write_text(
+        "Appointment ID,Patient Name,Phone,Start\n"
+        f"A-1,Ada Lovelace,(212) 555-0100,{day} 10:30\n"
+        f"A-2,Alan Turing,12,{day} 11:00\n"
+        f"A-3,Grace Hopper,212-555-0102,{day} 11:30\n"
+    )
+
+    first = cli_json("import", str(upload), "--clinic", CLINIC)
+    again = cli_json("import", str(upload), "--clinic", CLINIC)
+
+    assert (first["imported"], first["updated"], first["unchanged"]) == (2, 0, 0)
+    assert len(first["rejected"]) == 1
+    rejection = first["rejected"][0]
+    assert set(rejection) == {"line", "column", "reason"}
+    assert rejection["line"] == 3
+    assert "phone" in rejection["column"].lower()
+    assert (again["imported"], again["updated"], again["unchanged"]) == (0, 0, 2)
+    with database(app_env) as session:
+        stored = session.execute(
+            select(Appointment.external_id, Appointment.phone_e164, Appointment.starts_at).order_by(
+                col(Appointment.external_id)
+            )
+        ).all()
+    local = datetime.combine(day, time(10, 30), ZoneInfo("America/New_York"))
+    assert [tuple(r) for r in stored] == [
+        ("A-1", "+12125550100", local.astimezone(UTC)),
+        ("A-3", "+12125550102", (local + timedelta(hours=1)).astimezone(UTC)),
+    ]
+
+
+@SQLITE_ONLY
+def test_import_of_a_file_with_no_usable_row_fails_and_stores_nothing(
+    app_env: str, tmp_path: Path
+) -> None:
+    add_clinic_cli()
+    upload = tmp_path / "bad.csv"
+    upload.write_text(
+        f"Appointment ID,Patient Name,Phone,Start\nA-1,Ada Lovelace,12,{_future_day(10)} 10:30\n"
+    )
+
+    result = cli("import", str(upload), "--clinic", CLINIC, "--json")
+
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "no usable row" in result.stderr
+    assert json.loads(result.stdout)["rejected"][0]["line"] == 2
+    assert stored_appointments(app_env) == 0
+
+
+@SQLITE_ONLY
+def test_import_without_a_required_column_is_a_one_line_error(app_env: str, tmp_path: Path) -> None:
+    add_clinic_cli()
+    upload = tmp_path / "no_phone.csv"
+    upload.write_text(
+        f"Appointment ID,Patient Name,Start\nA-1,Ada Lovelace,{_future_day(10)} 10:30\n"
+    )
+
+    line = assert_one_line_error(cli("import", str(upload), "--clinic", CLINIC, "--json"))
+
+    assert "missing required column" in line and "phone" in line.lower()
+    assert stored_appointments(app_env) == 0
+    assert_one_line_error(
+        cli("import", str(tmp_path / "absent.csv"), "--clinic", CLINIC), "no such file"
+    )
