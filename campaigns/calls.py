@@ -1130,9 +1130,7 @@ def status_counts(session: Session, clinic_id: int | None = None) -> dict[str, A
         "appointments": session.execute(appointments).scalar_one(),
         "attempts": dict(state_counts),
         "outcomes": outcome_counts,
-        "appointment_statuses": {
-            status: count for status, count in session.execute(statuses).all()
-        },
+        "appointment_statuses": dict(session.execute(statuses).all()),
         "retries": retries,
     }
 

@@ -264,7 +264,7 @@ def import_file(
     else:
         out.print(
             f"{file.name}: {report.imported} imported, {report.updated} updated, "
-            f"{report.unchanged} unchanged, {len(report.rejected)} rejected"
+            f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
         )
         for rejection in report.rejected[:50]:
             out.print(

@@ -1,0 +1,263 @@
+"""`campaigns demo`: the whole pipeline on the embedded default, with no server.
+
+SQLite for the data, Celery's SQLAlchemy transport on a SQLite file as the
+broker, and the LiveKit simulator; worker, beat and simulator run as the same
+`campaigns` subprocesses an operator would start. The sample appointments are
+placed where it is early afternoon now, so every calling rule stays on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
+from sqlmodel import col, select
+
+from campaigns import audit, calls, clinics, migrate
+from campaigns.db import make_engine, session_factory
+from campaigns.importer import import_appointments
+from campaigns.masking import mask_name, mask_phone
+from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
+from demo.daytime import daytime_zone
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
+TRUNK_ID = "ST_demo"
+CLINIC = "Lakeside Clinic (demo)"
+DEADLINE = timedelta(minutes=2, seconds=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
+    """The sample file with its appointments moved to tomorrow, patients living in ``zone``."""
+    tomorrow = (now.astimezone(ZoneInfo(zone)) + timedelta(days=1)).date().isoformat()
+    reader = csv.DictReader(io.StringIO(sample.read_text(encoding="utf-8")))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(reader.fieldnames or []))
+    writer.writeheader()
+    for row in reader:
+        writer.writerow(row | {"Date": tomorrow, "Timezone": zone})
+    return out.getvalue().encode()
+
+
+@contextmanager
+def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> Iterator[None]:
+    campaigns = str(Path(sys.executable).with_name("campaigns"))
+    commands = {
+        "simulator": [
+            campaigns,
+            "simulator",
+            "--port",
+            str(port),
+            "--speed",
+            str(speed),
+            "--trunk",
+            TRUNK_ID,
+        ],
+        "worker": [campaigns, "worker", "--concurrency", "50", "--loglevel", "WARNING"],
+        "beat": [campaigns, "beat", "--loglevel", "WARNING"],
+    }
+    running = []
+    try:
+        for name, command in commands.items():
+            with (workdir / f"{name}.log").open("ab") as log:
+                running.append(
+                    subprocess.Popen(
+                        command,
+                        env=env,
+                        cwd=workdir,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+        yield
+    finally:
+        for process in running:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in running:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("the LiveKit simulator did not start (see simulator.log)")
+
+
+def run_demo(console: Console, *, speed: float = 10.0) -> int:
+    now = datetime.now(UTC)
+    workdir = Path(".campaigns").absolute() / f"demo-{now:%Y%m%d-%H%M%S}"
+    workdir.mkdir(parents=True)
+    database_url = f"sqlite:///{workdir / 'campaigns.db'}"
+    port = _free_port()
+    zone = daytime_zone(now)
+    env = dict(os.environ) | {
+        "CAMPAIGNS_DATABASE_URL": database_url,
+        "CAMPAIGNS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
+        "LIVEKIT_URL": f"http://127.0.0.1:{port}",
+        "LIVEKIT_API_KEY": "demo-key",
+        "LIVEKIT_API_SECRET": "demo-secret-that-is-long-enough-for-hs256",
+        "CAMPAIGNS_REPORT_SECRET": "demo-report-secret",
+        "CAMPAIGNS_TICK_SECONDS": "1",
+        "CAMPAIGNS_RECONCILE_SECONDS": "5",
+        "CAMPAIGNS_DIAL_GRACE_SECONDS": "10",
+        "CAMPAIGNS_REPORT_GRACE_SECONDS": "15",
+        "CAMPAIGNS_MAX_CALL_DURATION_SECONDS": "60",
+    }
+    env.pop("CAMPAIGNS_REDIS_URL", None)
+    console.print(f"[bold]clinic-campaigns demo[/] in {workdir}")
+    console.print(
+        f"patients live in {zone}, where it is {now.astimezone(ZoneInfo(zone)):%A %H:%M} now"
+    )
+
+    migrate.upgrade(database_url)
+    engine = make_engine(database_url)
+    sessions = session_factory(engine)
+    with sessions() as session:
+        spec = clinics.validate_spec(
+            {
+                "name": CLINIC,
+                "timezone": zone,
+                "window": "09:00-19:00",
+                "days": "mon,tue,wed,thu,fri,sat,sun",
+                "trunk_id": TRUNK_ID,
+                "caller_id": "+12125550199",
+                "max_attempts": 3,
+                "lead_days": "1",
+            }
+        )
+        clinic = clinics.create_clinic(session, spec, actor="demo")
+        # Short backoff so the retries happen while you watch.
+        clinic.retry_base_seconds, clinic.retry_cap_seconds, clinic.min_gap_seconds = 5, 20, 2
+        session.add(
+            Trunk(sip_trunk_id=TRUNK_ID, name="demo trunk", calls_per_second=5, max_concurrent=20)
+        )
+        report = import_appointments(
+            session,
+            clinic,
+            io.BytesIO(todays_sample(SAMPLE, zone, now)),
+            filename=SAMPLE.name,
+            now=now,
+            actor="demo",
+        )
+        session.commit()
+        console.print(
+            f"imported {SAMPLE.name}: {report.imported} appointments tomorrow, "
+            f"{len(report.rejected_lines)} rejected"
+        )
+    with _services(env, workdir, port, speed):
+        _wait_for_port(port)
+        with sessions() as session:
+            clinic = clinics.get_clinic(session, CLINIC)
+            local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
+            result = calls.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
+            session.commit()
+        console.print(
+            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator..."
+        )
+        finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
+    with sessions() as session:
+        _summary(console, session)
+        verified = audit.verify(session)
+    engine.dispose()
+    console.print(
+        f"audit log: {'intact' if verified.ok else 'BROKEN'} ({verified.events} events). "
+        f"Logs and data: {workdir}"
+    )
+    if not finished:
+        console.print("[red]the demo did not finish in time[/]")
+        return 1
+    return 0 if verified.ok else 1
+
+
+def _progress(session: Session) -> Table:
+    counts = calls.status_counts(session)
+    table = Table("state", "attempts", "outcome", "calls", title="progress")
+    states = list(counts["attempts"].items())
+    outcomes = [(k, v) for k, v in counts["outcomes"].items() if v]
+    for i in range(max(len(states), len(outcomes))):
+        state = states[i] if i < len(states) else ("", "")
+        outcome = outcomes[i] if i < len(outcomes) else ("", "")
+        table.add_row(state[0], str(state[1]), outcome[0], str(outcome[1]))
+    return table
+
+
+def _open_attempts(session: Session) -> int:
+    return len(
+        session.execute(
+            select(CallAttempt.id).where(col(CallAttempt.state).in_(OPEN_ATTEMPT_STATES))
+        ).all()
+    )
+
+
+def _watch(console: Console, sessions: sessionmaker[Session], *, deadline: float) -> bool:
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while time.monotonic() < deadline:
+            with sessions() as session:
+                live.update(_progress(session))
+                if _open_attempts(session) == 0:
+                    return True
+            time.sleep(0.5)
+    return False
+
+
+def _summary(console: Console, session: Session) -> None:
+    table = Table(
+        "appointment", "patient", "phone", "attempts", "outcomes", "status", title="results"
+    )
+    for appointment in session.execute(
+        select(Appointment).order_by(col(Appointment.external_id))
+    ).scalars():
+        attempts = (
+            session.execute(
+                select(CallAttempt)
+                .where(col(CallAttempt.appointment_id) == appointment.id)
+                .order_by(col(CallAttempt.attempt_number))
+            )
+            .scalars()
+            .all()
+        )
+        table.add_row(
+            appointment.external_id,
+            mask_name(appointment.patient_name),
+            mask_phone(appointment.phone_e164),
+            str(len(attempts)),
+            ", ".join(a.outcome or a.state for a in attempts),
+            appointment.status,
+        )
+    console.print(table)
+    counts = calls.status_counts(session)
+    totals = Table("outcome", "calls", title=f"outcomes ({counts['retries']} were retries)")
+    for outcome, count in counts["outcomes"].items():
+        if count:
+            totals.add_row(outcome, str(count))
+    console.print(Group(totals))
