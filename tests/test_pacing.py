@@ -68,11 +68,25 @@ def prefix(redis_client: redis.Redis) -> Iterator[str]:
 
 
 @pytest.fixture(params=[pytest.param("redis", marks=pytest.mark.redis), "local"])
-def pacer(request: pytest.FixtureRequest) -> Pacer:
+def make_pacer(request: pytest.FixtureRequest) -> Callable[..., Pacer]:
     if request.param == "local":
-        return LocalPacer()
+        return LocalPacer
     client: redis.Redis = request.getfixturevalue("redis_client")
-    return RedisPacer(client, prefix=request.getfixturevalue("prefix"))
+    prefix = request.getfixturevalue("prefix")
+    return lambda **options: RedisPacer(client, prefix=prefix, **options)
+
+
+@pytest.fixture
+def pacer(make_pacer: Callable[..., Pacer]) -> Pacer:
+    """The production pacer: 2% headroom, late wakers give their start up."""
+    return make_pacer()
+
+
+@pytest.fixture
+def exact_pacer(make_pacer: Callable[..., Pacer]) -> Pacer:
+    """No headroom: starts exactly 1/cps apart whatever the machine's load, for
+    tests of what a reservation takes."""
+    return make_pacer(headroom=0)
 
 
 def run_threads(count: int, target: Callable[[], None]) -> None:
@@ -121,9 +135,9 @@ def test_rate_never_exceeded_across_threads(pacer: Pacer) -> None:
     run_threads(6, worker)
     starts.sort()
     assert len(starts) == total
-    assert max_in_window(starts) == cps
-    assert min(b - a for a, b in itertools.pairwise(starts)) == interval_us(cps)
-    assert (total - 1) / ((starts[-1] - starts[0]) / 1e6) >= 0.95 * cps
+    # Upper bounds only: how close the rate gets to the limit is bench/pacing_bench.py's job.
+    assert max_in_window(starts) <= cps
+    assert min(b - a for a, b in itertools.pairwise(starts)) >= interval_us(cps)
     assert max_in_window(observed) <= cps
     assert pacer.in_flight("trunk-a") == 0
 
@@ -132,7 +146,9 @@ def test_fractional_cps_spaces_starts(pacer: Pacer) -> None:
     kwargs: dict[str, Any] = {"cps": 2.5, "max_concurrent": 5, "lease": LONG, "max_wait": LONG}
     slots = [pacer.acquire("trunk-f", n, **kwargs) for n in range(3)]
     starts = [us(s) for s in slots if s is not None]
-    assert [b - a for a, b in itertools.pairwise(starts)] == [interval_us(2.5)] * 2
+    assert len(starts) == 3
+    # A caller that wakes late gives its start up for a later one: gaps never shrink.
+    assert all(b - a >= interval_us(2.5) for a, b in itertools.pairwise(starts))
 
 
 def _rate_and_concurrency_worker(
@@ -276,19 +292,19 @@ def test_release_is_idempotent(pacer: Pacer) -> None:
     assert pacer.in_flight("trunk-r") == 1
 
 
-def test_same_attempt_twice_takes_one_slot(pacer: Pacer) -> None:
+def test_same_attempt_twice_takes_one_slot(exact_pacer: Pacer) -> None:
     kwargs: dict[str, Any] = {"cps": 5, "max_concurrent": 2, "lease": LONG}
-    first = pacer.acquire("trunk-s", 7, max_wait=LONG, **kwargs)
-    again = pacer.acquire("trunk-s", 7, max_wait=timedelta(0), **kwargs)
+    first = exact_pacer.acquire("trunk-s", 7, max_wait=LONG, **kwargs)
+    again = exact_pacer.acquire("trunk-s", 7, max_wait=timedelta(0), **kwargs)
     assert first is not None
     assert again == first  # same start: no second rate reservation either
-    assert pacer.in_flight("trunk-s") == 1
-    other = pacer.acquire("trunk-s", 8, max_wait=LONG, **kwargs)
+    assert exact_pacer.in_flight("trunk-s") == 1
+    other = exact_pacer.acquire("trunk-s", 8, max_wait=LONG, **kwargs)
     assert other is not None
-    assert us(other) - us(first) == interval_us(5)
-    assert pacer.acquire("trunk-s", 9, max_wait=timedelta(0), **kwargs) is None
-    pacer.release("trunk-s", 7)
-    assert pacer.in_flight("trunk-s") == 1
+    assert us(other) - us(first) == interval_us(5, headroom=0)
+    assert exact_pacer.acquire("trunk-s", 9, max_wait=timedelta(0), **kwargs) is None
+    exact_pacer.release("trunk-s", 7)
+    assert exact_pacer.in_flight("trunk-s") == 1
 
 
 def test_same_attempt_concurrently_takes_one_slot(pacer: Pacer) -> None:
@@ -308,33 +324,37 @@ def test_same_attempt_concurrently_takes_one_slot(pacer: Pacer) -> None:
 # --- max_wait -----------------------------------------------------------------------------
 
 
-def test_rate_refusal_reserves_nothing(pacer: Pacer) -> None:
+def test_rate_refusal_reserves_nothing(exact_pacer: Pacer) -> None:
     kwargs: dict[str, Any] = {"cps": 1, "max_concurrent": 5, "lease": LONG}
-    first = pacer.acquire("trunk-w", 1, max_wait=LONG, **kwargs)
+    first = exact_pacer.acquire("trunk-w", 1, max_wait=LONG, **kwargs)
     assert first is not None
     began = time.monotonic()
-    assert pacer.acquire("trunk-w", 2, max_wait=timedelta(seconds=0.5), **kwargs) is None
+    assert exact_pacer.acquire("trunk-w", 2, max_wait=timedelta(seconds=0.5), **kwargs) is None
     assert time.monotonic() - began < 0.1  # the wait could only grow: refused at once
-    assert pacer.in_flight("trunk-w") == 1  # no concurrency slot kept by the refusal
-    after = pacer.acquire("trunk-w", 3, max_wait=LONG, **kwargs)
+    assert exact_pacer.in_flight("trunk-w") == 1  # no concurrency slot kept by the refusal
+    after = exact_pacer.acquire("trunk-w", 3, max_wait=LONG, **kwargs)
     assert after is not None
-    assert us(after) - us(first) == interval_us(1)  # the refused call took no start time
+    assert us(after) - us(first) == interval_us(
+        1, headroom=0
+    )  # the refused call took no start time
 
 
-def test_concurrency_refusal_reserves_nothing_and_sleeps(pacer: Pacer) -> None:
+def test_concurrency_refusal_reserves_nothing_and_sleeps(exact_pacer: Pacer) -> None:
     kwargs: dict[str, Any] = {"cps": 2, "max_concurrent": 1, "lease": LONG}
-    first = pacer.acquire("trunk-v", 1, max_wait=LONG, **kwargs)
+    first = exact_pacer.acquire("trunk-v", 1, max_wait=LONG, **kwargs)
     assert first is not None
     began, cpu = time.monotonic(), time.process_time()
-    assert pacer.acquire("trunk-v", 2, max_wait=timedelta(seconds=0.3), **kwargs) is None
+    assert exact_pacer.acquire("trunk-v", 2, max_wait=timedelta(seconds=0.3), **kwargs) is None
     waited = time.monotonic() - began
     assert 0.3 <= waited < 0.5
     assert time.process_time() - cpu < 0.1  # slept, did not spin
-    assert pacer.in_flight("trunk-v") == 1
-    pacer.release("trunk-v", 1)
-    after = pacer.acquire("trunk-v", 3, max_wait=LONG, **kwargs)
+    assert exact_pacer.in_flight("trunk-v") == 1
+    exact_pacer.release("trunk-v", 1)
+    after = exact_pacer.acquire("trunk-v", 3, max_wait=LONG, **kwargs)
     assert after is not None
-    assert us(after) - us(first) == interval_us(2)  # the refused call took no start time
+    assert us(after) - us(first) == interval_us(
+        2, headroom=0
+    )  # the refused call took no start time
 
 
 def test_waiter_gets_slot_released_during_wait(pacer: Pacer) -> None:
