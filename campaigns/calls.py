@@ -30,6 +30,7 @@ from campaigns.clinics import parse_lead_days
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import (
+    IN_FLIGHT_STATES,
     OPEN_ATTEMPT_STATES,
     Appointment,
     AppointmentStatus,
@@ -266,6 +267,9 @@ class _BatchFacts:
     registry_as_of: date | None = None
     dials: dict[str, list[datetime]] = field(default_factory=dict)
     last_dial: dict[int, datetime] = field(default_factory=dict)
+    # Calls each trunk may still start: its max_concurrent less the calls queued or in progress.
+    trunk_room: dict[str | None, int] = field(default_factory=dict)
+    trunk_of_clinic: dict[int, str | None] = field(default_factory=dict)
 
 
 def _one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
@@ -276,9 +280,34 @@ def _one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnEleme
     return column.in_(values)  # type: ignore[no-any-return]
 
 
-def _batch_facts(session: Session, attempts: Sequence[_DueAttempt], now: datetime) -> _BatchFacts:
+def _trunk_room(session: Session, facts: _BatchFacts, default_trunk: str | None) -> None:
+    """How many more calls each trunk may carry, so the broker never holds more than that."""
+    trunk_of = {
+        clinic_id: trunk or default_trunk
+        for clinic_id, trunk in session.execute(select(Clinic.id, Clinic.trunk_id)).all()
+        if clinic_id is not None
+    }
+    facts.trunk_of_clinic = trunk_of
+    limits = {t.sip_trunk_id: t.max_concurrent for t in session.execute(select(Trunk)).scalars()}
+    room = {
+        trunk: limits.get(trunk or "", DEFAULT_MAX_CONCURRENT) for trunk in set(trunk_of.values())
+    }
+    for clinic_id, busy in session.execute(
+        select(CallAttempt.clinic_id, func.count())
+        .where(col(CallAttempt.state).in_(IN_FLIGHT_STATES))
+        .group_by(col(CallAttempt.clinic_id))
+    ).all():
+        trunk = trunk_of.get(clinic_id)
+        room[trunk] = room.get(trunk, DEFAULT_MAX_CONCURRENT) - busy
+    facts.trunk_room = room
+
+
+def _batch_facts(
+    session: Session, attempts: Sequence[_DueAttempt], now: datetime, default_trunk: str | None
+) -> _BatchFacts:
     facts = _BatchFacts(rules=compliance.load_state_rules(session))
     state_rules, version = facts.rules
+    _trunk_room(session, facts, default_trunk)
     for clinic in session.execute(
         select(Clinic).where(col(Clinic.id).in_({a.clinic_id for a in attempts}))
     ).scalars():
@@ -358,15 +387,19 @@ class TickResult:
     queued: list[int]
     deferred: int
     skipped: int
+    waiting_for_trunk: int = 0
 
 
-def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickResult:
+def claim_due_attempts(
+    session: Session, now: datetime, *, limit: int, default_trunk: str | None = None
+) -> TickResult:
     """Re-check the policy for due attempts and mark the callable ones queued.
 
     The rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
     ticks at once split the work instead of both taking it; SQLite's single
     writer gives the same guarantee. The caller commits, then sends one task
-    per returned id.
+    per returned id. A callable attempt whose trunk is full stays scheduled, so
+    the queue never holds more calls than the trunks can carry.
     """
     query = (
         select(  # type: ignore[call-overload]
@@ -395,15 +428,20 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
     rows = [_DueAttempt(*row) for row in session.execute(query).all()]
     if not rows:
         return TickResult([], 0, 0)
-    facts = _batch_facts(session, rows, now)
+    facts = _batch_facts(session, rows, now, default_trunk)
     updates: list[dict[str, Any]] = []
     events: list[audit.Entry] = []
     queued: list[int] = []
     queued_by_clinic: dict[int, list[int]] = defaultdict(list)
-    deferred = skipped = 0
+    deferred = skipped = waiting = 0
     for due in rows:
         decision = _decide_in_batch(facts, due, now)
         if decision.allowed:
+            trunk = facts.trunk_of_clinic.get(due.clinic_id)
+            if facts.trunk_room.get(trunk, 0) <= 0:
+                waiting += 1
+                continue
+            facts.trunk_room[trunk] -= 1
             # The full decision is recorded again when the worker re-checks it at dial time.
             queued.append(due.id)
             queued_by_clinic[due.clinic_id].append(due.id)
@@ -460,7 +498,7 @@ def claim_due_attempts(session: Session, now: datetime, *, limit: int) -> TickRe
         for clinic_id, ids in queued_by_clinic.items()
     ]
     audit.record_many(session, events)
-    return TickResult(queued, deferred, skipped)
+    return TickResult(queued, deferred, skipped, waiting)
 
 
 # --------------------------------------------------------------------------- dialing

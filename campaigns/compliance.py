@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, time, timedelta
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert
@@ -82,8 +84,28 @@ def sync_seed_state_rules(connection: Connection) -> None:
     connection.execute(insert(StateRuleRow), [_row_values(r) for r in load_seed_state_rules()])
 
 
+# Workers re-check the policy at every dial; the table changes rarely (a new holiday),
+# so each process re-reads it at most this often.
+RULES_MAX_AGE_SECONDS = 30.0
+_rules_cache: dict[str, tuple[float, tuple[tuple[StateRule, ...], str]]] = {}
+_rules_lock = threading.Lock()
+
+
 def load_state_rules(session: Session) -> tuple[tuple[StateRule, ...], str]:
-    """The rules in force and their version: a digest of the table, so any data change shows."""
+    """The rules in force and their version (a digest of the table, so any change shows),
+    read at most every :data:`RULES_MAX_AGE_SECONDS` per database."""
+    key = session.get_bind().engine.url.render_as_string(hide_password=True)
+    with _rules_lock:
+        cached = _rules_cache.get(key)
+    if cached is not None and monotonic() - cached[0] < RULES_MAX_AGE_SECONDS:
+        return cached[1]
+    loaded = _read_state_rules(session)
+    with _rules_lock:
+        _rules_cache[key] = (monotonic(), loaded)
+    return loaded
+
+
+def _read_state_rules(session: Session) -> tuple[tuple[StateRule, ...], str]:
     rows = session.execute(
         select(StateRuleRow).order_by(col(StateRuleRow.state), col(StateRuleRow.effective_from))
     ).scalars()

@@ -76,7 +76,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    # Worker threads hold a connection only between network waits; 20+20 per process
+    # keeps N processes under PostgreSQL's max_connections.
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 20, "max_overflow": 20}
+    return create_engine(url, **(options | kwargs))
 
 
 @lru_cache(maxsize=4)

@@ -28,7 +28,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import phonenumbers
-from phonenumbers import geocoder
 from phonenumbers import timezone as pn_timezone
 
 __all__ = [
@@ -406,6 +405,9 @@ def state_for_number(phone_e164: str, country: str = "US") -> str | None:
     npa = str(number.national_number)[:3]
     state = state_for_area_code(npa)
     if state is None:
+        # The geocoder's data costs ~100 MB per process; only unlisted area codes need it.
+        from phonenumbers import geocoder
+
         state = _state_from_description(geocoder.description_for_number(number, "en"))
     return state
 

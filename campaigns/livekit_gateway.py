@@ -145,6 +145,7 @@ class LiveKitTelephony:
         self._api_key = api_key
         self._api_secret = secret
         self._session = session
+        self._own_session: aiohttp.ClientSession | None = None
         self._api: LiveKitAPI | None = None
         self._attempts = max(1, attempts)
         self._retry_initial = retry_initial
@@ -179,15 +180,26 @@ class LiveKitTelephony:
         api, self._api = self._api, None
         if api is not None:
             await api.aclose()  # closes only a session it created itself
+        own, self._own_session = self._own_session, None
+        if own is not None:
+            await own.close()
 
     def _client(self) -> LiveKitAPI:
         if self._api is None:
+            session = self._session
+            if session is None:
+                # Each ringing call holds a connection until answered; aiohttp's default
+                # pool of 100 would cap the calls a worker has in flight.
+                self._own_session = session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=0),
+                    timeout=aiohttp.ClientTimeout(total=10),
+                )
             # failover=False: region failover would replay CreateSIPParticipant (a second dial).
             self._api = LiveKitAPI(
                 self.url,
                 self._api_key,
                 self._api_secret,
-                session=self._session,
+                session=session,
                 failover=False,
             )
         return self._api

@@ -51,6 +51,8 @@ OPEN_ATTEMPT_STATES = (
     AttemptState.DIALING,
     AttemptState.ANSWERED,
 )
+# States of an attempt the telephony side is working on (or about to).
+IN_FLIGHT_STATES = (AttemptState.QUEUED, AttemptState.DIALING, AttemptState.ANSWERED)
 _OPEN_STATES_SQL = "state IN ('scheduled', 'queued', 'dialing', 'answered')"
 
 

@@ -97,22 +97,34 @@ class Pipeline:
     def tick(self, send: Callable[[int], None], *, max_batches: int = 10) -> calls.TickResult:
         """Claim due attempts batch by batch; send each task after its batch commits."""
         queued: list[int] = []
-        deferred = skipped = 0
+        deferred = skipped = waiting = 0
         for _ in range(max_batches):
             with self.transaction() as session:
                 result = calls.claim_due_attempts(
-                    session, self.clock(), limit=self.settings.tick_batch
+                    session,
+                    self.clock(),
+                    limit=self.settings.tick_batch,
+                    default_trunk=self.settings.livekit_trunk_id,
                 )
             for attempt_id in result.queued:
                 send(attempt_id)
             queued += result.queued
             deferred += result.deferred
             skipped += result.skipped
-            if len(result.queued) + result.deferred + result.skipped < self.settings.tick_batch:
+            waiting = result.waiting_for_trunk
+            # A short batch means nothing more is due; waiting calls mean the trunks are full.
+            settled = len(result.queued) + result.deferred + result.skipped
+            if waiting or settled < self.settings.tick_batch:
                 break
-        if queued or deferred or skipped:
-            log.info("tick: %d queued, %d deferred, %d skipped", len(queued), deferred, skipped)
-        return calls.TickResult(queued, deferred, skipped)
+        if queued or deferred or skipped or waiting:
+            log.info(
+                "tick: %d queued, %d deferred, %d skipped, %d waiting for a trunk",
+                len(queued),
+                deferred,
+                skipped,
+                waiting,
+            )
+        return calls.TickResult(queued, deferred, skipped, waiting)
 
     # ------------------------------------------------------------------ place a call
 

@@ -28,6 +28,7 @@ from campaigns.models import (
     CallAttempt,
     Clinic,
     DncSource,
+    Trunk,
 )
 from campaigns.outcomes import Outcome
 from campaigns.pacing import LocalPacer
@@ -350,6 +351,49 @@ def _claim_in_thread(
 
 
 @pytest.mark.postgres
+def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Session) -> None:
+    clinic = _clinic(session)
+    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=3))
+    busy = _appointment(session, clinic)
+    assert busy.id is not None and clinic.id is not None
+    session.add(
+        CallAttempt(
+            appointment_id=busy.id,
+            clinic_id=clinic.id,
+            attempt_number=1,
+            state=AttemptState.DIALING,
+            due_at=NOW,
+            dialing_at=NOW,
+            number_called=busy.phone_e164,
+        )
+    )
+    for _ in range(5):
+        due = _appointment(session, clinic)
+        assert due.id is not None
+        session.add(
+            CallAttempt(
+                appointment_id=due.id,
+                clinic_id=clinic.id,
+                attempt_number=1,
+                due_at=NOW - timedelta(minutes=1),
+                number_called=due.phone_e164,
+            )
+        )
+    session.flush()
+
+    result = calls.claim_due_attempts(session, NOW, limit=100)
+
+    assert len(result.queued) == 2  # three lines, one already ringing
+    assert result.waiting_for_trunk == 3
+    still_scheduled = (
+        session.execute(select(CallAttempt).where(col(CallAttempt.state) == AttemptState.SCHEDULED))
+        .scalars()
+        .all()
+    )
+    assert len(still_scheduled) == 3
+    assert all(a.due_at == NOW - timedelta(minutes=1) for a in still_scheduled)
+
+
 def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
     pg_database_url: str,
 ) -> None:
@@ -357,6 +401,7 @@ def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
     try:
         with session_factory(engine)() as session:
             clinic = _clinic(session)
+            session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=1000))
             appointments = [_appointment(session, clinic) for _ in range(200)]
             calls.bulk_insert_attempts(
                 session,

@@ -21,7 +21,11 @@ PLACE_CALL_TIME_LIMIT = 600
 
 @app.task(name="campaigns.tick", acks_late=False, ignore_result=True)
 def tick() -> int:
-    result = get_pipeline().tick(send=place_call.delay)
+    # One producer (one broker connection) for the whole batch of sends.
+    with app.producer_or_acquire() as producer:
+        result = get_pipeline().tick(
+            send=lambda attempt_id: place_call.apply_async((attempt_id,), producer=producer)
+        )
     return len(result.queued)
 
 

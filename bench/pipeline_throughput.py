@@ -1,0 +1,542 @@
+"""End-to-end calls per second: `campaigns worker` + `campaigns beat` + Redis +
+PostgreSQL + the LiveKit simulator (a subprocess, speed 1000 so ringing and
+talking take milliseconds), all real processes on loopback.
+
+Per configuration (worker processes x thread concurrency) it creates a fresh,
+migrated PostgreSQL database, a clinic where it is daytime now, a trunk with
+high limits, N appointments with distinct valid numbers and their first
+attempts (``calls.run_daily``, or bulk-inserted scheduled rows with
+``--setup bulk``), starts the simulator and the worker(s), waits until every
+worker is ready, then starts beat and the clock. The clock stops when no
+attempt is open (scheduled / queued / dialing / answered) any more. CPU time
+and peak RSS of every process are sampled with psutil. Each run stops by itself
+(``--limit`` seconds at most), kills its processes and drops its database.
+
+    .venv/bin/python bench/pipeline_throughput.py                       # 2000 calls, 1 x 100
+    .venv/bin/python bench/pipeline_throughput.py --configs 1x50,1x100,1x200,2x100
+    .venv/bin/python bench/pipeline_throughput.py --scenario mix --calls 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psutil
+import psycopg
+import redis
+from sqlalchemy import Engine, func
+from sqlmodel import col, select
+
+from campaigns import calls, clinics, migrate
+from campaigns.db import make_engine, session_factory
+from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt, Trunk
+from demo.daytime import daytime_zone
+
+CAMPAIGNS = str(Path(sys.executable).with_name("campaigns"))
+PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+PG_HOST_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+REDIS_HOST_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+TRUNK = "ST_bench"
+API_KEY = "benchkey"
+API_SECRET = "bench-secret-0123456789abcdef0123456789"  # loopback simulator only
+PHONE_PREFIX = "+1212555"  # + 4 digits: 212-555-0000..9999, all valid for phonenumbers
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    # Every callee answers and confirms: the full path (dial, answer, agent report).
+    "confirm": {"suffixes": {f"{n:02d}": "confirmed" for n in range(100)}},
+    # The simulator's default weights (55% confirmed, 15% no answer, ...), no suffix map.
+    "mix": {"suffixes": {f"{n:02d}": None for n in range(11)}},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_admin(sql: str) -> None:
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+@contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    """A scratch directory for the processes' logs; kept (and named) with ``--keep``."""
+    path = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"logs kept in {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def fresh_database(tag: str) -> Iterator[str]:
+    """A freshly created and migrated PostgreSQL database, dropped afterwards."""
+    name = f"campaigns_bench_{tag}_{uuid.uuid4().hex[:10]}"
+    pg_admin(f'CREATE DATABASE "{name}"')
+    url = f"{PG_HOST_URL}/{name}"
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def seed(
+    engine: Engine,
+    count: int,
+    *,
+    zone: str,
+    cps: float,
+    max_concurrent: int,
+    max_attempts: int,
+    setup: str,
+) -> float:
+    """Clinic, trunk, ``count`` appointments and their first attempts; returns seconds taken."""
+    started = time.monotonic()
+    now = datetime.now(UTC)
+    with session_factory(engine)() as s:
+        spec = clinics.validate_spec(
+            {
+                "name": "Bench Clinic",
+                "timezone": zone,
+                "window": "00:00-23:59",
+                "days": "mon,tue,wed,thu,fri,sat,sun",
+                "trunk_id": TRUNK,
+                "caller_id": "+12125550199",
+                "max_attempts": max_attempts,
+                "lead_days": "2",
+            }
+        )
+        clinic = clinics.create_clinic(s, spec, actor="bench")
+        clinic.retry_base_seconds = 1
+        clinic.retry_cap_seconds = 4
+        clinic.min_gap_seconds = 1
+        s.add(
+            Trunk(
+                sip_trunk_id=TRUNK,
+                name="bench trunk",
+                calls_per_second=cps,
+                max_concurrent=max_concurrent,
+            )
+        )
+        s.flush()
+        assert clinic.id is not None
+        starts_at = now + timedelta(days=2)
+        s.add_all(
+            Appointment(
+                clinic_id=clinic.id,
+                external_id=f"BENCH-{n:05d}",
+                patient_name=f"Patient {n:05d}",
+                phone_e164=f"{PHONE_PREFIX}{n:04d}",
+                patient_timezone=zone,
+                starts_at=starts_at,
+            )
+            for n in range(count)
+        )
+        s.flush()
+        if setup == "run_daily":
+            local_today = now.astimezone(ZoneInfo(zone)).date()
+            result = calls.run_daily(s, clinic, local_today, now, actor="bench")
+            assert result.created == count, result
+        else:
+            rows = [
+                {
+                    "appointment_id": appointment_id,
+                    "clinic_id": clinic.id,
+                    "attempt_number": 1,
+                    "number_called": phone,
+                    "state": AttemptState.SCHEDULED,
+                    "due_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for appointment_id, phone in s.execute(
+                    select(col(Appointment.id), col(Appointment.phone_e164))
+                ).all()
+            ]
+            calls.bulk_insert_attempts(s, rows)
+        s.commit()
+    return time.monotonic() - started
+
+
+def attempt_states(engine: Engine) -> Counter[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(col(CallAttempt.state), func.count()).group_by(col(CallAttempt.state))
+        ).all()
+    return Counter({str(state): int(n) for state, n in rows})
+
+
+def open_count(states: Counter[str]) -> int:
+    return sum(states[str(s)] for s in OPEN_ATTEMPT_STATES)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    ps: psutil.Process | None = None
+    peak_rss: int = 0
+    cpu: float = 0.0  # user + system seconds, last sample
+
+    def sample(self) -> None:
+        try:
+            if self.ps is None:
+                self.ps = psutil.Process(self.popen.pid)
+            procs = [self.ps, *self.ps.children(recursive=True)]
+            rss = cpu = 0.0
+            for p in procs:
+                with suppress(psutil.NoSuchProcess):
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+            self.peak_rss = max(self.peak_rss, int(rss))
+            self.cpu = max(self.cpu, cpu)
+        except psutil.NoSuchProcess:
+            pass
+
+    def rss_now(self) -> int:
+        try:
+            return int(psutil.Process(self.popen.pid).memory_info().rss)
+        except psutil.NoSuchProcess:
+            return 0
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _sampler: threading.Thread | None = None
+
+    def start(self, name: str, *args: str) -> Proc:
+        cwd = self.workdir / name
+        cwd.mkdir(exist_ok=True)
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as out:
+            popen = subprocess.Popen(
+                [CAMPAIGNS, *args],
+                env=self.env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def start_sampling(self, every: float = 0.25) -> None:
+        def loop() -> None:
+            while not self._stop.wait(every):
+                for proc in list(self.procs):
+                    proc.sample()
+
+        self._sampler = threading.Thread(target=loop, name="sampler", daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        for proc in self.procs:
+            proc.sample()
+        # Newest first: beat and the workers stop before the simulator they dial.
+        for proc in reversed(self.procs):
+            if proc.popen.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait(timeout=5)
+
+    def tail(self, name: str, chars: int = 3000) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def wait_for(check: Any, *, timeout: float, what: str, every: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def http_ok(url: str) -> bool:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def sim_stats(url: str) -> dict[str, Any]:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url + "/_sim/stats", timeout=5) as resp:
+        document: dict[str, Any] = json.loads(resp.read())
+        return document
+
+
+# Emulates a proposed engine fix without editing the engine: every aiohttp
+# TCPConnector built with the default limit (100 connections, the one inside the
+# ClientSession LiveKitAPI makes for itself) gets this limit instead.
+@contextmanager
+def running_stack(
+    *,
+    database_url: str,
+    redis_db: int,
+    speed: float,
+    scenario: dict[str, Any],
+    workdir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[Stack, str]]:
+    """Simulator subprocess plus the environment for worker and beat; stops everything."""
+    broker_url = f"{REDIS_HOST_URL}/{redis_db}"
+    redis.Redis.from_url(broker_url).flushdb()
+    port = free_port()
+    sim_url = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(workdir)),
+        "NO_PROXY": "127.0.0.1,localhost",
+        "CAMPAIGNS_DATABASE_URL": database_url,
+        "CAMPAIGNS_BROKER_URL": broker_url,
+        "CAMPAIGNS_REDIS_URL": broker_url,
+        "LIVEKIT_URL": sim_url,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+        "CAMPAIGNS_REPORT_SECRET": "bench-report-secret",
+        "CAMPAIGNS_TICK_SECONDS": "0.5",
+        "CAMPAIGNS_TICK_BATCH": "1000",
+        "CAMPAIGNS_RECONCILE_SECONDS": "5",
+        **(extra_env or {}),
+    }
+    scenario_path = workdir / "scenario.json"
+    scenario_path.write_text(json.dumps(scenario))
+    stack = Stack(env, workdir)
+    try:
+        stack.start(
+            "simulator",
+            "simulator",
+            f"--port={port}",
+            f"--speed={speed}",
+            f"--trunk={TRUNK}",
+            f"--scenario={scenario_path}",
+        )
+        wait_for(lambda: http_ok(sim_url + "/_sim/stats"), timeout=30, what="the simulator")
+        stack.start_sampling()
+        yield stack, sim_url
+    finally:
+        stack.stop()
+        redis.Redis.from_url(broker_url).flushdb()
+
+
+def consumers(broker_url: str) -> int:
+    """Clients blocked on the broker's queues: one per ready worker (kombu polls with BRPOP)."""
+    return sum(1 for c in redis.Redis.from_url(broker_url).client_list() if c.get("cmd") == "brpop")
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class RunResult:
+    config: str
+    calls: int
+    seconds: float
+    states: Counter[str]
+    outcomes: Counter[str]
+    procs: list[tuple[str, float, float]]  # name, cpu s, peak RSS MB
+    first_dial_s: float | None
+    sim: dict[str, Any]
+    finished: bool
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+
+def outcome_counts(engine: Engine) -> Counter[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(col(CallAttempt.outcome), func.count()).group_by(col(CallAttempt.outcome))
+        ).all()
+    return Counter({str(o): int(n) for o, n in rows})
+
+
+def run_once(args: argparse.Namespace, workers: int, concurrency: int) -> RunResult:
+    config = f"{workers}x{concurrency}"
+    zone = daytime_zone(datetime.now(UTC))
+    with workspace(args.keep) as workdir, fresh_database("tput") as url:
+        engine = make_engine(url)
+        try:
+            setup_s = seed(
+                engine,
+                args.calls,
+                zone=zone,
+                cps=args.cps,
+                max_concurrent=args.max_concurrent,
+                max_attempts=args.max_attempts,
+                setup=args.setup,
+            )
+            print(f"[{config}] seeded {args.calls} attempts ({args.setup}) in {setup_s:.1f}s")
+            with running_stack(
+                database_url=url,
+                redis_db=args.redis_db,
+                speed=args.speed,
+                scenario=SCENARIOS[args.scenario],
+                workdir=workdir,
+            ) as (stack, sim_url):
+                names = [f"worker{i + 1}" for i in range(workers)]
+                for name in names:
+                    stack.start(
+                        name,
+                        "worker",
+                        f"--concurrency={concurrency}",
+                        f"--loglevel={args.loglevel}",
+                    )
+                wait_for(
+                    lambda: consumers(stack.env["CAMPAIGNS_BROKER_URL"]) >= workers,
+                    timeout=60,
+                    what="the workers to consume",
+                )
+                baseline = {p.name: p.cpu for p in stack.procs}
+                t0 = time.monotonic()
+                t0_wall = time.time()
+                stack.start("beat", "beat", f"--loglevel={args.loglevel}")
+                deadline = t0 + args.limit
+                finished = False
+                last_print = t0
+                while time.monotonic() < deadline:
+                    states = attempt_states(engine)
+                    if open_count(states) == 0 and sum(states.values()) >= args.calls:
+                        finished = True
+                        break
+                    if time.monotonic() - last_print >= 5:
+                        last_print = time.monotonic()
+                        print(
+                            f"[{config}] t={last_print - t0:5.1f}s "
+                            + " ".join(f"{k}={v}" for k, v in sorted(states.items()))
+                        )
+                    time.sleep(0.1)
+                elapsed = time.monotonic() - t0
+                for proc in stack.procs:
+                    proc.sample()
+                sim = sim_stats(sim_url)
+                first_dial = None
+                if sim.get("dials"):
+                    import urllib.request
+
+                    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                    with opener.open(sim_url + "/_sim/calls", timeout=30) as resp:
+                        dials = json.loads(resp.read())
+                    if dials:
+                        first_dial = min(d["at"] for d in dials) - t0_wall
+                procs = [
+                    (p.name, p.cpu - baseline.get(p.name, 0.0), p.peak_rss / 2**20)
+                    for p in stack.procs
+                ]
+                if not finished:
+                    print(f"[{config}] NOT FINISHED in {args.limit:.0f}s; worker log tail:")
+                    print(stack.tail(names[0]))
+            states = attempt_states(engine)
+            outcomes = outcome_counts(engine)
+        finally:
+            engine.dispose()
+    return RunResult(
+        config, args.calls, elapsed, states, outcomes, procs, first_dial, sim, finished
+    )
+
+
+def print_table(results: list[RunResult]) -> None:
+    print()
+    print(
+        f"{'config':>7} {'calls':>6} {'wall s':>7} {'calls/s':>8} {'1st dial':>8}  "
+        "per process: cpu s / peak RSS MB"
+    )
+    for r in results:
+        cells = "  ".join(f"{name} {cpu:.1f}s/{rss:.0f}MB" for name, cpu, rss in r.procs)
+        first = f"{r.first_dial_s:.2f}s" if r.first_dial_s is not None else "-"
+        flag = "" if r.finished else "  (timed out)"
+        print(
+            f"{r.config:>7} {r.calls:>6} {r.seconds:7.1f} {r.rate:8.1f} {first:>8}  {cells}{flag}"
+        )
+    for r in results:
+        outcomes = ", ".join(f"{k}={v}" for k, v in sorted(r.outcomes.items()))
+        print(
+            f"  {r.config}: states {dict(sorted(r.states.items()))}; outcomes {outcomes}; "
+            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}"
+        )
+    best = max(results, key=lambda r: r.rate if r.finished else 0.0)
+    print(f"best: {best.config} (workers x threads) at {best.rate:.1f} calls/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--configs",
+        default="1x100",
+        help="comma-separated WORKERSxTHREADS, e.g. 1x50,1x100,2x100",
+    )
+    parser.add_argument("--speed", type=float, default=1000.0)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="confirm")
+    parser.add_argument("--max-attempts", type=int, default=1, help="1: no retries")
+    parser.add_argument("--setup", choices=["run_daily", "bulk"], default="bulk")
+    parser.add_argument("--cps", type=float, default=500.0)
+    parser.add_argument("--max-concurrent", type=int, default=1000)
+    parser.add_argument("--limit", type=float, default=180.0, help="seconds per run at most")
+    parser.add_argument("--redis-db", type=int, default=13)
+    parser.add_argument("--keep", action="store_true", help="keep the logs directory")
+    parser.add_argument("--loglevel", default="INFO", help="worker and beat log level")
+    args = parser.parse_args()
+    if args.calls > 10_000:
+        parser.error("--calls: at most 10000 distinct 212-555-XXXX numbers")
+    results = []
+    for item in args.configs.split(","):
+        workers, concurrency = (int(x) for x in item.lower().split("x"))
+        results.append(run_once(args, workers, concurrency))
+    print_table(results)
+
+
+if __name__ == "__main__":
+    main()
