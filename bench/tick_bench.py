@@ -45,11 +45,17 @@ def load(appointments: int, pending: int, due: int) -> None:
             INSERT INTO clinic (name, timezone, country, window_start, window_end, weekdays,
                 max_attempts, retry_base_seconds, retry_cap_seconds, retry_voicemail,
                 min_gap_seconds, cutoff_minutes, dials_per_number_24h, dials_per_number_7d,
-                daily_run_time, lead_days, created_at, updated_at)
+                daily_run_time, lead_days, trunk_id, created_at, updated_at)
             VALUES ('Bench', %s, 'US', '00:00', '23:59', 'mon,tue,wed,thu,fri,sat,sun', 4, 3600,
-                86400, true, 3600, 120, 3, 6, '10:00', '1', %s, %s)
+                86400, true, 3600, 120, 3, 6, '10:00', '1', 'ST_bench', %s, %s)
             """,
             (zone, now, now),
+        )
+        # A trunk roomy enough that the claim is limited by the batch size alone.
+        conn.execute(
+            "INSERT INTO trunk (sip_trunk_id, name, numbers, calls_per_second, max_concurrent,"
+            " created_at) VALUES ('ST_bench', 'bench', '', 1000, 1000000, %s)",
+            (now,),
         )
         starts = now + timedelta(days=2)
         with conn.cursor().copy(

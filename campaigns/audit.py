@@ -17,16 +17,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, text
-from sqlalchemy.orm import Session
+from sqlalchemy import event, insert, text
+from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
 from campaigns.db import utcnow
 from campaigns.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
+_CHAIN_HEAD = "campaigns.audit.chain_head"
 # Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
 _AUDIT_LOCK_KEY = 0x0A0D17
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _forget_chain_head(session: Session, _transaction: SessionTransaction) -> None:
+    # Any end, a savepoint's included: a rolled-back event must not stay the head.
+    session.info.pop(_CHAIN_HEAD, None)
 
 
 def canonical_json(value: Any) -> str:
@@ -67,14 +74,16 @@ def record_many(session: Session, entries: Iterable[Entry]) -> None:
     pending = list(entries)
     if not pending:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
-    prev_hash = (
-        session.execute(
-            select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
-        ).scalar_one_or_none()
-        or GENESIS_HASH
-    )
+    prev_hash = session.info.get(_CHAIN_HEAD)
+    if prev_hash is None:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
+        prev_hash = (
+            session.execute(
+                select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
+            ).scalar_one_or_none()
+            or GENESIS_HASH
+        )
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for entry in pending:
@@ -107,6 +116,9 @@ def record_many(session: Session, entries: Iterable[Entry]) -> None:
     # Inserted in list order, so sequence numbers follow the chain.
     for start in range(0, len(rows), 1000):
         session.execute(insert(AuditEvent), rows[start : start + 1000])
+    # This transaction holds the append lock (or SQLite's write lock) until it ends,
+    # so its own last event stays the head of the chain until then.
+    session.info[_CHAIN_HEAD] = prev_hash
 
 
 def record(

@@ -109,3 +109,22 @@ def test_jsonl_export_round_trips_payloads_and_honours_since(session: Session) -
     lines = "".join(audit.export_jsonl(audit.iter_events(session, since))).splitlines()
     assert [json.loads(line)["kind"] for line in lines] == ["new.event"]
     assert json.loads(lines[0])["payload"] == {"n": 1}
+
+
+def test_an_event_rolled_back_with_a_savepoint_does_not_break_the_chain(session: Session) -> None:
+    audit.record(session, "kept.before", {"n": 1}, actor="t")
+    with pytest.raises(RuntimeError), session.begin_nested():
+        audit.record(session, "rolled.back", {"n": 2}, actor="t")
+        raise RuntimeError("undo this part")
+    audit.record(session, "kept.after", {"n": 3}, actor="t")
+    session.commit()
+    result = audit.verify(session)
+    assert result.ok and result.events == 2
+
+
+def test_several_transactions_of_one_session_keep_one_chain(session: Session) -> None:
+    for n in range(3):
+        audit.record(session, "one", {"n": n}, actor="t")
+        audit.record(session, "two", {"n": n}, actor="t")
+        session.commit()
+    assert audit.verify(session).ok
