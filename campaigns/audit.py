@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, insert, text
+from sqlalchemy import event as orm_event
+from sqlalchemy import insert, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
@@ -30,7 +31,7 @@ _CHAIN_HEAD = "campaigns.audit.chain_head"
 _AUDIT_LOCK_KEY = 0x0A0D17
 
 
-@event.listens_for(Session, "after_transaction_end")
+@orm_event.listens_for(Session, "after_transaction_end")
 def _forget_chain_head(session: Session, _transaction: SessionTransaction) -> None:
     # Any end, a savepoint's included: a rolled-back event must not stay the head.
     session.info.pop(_CHAIN_HEAD, None)
