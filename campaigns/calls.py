@@ -44,7 +44,7 @@ from campaigns.models import (
     Trunk,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
-from campaigns.policy import Callee, Decision, DncCheck, History, Policy, StateRule, decide
+from campaigns.policy import Decision, DncCheck, History, Policy, StateRule, decide
 from campaigns.retry import next_retry_due
 from campaigns.telephony import CallRequest, CallResult
 from campaigns.tokens import sign_report_token, verify_report_token
@@ -245,7 +245,7 @@ class _DueAttempt:
 
     id: int
     attempt_number: int
-    number_called: str
+    phone_e164: str  # the number this attempt calls
     appointment_id: int
     clinic_id: int
     patient_timezone: str | None
@@ -314,7 +314,7 @@ def _batch_facts(
         assert clinic.id is not None
         facts.clinics[clinic.id] = clinic
         facts.policies[clinic.id] = compliance.policy_for(clinic, state_rules, version)
-    phones = sorted({a.number_called for a in attempts})
+    phones = sorted({a.phone_e164 for a in attempts})
     for list_name, phone in session.execute(
         select(DncEntry.list_name, DncEntry.phone_e164).where(
             _one_of(session, col(DncEntry.phone_e164), phones)
@@ -347,38 +347,23 @@ def _batch_facts(
 
 def _decide_in_batch(facts: _BatchFacts, due: _DueAttempt, now: datetime) -> Decision:
     clinic = facts.clinics[due.clinic_id]
-    names = {
-        dnc.GLOBAL_LIST: "global",
-        dnc.clinic_list(due.clinic_id): "clinic",
-        dnc.NATIONAL_LIST: "national_registry",
-    }
-    hits = facts.dnc_hits.get(due.number_called, set())
-    callee = Callee(
-        phone_e164=due.number_called,
-        country=clinic.country,
-        timezone=due.patient_timezone,
-        state=due.patient_state,
-        zip_code=due.patient_zip,
-        appointment_start=due.starts_at,
-        appointment_status=due.status,
+    found = dnc.lookup_result(
+        facts.dnc_hits.get(due.phone_e164, set()),
+        facts.list_versions,
+        facts.registry_as_of,
+        due.clinic_id,
     )
     history = History(
         attempt_number=due.attempt_number,
         last_attempt_at=facts.last_dial.get(due.appointment_id),
-        dials_to_number=tuple(sorted(facts.dials.get(due.number_called, []))),
+        dials_to_number=tuple(sorted(facts.dials.get(due.phone_e164, []))),
     )
     return decide(
-        callee,
+        compliance.callee_for(due, clinic),
         history,
         now,
         facts.policies[due.clinic_id],
-        DncCheck(
-            blocked_by=tuple(sorted(label for name, label in names.items() if name in hits)),
-            registry_as_of=facts.registry_as_of,
-            list_versions={
-                label: facts.list_versions.get(name, 0) for name, label in names.items()
-            },
-        ),
+        DncCheck(found.blocked_by, found.registry_as_of, found.list_versions),
     )
 
 
@@ -1078,41 +1063,32 @@ def reconcile_attempt(
         return None
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    base = {
-        "clinic_id": attempt.clinic_id,
-        "appointment_id": attempt.appointment_id,
-        "attempt_id": attempt.id,
-    }
-    if attempt.state == AttemptState.QUEUED:
-        # Never dialed (dialing is a committed state before any dial): safe to queue again.
-        attempt.state = AttemptState.SCHEDULED
-        attempt.due_at = now
-        attempt.updated_at = now
+
+    def move(to: AttemptState, action: str) -> str:
         audit.record(
             session,
             "attempt.reconciled",
-            {"was": "queued", "action": "rescheduled"},
+            {"was": attempt.state, "action": action},
             actor=SCHEDULER,
             at=now,
-            **base,
+            clinic_id=attempt.clinic_id,
+            appointment_id=attempt.appointment_id,
+            attempt_id=attempt.id,
         )
-        return "rescheduled"
+        attempt.state = to
+        attempt.updated_at = now
+        return action
+
+    if attempt.state == AttemptState.QUEUED:
+        # Never dialed (dialing is a committed state before any dial): safe to queue again.
+        attempt.due_at = now
+        return move(AttemptState.SCHEDULED, "rescheduled")
     if room_participants is None:
         return None
     on_call = attempt.participant_identity in room_participants
     if attempt.state == AttemptState.DIALING and on_call:
-        attempt.state = AttemptState.ANSWERED
         attempt.answered_at = now
-        attempt.updated_at = now
-        audit.record(
-            session,
-            "attempt.reconciled",
-            {"was": "dialing", "action": "answered"},
-            actor=SCHEDULER,
-            at=now,
-            **base,
-        )
-        return "answered"
+        return move(AttemptState.ANSWERED, "answered")
     if on_call:
         return None  # still talking past the deadline: the hang-up is the caller's job
     error = RECONCILED + (

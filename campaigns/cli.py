@@ -96,6 +96,14 @@ def actor() -> str:
         return "cli"
 
 
+def print_table(columns: dict[str, str], rows: list[dict[str, Any]], **options: Any) -> None:
+    """Rows as a table; ``columns`` maps each heading to its key in the rows."""
+    table = Table(*columns, **options)
+    for row in rows:
+        table.add_row(*("" if row[key] is None else str(row[key]) for key in columns.values()))
+    out.print(table)
+
+
 def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
@@ -194,17 +202,18 @@ def clinic_list(as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("name", "timezone", "window", "days", "lead days", "max attempts")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["timezone"],
-            row["window"],
-            row["days"],
-            row["lead_days"],
-            str(row["max_attempts"]),
-        )
-    out.print(table)
+    print_table(
+        {
+            "name": "name",
+            "timezone": "timezone",
+            "window": "window",
+            "days": "days",
+            "lead days": "lead_days",
+            "max attempts": "max_attempts",
+            "paused": "paused_reason",
+        },
+        rows,
+    )
 
 
 @clinic_app.command("show")
@@ -215,10 +224,11 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(described)
         return
-    table = Table("setting", "value", show_header=False)
-    for key, value in described.items():
-        table.add_row(key, "" if value is None else str(value))
-    out.print(table)
+    print_table(
+        {"setting": "setting", "value": "value"},
+        [{"setting": key, "value": value} for key, value in described.items()],
+        show_header=False,
+    )
 
 
 @clinic_app.command("resume")
@@ -389,17 +399,17 @@ def dnc_list(
     if as_json:
         emit_json(rows)
         return
-    table = Table("phone", "list", "source", "reason", "added by", "added at")
-    for row in rows:
-        table.add_row(
-            row["phone"],
-            row["list"],
-            row["source"],
-            row["reason"] or "",
-            row["added_by"],
-            row["added_at"],
-        )
-    out.print(table)
+    print_table(
+        {
+            "phone": "phone",
+            "list": "list",
+            "source": "source",
+            "reason": "reason",
+            "added by": "added_by",
+            "added at": "added_at",
+        },
+        rows,
+    )
 
 
 @dnc_app.command("import")
@@ -532,14 +542,14 @@ def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFl
         emit_json(counts)
         return
     out.print(f"appointments: {counts['appointments']}   retries: {counts['retries']}")
-    table = Table("attempt state", "count")
-    for state, count in counts["attempts"].items():
-        table.add_row(state, str(count))
-    out.print(table)
-    table = Table("outcome", "count")
-    for outcome, count in counts["outcomes"].items():
-        table.add_row(outcome, str(count))
-    out.print(table)
+    print_table(
+        {"attempt state": "state", "count": "count"},
+        [{"state": k, "count": v} for k, v in counts["attempts"].items()],
+    )
+    print_table(
+        {"outcome": "outcome", "count": "count"},
+        [{"outcome": k, "count": v} for k, v in counts["outcomes"].items()],
+    )
 
 
 @app.command("worker")
@@ -658,17 +668,17 @@ def trunk_list(as_json: JsonFlag = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("sip_trunk_id", "name", "address", "numbers", "cps", "max concurrent")
-    for row in rows:
-        table.add_row(
-            row["sip_trunk_id"],
-            row["name"],
-            row["address"],
-            ",".join(row["numbers"]),
-            str(row["cps"]),
-            str(row["max_concurrent"]),
-        )
-    out.print(table)
+    print_table(
+        {
+            "sip_trunk_id": "sip_trunk_id",
+            "name": "name",
+            "address": "address",
+            "numbers": "numbers",
+            "cps": "cps",
+            "max concurrent": "max_concurrent",
+        },
+        [row | {"numbers": ",".join(row["numbers"])} for row in rows],
+    )
 
 
 @app.command("demo")

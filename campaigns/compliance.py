@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime, time, timedelta
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, delete, insert
 from sqlalchemy.orm import Session
@@ -132,7 +132,24 @@ def policy_for(clinic: Clinic, rules: Sequence[StateRule], ruleset_version: str)
     )
 
 
-def callee_for(appointment: Appointment, clinic: Clinic) -> Callee:
+class CalleeFacts(Protocol):
+    """What the policy reads of an appointment (an ``Appointment`` row or a claimed row)."""
+
+    @property
+    def phone_e164(self) -> str: ...
+    @property
+    def patient_timezone(self) -> str | None: ...
+    @property
+    def patient_state(self) -> str | None: ...
+    @property
+    def patient_zip(self) -> str | None: ...
+    @property
+    def starts_at(self) -> datetime: ...
+    @property
+    def status(self) -> str: ...
+
+
+def callee_for(appointment: CalleeFacts, clinic: Clinic) -> Callee:
     return Callee(
         phone_e164=appointment.phone_e164,
         country=clinic.country,

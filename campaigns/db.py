@@ -92,9 +92,9 @@ def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+def session_scope(factory: sessionmaker[Session] | None = None) -> Iterator[Session]:
     """One unit of work: commits on success, rolls back on any error."""
-    session = session_factory(engine)()
+    session = (factory or session_factory())()
     try:
         yield session
         session.commit()

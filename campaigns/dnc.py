@@ -239,9 +239,31 @@ class DncLookup:
     list_versions: Mapping[str, int]
 
 
+def consulted_lists(clinic_id: int) -> dict[str, str]:
+    """The lists a call for this clinic is checked against, by name, with their labels."""
+    return {
+        GLOBAL_LIST: "global",
+        clinic_list(clinic_id): "clinic",
+        NATIONAL_LIST: "national_registry",
+    }
+
+
+def lookup_result(
+    hits: Iterable[str], versions: Mapping[str, int], registry_as_of: date | None, clinic_id: int
+) -> DncLookup:
+    """The outcome of a lookup from the list names holding the number and every list's version."""
+    labels = consulted_lists(clinic_id)
+    found = set(hits)
+    return DncLookup(
+        blocked_by=tuple(sorted(label for name, label in labels.items() if name in found)),
+        registry_as_of=registry_as_of,
+        list_versions={label: versions.get(name, 0) for name, label in labels.items()},
+    )
+
+
 def lookup(session: Session, phone_e164: str, clinic_id: int) -> DncLookup:
     """Which lists hold this number, and the versions of every list consulted."""
-    names = [GLOBAL_LIST, clinic_list(clinic_id), NATIONAL_LIST]
+    names = list(consulted_lists(clinic_id))
     hits = session.execute(
         select(DncEntry.list_name).where(
             col(DncEntry.phone_e164) == phone_e164, col(DncEntry.list_name).in_(names)
@@ -251,14 +273,10 @@ def lookup(session: Session, phone_e164: str, clinic_id: int) -> DncLookup:
         row.name: row
         for row in session.execute(select(DncList).where(col(DncList.name).in_(names))).scalars()
     }
-    labels = {
-        GLOBAL_LIST: "global",
-        clinic_list(clinic_id): "clinic",
-        NATIONAL_LIST: "national_registry",
-    }
     national = lists.get(NATIONAL_LIST)
-    return DncLookup(
-        blocked_by=tuple(sorted(labels[name] for name in set(hits))),
-        registry_as_of=national.registry_as_of if national else None,
-        list_versions={labels[n]: (lists[n].version if n in lists else 0) for n in names},
+    return lookup_result(
+        hits,
+        {name: row.version for name, row in lists.items()},
+        national.registry_as_of if national else None,
+        clinic_id,
     )

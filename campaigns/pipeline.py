@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns import calls
+from campaigns.db import session_scope
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
 from campaigns.outcomes import Outcome
@@ -53,17 +54,8 @@ class Pipeline:
     clock: Clock = utc_clock
     rng: random.Random | None = None
 
-    @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        session = self.sessions()
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+    def transaction(self) -> AbstractContextManager[Session]:
+        return session_scope(self.sessions)
 
     def jitter(self) -> float:
         return (self.rng or random).random()
