@@ -31,8 +31,9 @@ instant it could pass; a window rule never steps over a UTC-offset change of its
 zone, so DST gaps and repeated hours are handled from the instants themselves.
 The search stops at 60 days (then None).
 
-Refinements of the brief: ``StateRule.saturday_window`` (RI), ``Policy.
-require_national_registry``, ``Decision.zone_source``.
+``StateRule.saturday_window`` replaces the weekday window on Saturdays (RI);
+``Policy.require_national_registry`` blocks calling until registry data is
+loaded; ``Decision.zone_source`` says where the candidate zones came from.
 
 Reason codes (``"code: detail"``):
 ``within_all_windows`` (allowed), ``dnc_listed``, ``national_registry_stale``,
