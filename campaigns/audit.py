@@ -4,6 +4,11 @@ Each event's hash covers its content and the previous event's hash, so editing,
 deleting or reordering any stored event breaks the chain at that event, which
 :func:`verify` names. Appends are serialized (an advisory lock on PostgreSQL,
 SQLite's single writer) so the chain never forks.
+
+Events recorded in a transaction are chained and written when it commits, after
+its other changes are flushed: every writer in every worker takes the append
+lock, so it is held for the last moment of a transaction only. Events recorded
+inside a savepoint that rolls back are dropped with it.
 """
 
 from __future__ import annotations
@@ -26,15 +31,36 @@ from campaigns.db import utcnow
 from campaigns.models import AuditEvent
 
 GENESIS_HASH = "0" * 64
-_CHAIN_HEAD = "campaigns.audit.chain_head"
+_PENDING = "campaigns.audit.pending"
+_SAVEPOINT_MARKS = "campaigns.audit.savepoint_marks"
 # Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
 _AUDIT_LOCK_KEY = 0x0A0D17
 
 
-@orm_event.listens_for(Session, "after_transaction_end")
-def _forget_chain_head(session: Session, _transaction: SessionTransaction) -> None:
-    # Any end, a savepoint's included: a rolled-back event must not stay the head.
-    session.info.pop(_CHAIN_HEAD, None)
+@orm_event.listens_for(Session, "before_commit")
+def _write_at_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint's release: its events wait for the real commit
+    session.flush()
+    write_pending(session)
+
+
+@orm_event.listens_for(Session, "after_transaction_create")
+def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
+        marks[transaction] = len(session.info.get(_PENDING, ()))
+
+
+@orm_event.listens_for(Session, "after_soft_rollback")
+def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
+    if previous_transaction.nested:
+        mark = session.info.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)
+        if mark is not None and _PENDING in session.info:
+            del session.info[_PENDING][mark:]
+    else:
+        session.info.pop(_PENDING, None)
+        session.info.pop(_SAVEPOINT_MARKS, None)
 
 
 def canonical_json(value: Any) -> str:
@@ -71,20 +97,23 @@ class Entry:
 
 
 def record_many(session: Session, entries: Iterable[Entry]) -> None:
-    """Append events in order, in the caller's transaction, chaining each to the last."""
-    pending = list(entries)
+    """Record events, in order, as part of the caller's transaction (written at its commit)."""
+    session.info.setdefault(_PENDING, []).extend(entries)
+
+
+def write_pending(session: Session) -> None:
+    """Chain and insert the events recorded so far in this transaction."""
+    pending: list[Entry] = session.info.pop(_PENDING, [])
     if not pending:
         return
-    prev_hash = session.info.get(_CHAIN_HEAD)
-    if prev_hash is None:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
-        prev_hash = (
-            session.execute(
-                select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
-            ).scalar_one_or_none()
-            or GENESIS_HASH
-        )
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
+    prev_hash = (
+        session.execute(
+            select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
+        ).scalar_one_or_none()
+        or GENESIS_HASH
+    )
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for entry in pending:
@@ -117,9 +146,6 @@ def record_many(session: Session, entries: Iterable[Entry]) -> None:
     # Inserted in list order, so sequence numbers follow the chain.
     for start in range(0, len(rows), 1000):
         session.execute(insert(AuditEvent), rows[start : start + 1000])
-    # This transaction holds the append lock (or SQLite's write lock) until it ends,
-    # so its own last event stays the head of the chain until then.
-    session.info[_CHAIN_HEAD] = prev_hash
 
 
 def record(
@@ -133,7 +159,7 @@ def record(
     attempt_id: int | None = None,
     at: datetime | None = None,
 ) -> None:
-    """Append one event in the caller's transaction."""
+    """Record one event as part of the caller's transaction (written at its commit)."""
     record_many(session, [Entry(kind, payload, actor, clinic_id, appointment_id, attempt_id, at)])
 
 
@@ -198,6 +224,7 @@ def _neutralise(cell: str) -> str:
 
 
 def iter_events(session: Session, since: datetime | None = None) -> Iterator[AuditEvent]:
+    write_pending(session)  # this transaction's own events belong to what it reads
     query = select(AuditEvent).order_by(col(AuditEvent.seq))
     if since is not None:
         query = query.where(col(AuditEvent.at) >= since)

@@ -133,6 +133,7 @@ def test_one_audit_event_without_patient_data(session: Session, clinic: Clinic) 
         f"{HEADER}\nA-1,Ada Lovelace,(212) 555-0100,2026-03-10 09:30,,,,,,\nA-2,Bob,x,,,,,,,\n"
     )
     run(session, clinic, content)
+    session.commit()
     events = session.execute(select(AuditEvent)).scalars().all()
     assert [e.kind for e in events] == ["appointments.imported"]
     payload = json.loads(events[0].payload)
