@@ -7,6 +7,7 @@ COPY scheduler scheduler
 COPY simulator simulator
 COPY demo demo
 COPY examples examples
-RUN pip install --no-cache-dir . && useradd --create-home campaigns
+RUN pip install --no-cache-dir . && useradd --create-home campaigns \
+    && mkdir -p /app/.campaigns && chown campaigns /app/.campaigns
 USER campaigns
 ENTRYPOINT ["campaigns"]
