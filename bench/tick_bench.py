@@ -117,8 +117,9 @@ def main() -> None:
             started = time.perf_counter()
             result = pipeline.tick(send=sent.append, max_batches=1)
             claimed = time.perf_counter()
-            for attempt_id in sent:
-                sender.send_task("campaigns.place_call", args=[attempt_id], producer=producer)
+            with producer.batch(max_size=batch):
+                for attempt_id in sent:
+                    sender.send_task("campaigns.place_call", args=[attempt_id], producer=producer)
             finished = time.perf_counter()
             assert len(result.queued) == batch, (len(result.queued), result)
             claim_times.append((claimed - started) * 1000)

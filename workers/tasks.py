@@ -21,8 +21,8 @@ PLACE_CALL_TIME_LIMIT = 600
 
 @app.task(name="campaigns.tick", acks_late=False, ignore_result=True)
 def tick() -> int:
-    # One producer (one broker connection) for the whole batch of sends.
-    with app.producer_or_acquire() as producer:
+    # One producer, and the sends of each batch pipelined to the broker in one round trip.
+    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
         result = get_pipeline().tick(
             send=lambda attempt_id: place_call.apply_async((attempt_id,), producer=producer)
         )
