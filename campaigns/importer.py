@@ -48,15 +48,15 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 from zoneinfo import ZoneInfo, available_timezones
 
-import phonenumbers
 from sqlalchemy import String, Table, any_, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns import audit
-from campaigns.errors import CampaignError
+from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.models import Appointment, AppointmentStatus, AttemptState, CallAttempt, Clinic
+from campaigns.phones import to_e164
 
 __all__ = [
     "FIELD_ALIASES",
@@ -313,40 +313,6 @@ _TIME_BOUND_STATUSES = frozenset(
     }
 )
 
-_PARSE_ERRORS = {
-    phonenumbers.NumberParseException.INVALID_COUNTRY_CODE: "unknown country code",
-    phonenumbers.NumberParseException.NOT_A_NUMBER: "not a phone number",
-    phonenumbers.NumberParseException.TOO_SHORT_AFTER_IDD: "too short",
-    phonenumbers.NumberParseException.TOO_SHORT_NSN: "too short",
-    phonenumbers.NumberParseException.TOO_LONG: "too long",
-}
-_IMPOSSIBLE = {
-    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
-    phonenumbers.ValidationResult.TOO_SHORT: "too short",
-    phonenumbers.ValidationResult.TOO_LONG: "too long",
-    phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY: "no area code",
-    phonenumbers.ValidationResult.INVALID_LENGTH: "wrong length for its country",
-}
-
-
-def _phone_e164(raw: str, region: str) -> tuple[str | None, str]:
-    """E.164 form of ``raw`` or ``(None, reason)``; the reason never repeats the number."""
-    try:
-        number = phonenumbers.parse(raw, region)
-    except phonenumbers.NumberParseException as exc:
-        return None, f"not a phone number ({_PARSE_ERRORS.get(exc.error_type, 'unparseable')})"
-    possible = phonenumbers.is_possible_number_with_reason(number)
-    if possible != phonenumbers.ValidationResult.IS_POSSIBLE:
-        return None, f"impossible phone number ({_IMPOSSIBLE.get(possible, 'wrong length')})"
-    # The clinic's own region first: is_valid_number alone tries every region of a
-    # shared country code (25 for +1), the bulk of an import's time.
-    if not (
-        phonenumbers.is_valid_number_for_region(number, region)
-        or phonenumbers.is_valid_number(number)
-    ):
-        return None, "invalid phone number (no such number range in its country)"
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), ""
-
 
 @lru_cache(maxsize=1)
 def _zone_names() -> dict[str, str]:
@@ -541,10 +507,11 @@ class _RowParser:
         if not raw:
             reject("phone", "phone number is missing")
             return None
-        phone, reason = _phone_e164(raw, self.region)
-        if phone is None:
-            reject("phone", reason)
-        return phone
+        try:
+            return to_e164(raw, self.region)
+        except InvalidInputError as exc:
+            reject("phone", str(exc))
+            return None
 
     def _zone(
         self, record: list[str], values: dict[str, Any], reject: Callable[[str, str], None]
