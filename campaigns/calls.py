@@ -15,13 +15,13 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ARRAY, ColumnElement, Integer, Text, any_, bindparam, func, insert, update
+from sqlalchemy import ARRAY, ColumnElement, Integer, Text, any_, bindparam, func, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -208,12 +208,12 @@ def _new_attempt(
     clinic: Clinic,
     number: int,
     decision: Decision,
-    now: datetime,
+    at: datetime,
     *,
     run_date: date | None = None,
-    not_before: datetime | None = None,
 ) -> CallAttempt:
-    """A scheduled attempt due when the policy next allows it, or a skipped one saying why not."""
+    """An attempt as the policy judged it at ``at``: due then, due when it next allows
+    a call, or skipped saying why not."""
     assert appointment.id is not None and clinic.id is not None
     attempt = CallAttempt(
         appointment_id=appointment.id,
@@ -221,18 +221,14 @@ def _new_attempt(
         attempt_number=number,
         run_date=run_date,
         number_called=appointment.phone_e164,
-        due_at=not_before or now,
+        due_at=decision.next_allowed_at or at,
         decision=_decision_json(decision),
     )
-    if decision.allowed:
-        attempt.due_at = max(now, not_before or now)
-    elif decision.next_allowed_at is not None:
-        attempt.due_at = decision.next_allowed_at
+    if not decision.allowed:
         attempt.skip_reasons = "; ".join(decision.reasons)
-    else:
-        attempt.state = AttemptState.SKIPPED
-        attempt.ended_at = now
-        attempt.skip_reasons = "; ".join(decision.reasons)
+        if decision.next_allowed_at is None:
+            attempt.state = AttemptState.SKIPPED
+            attempt.ended_at = at
     return attempt
 
 
@@ -871,7 +867,7 @@ def schedule_retry(
             **base,
         )
         return None
-    following = _new_attempt(appointment, clinic, number, decision, due, not_before=due)
+    following = _new_attempt(appointment, clinic, number, decision, due)
     session.add(following)
     session.flush()
     audit.record(
@@ -1147,10 +1143,3 @@ def status_counts(session: Session, clinic_id: int | None = None) -> dict[str, A
         "appointment_statuses": dict(session.execute(statuses).all()),
         "retries": retries,
     }
-
-
-def bulk_insert_attempts(session: Session, rows: Iterable[dict[str, Any]]) -> None:
-    """Insert many attempt rows at once (benchmarks and data loads)."""
-    batch = list(rows)
-    for start in range(0, len(batch), 1000):
-        session.execute(insert(CallAttempt), batch[start : start + 1000])

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, insert
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -403,9 +403,9 @@ def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
             clinic = _clinic(session)
             session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=1000))
             appointments = [_appointment(session, clinic) for _ in range(200)]
-            calls.bulk_insert_attempts(
-                session,
-                (
+            session.execute(
+                insert(CallAttempt),
+                [
                     {
                         "appointment_id": a.id,
                         "clinic_id": clinic.id,
@@ -415,7 +415,7 @@ def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
                         "number_called": a.phone_e164,
                     }
                     for i, a in enumerate(appointments)
-                ),
+                ],
             )
             session.commit()
             all_ids = set(session.execute(select(CallAttempt.id)).scalars())
