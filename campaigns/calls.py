@@ -1110,36 +1110,41 @@ def reconcile_attempt(
 
 
 def status_counts(session: Session, clinic_id: int | None = None) -> dict[str, Any]:
-    appointments = select(func.count()).select_from(Appointment)
-    attempts = select(CallAttempt.state, func.count()).group_by(col(CallAttempt.state))
-    outcomes = (
-        select(CallAttempt.outcome, func.count())
-        .where(col(CallAttempt.outcome).is_not(None))
-        .group_by(col(CallAttempt.outcome))
+    """Appointments, attempts by state, outcomes and retries, for one clinic or all."""
+    of_appointments = [] if clinic_id is None else [col(Appointment.clinic_id) == clinic_id]
+    of_attempts = [] if clinic_id is None else [col(CallAttempt.clinic_id) == clinic_id]
+    state_counts = {s.value: 0 for s in AttemptState}
+    state_counts |= dict(
+        session.execute(
+            select(CallAttempt.state, func.count())
+            .where(*of_attempts)
+            .group_by(col(CallAttempt.state))
+        ).all()
     )
-    statuses = select(Appointment.status, func.count()).group_by(col(Appointment.status))
-    if clinic_id is not None:
-        appointments = appointments.where(col(Appointment.clinic_id) == clinic_id)
-        attempts = attempts.where(col(CallAttempt.clinic_id) == clinic_id)
-        outcomes = outcomes.where(col(CallAttempt.clinic_id) == clinic_id)
-        statuses = statuses.where(col(Appointment.clinic_id) == clinic_id)
-    state_counts: dict[str, int] = defaultdict(int, {s.value: 0 for s in AttemptState})
-    for state, count in session.execute(attempts).all():
-        state_counts[state] = count
-    outcome_counts: dict[str, int] = {o.value: 0 for o in Outcome}
-    for outcome, count in session.execute(outcomes).all():
-        outcome_counts[outcome] = count
-    retries = session.execute(
-        select(func.count()).select_from(CallAttempt).where(col(CallAttempt.attempt_number) > 1)
-        if clinic_id is None
-        else select(func.count())
-        .select_from(CallAttempt)
-        .where(col(CallAttempt.attempt_number) > 1, col(CallAttempt.clinic_id) == clinic_id)
-    ).scalar_one()
+    outcome_counts = {o.value: 0 for o in Outcome}
+    outcome_counts |= dict(
+        session.execute(
+            select(CallAttempt.outcome, func.count())
+            .where(col(CallAttempt.outcome).is_not(None), *of_attempts)
+            .group_by(col(CallAttempt.outcome))
+        ).all()
+    )
     return {
-        "appointments": session.execute(appointments).scalar_one(),
-        "attempts": dict(state_counts),
+        "appointments": session.execute(
+            select(func.count()).select_from(Appointment).where(*of_appointments)
+        ).scalar_one(),
+        "attempts": state_counts,
         "outcomes": outcome_counts,
-        "appointment_statuses": dict(session.execute(statuses).all()),
-        "retries": retries,
+        "appointment_statuses": dict(
+            session.execute(
+                select(Appointment.status, func.count())
+                .where(*of_appointments)
+                .group_by(col(Appointment.status))
+            ).all()
+        ),
+        "retries": session.execute(
+            select(func.count())
+            .select_from(CallAttempt)
+            .where(col(CallAttempt.attempt_number) > 1, *of_attempts)
+        ).scalar_one(),
     }
