@@ -31,10 +31,6 @@ class EventLoopThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)  # type: ignore[arg-type]
         return future.result()
 
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
-
 
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
@@ -56,9 +52,3 @@ def get_pipeline() -> Pipeline:
             )
         return _pipeline
 
-
-def reset_pipeline() -> None:
-    """Forget the process's pipeline (after a fork, or between tests)."""
-    global _pipeline  # noqa: PLW0603
-    with _lock:
-        _pipeline = None
