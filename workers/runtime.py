@@ -51,4 +51,3 @@ def get_pipeline() -> Pipeline:
                 run=io.run,
             )
         return _pipeline
-
