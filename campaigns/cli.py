@@ -344,6 +344,14 @@ def _clinic_id(session: Session, name: str | None) -> int | None:
     return clinics.get_clinic(session, name).id if name else None
 
 
+def _dnc_scope(session: Session, phone: str, clinic: str | None) -> tuple[str, int | None]:
+    """The number in E.164 (the clinic's country as default region) and the list's clinic."""
+    if clinic is None:
+        return to_e164(phone, "US"), None
+    found = clinics.get_clinic(session, clinic)
+    return to_e164(phone, found.country), found.id
+
+
 @dnc_app.command("add")
 def dnc_add(
     phone: str,
@@ -354,9 +362,7 @@ def dnc_add(
 ) -> None:
     """Never call this number again (for one clinic or all)."""
     with unit_of_work() as session:
-        clinic_id = _clinic_id(session, clinic)
-        region = clinics.get_clinic(session, clinic).country if clinic else "US"
-        number = to_e164(phone, region)
+        number, clinic_id = _dnc_scope(session, phone, clinic)
         dnc.add(
             session,
             number,
@@ -372,8 +378,7 @@ def dnc_add(
 def dnc_remove(phone: str, clinic: Annotated[str | None, typer.Option()] = None) -> None:
     """Take a number off an internal list."""
     with unit_of_work() as session:
-        clinic_id = _clinic_id(session, clinic)
-        number = to_e164(phone, clinics.get_clinic(session, clinic).country if clinic else "US")
+        number, clinic_id = _dnc_scope(session, phone, clinic)
         if not dnc.remove(session, number, clinic_id=clinic_id, actor=actor()):
             raise InvalidInputError(f"{mask_phone(number)} is not on that list")
     err.print(f"{mask_phone(number)} removed")
