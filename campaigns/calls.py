@@ -16,17 +16,18 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ARRAY, ColumnElement, Integer, Text, any_, bindparam, func, update
+from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit, compliance, dnc
 from campaigns.clinics import parse_lead_days
+from campaigns.db import one_of
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import (
@@ -38,13 +39,11 @@ from campaigns.models import (
     CallAttempt,
     Clinic,
     DailyRun,
-    DncEntry,
-    DncList,
     DncSource,
     Trunk,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
-from campaigns.policy import Decision, DncCheck, History, Policy, StateRule, decide
+from campaigns.policy import Decision
 from campaigns.retry import next_retry_due
 from campaigns.telephony import CallRequest, CallResult
 from campaigns.tokens import sign_report_token, verify_report_token
@@ -251,39 +250,28 @@ class _DueAttempt:
     status: str
 
 
-@dataclass
-class _BatchFacts:
-    """What the policy needs for a whole batch, read in a handful of queries."""
+@dataclass(frozen=True)
+class _TrunkRoom:
+    """Calls each trunk may still start: its max_concurrent less the calls queued or in progress."""
 
-    rules: tuple[tuple[StateRule, ...], str]
-    clinics: dict[int, Clinic] = field(default_factory=dict)
-    policies: dict[int, Policy] = field(default_factory=dict)
-    dnc_hits: dict[str, set[str]] = field(default_factory=dict)
-    list_versions: dict[str, int] = field(default_factory=dict)
-    registry_as_of: date | None = None
-    dials: dict[str, list[datetime]] = field(default_factory=dict)
-    last_dial: dict[int, datetime] = field(default_factory=dict)
-    # Calls each trunk may still start: its max_concurrent less the calls queued or in progress.
-    trunk_room: dict[str | None, int] = field(default_factory=dict)
-    trunk_of_clinic: dict[int, str | None] = field(default_factory=dict)
+    room: dict[str | None, int]
+    trunk_of_clinic: dict[int, str | None]
+
+    def take(self, clinic_id: int) -> bool:
+        trunk = self.trunk_of_clinic.get(clinic_id)
+        if self.room.get(trunk, 0) <= 0:
+            return False
+        self.room[trunk] -= 1
+        return True
 
 
-def _one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
-    """``column IN values``; one array parameter on PostgreSQL instead of a thousand."""
-    if session.get_bind().dialect.name == "postgresql":
-        element_type = Integer() if values and isinstance(values[0], int) else Text()
-        return column == any_(bindparam("values", list(values), type_=ARRAY(element_type)))  # type: ignore[no-any-return]
-    return column.in_(values)  # type: ignore[no-any-return]
-
-
-def _trunk_room(session: Session, facts: _BatchFacts, default_trunk: str | None) -> None:
+def _trunk_room(session: Session, default_trunk: str | None) -> _TrunkRoom:
     """How many more calls each trunk may carry, so the broker never holds more than that."""
     trunk_of = {
         clinic_id: trunk or default_trunk
         for clinic_id, trunk in session.execute(select(Clinic.id, Clinic.trunk_id)).all()
         if clinic_id is not None
     }
-    facts.trunk_of_clinic = trunk_of
     limits = {t.sip_trunk_id: t.max_concurrent for t in session.execute(select(Trunk)).scalars()}
     room = {
         trunk: limits.get(trunk or "", DEFAULT_MAX_CONCURRENT) for trunk in set(trunk_of.values())
@@ -295,72 +283,7 @@ def _trunk_room(session: Session, facts: _BatchFacts, default_trunk: str | None)
     ).all():
         trunk = trunk_of.get(clinic_id)
         room[trunk] = room.get(trunk, DEFAULT_MAX_CONCURRENT) - busy
-    facts.trunk_room = room
-
-
-def _batch_facts(
-    session: Session, attempts: Sequence[_DueAttempt], now: datetime, default_trunk: str | None
-) -> _BatchFacts:
-    facts = _BatchFacts(rules=compliance.load_state_rules(session))
-    state_rules, version = facts.rules
-    _trunk_room(session, facts, default_trunk)
-    for clinic in session.execute(
-        select(Clinic).where(col(Clinic.id).in_({a.clinic_id for a in attempts}))
-    ).scalars():
-        assert clinic.id is not None
-        facts.clinics[clinic.id] = clinic
-        facts.policies[clinic.id] = compliance.policy_for(clinic, state_rules, version)
-    phones = sorted({a.phone_e164 for a in attempts})
-    for list_name, phone in session.execute(
-        select(DncEntry.list_name, DncEntry.phone_e164).where(
-            _one_of(session, col(DncEntry.phone_e164), phones)
-        )
-    ).all():
-        facts.dnc_hits.setdefault(phone, set()).add(list_name)
-    for dnc_list in session.execute(select(DncList)).scalars():
-        facts.list_versions[dnc_list.name] = dnc_list.version
-        if dnc_list.name == dnc.NATIONAL_LIST:
-            facts.registry_as_of = dnc_list.registry_as_of
-    for phone, dialed in session.execute(
-        select(CallAttempt.number_called, CallAttempt.dialing_at).where(
-            _one_of(session, col(CallAttempt.number_called), phones),
-            col(CallAttempt.dialing_at) > now - compliance.NUMBER_CAP_SPAN,
-        )
-    ).all():
-        if dialed is not None:
-            facts.dials.setdefault(phone, []).append(dialed)
-    appointment_ids = sorted({a.appointment_id for a in attempts})
-    for appointment_id, last in session.execute(
-        select(CallAttempt.appointment_id, func.max(CallAttempt.dialing_at))
-        .where(_one_of(session, col(CallAttempt.appointment_id), appointment_ids))
-        .where(col(CallAttempt.dialing_at).is_not(None))
-        .group_by(col(CallAttempt.appointment_id))
-    ).all():
-        if last is not None:
-            facts.last_dial[appointment_id] = last
-    return facts
-
-
-def _decide_in_batch(facts: _BatchFacts, due: _DueAttempt, now: datetime) -> Decision:
-    clinic = facts.clinics[due.clinic_id]
-    found = dnc.lookup_result(
-        facts.dnc_hits.get(due.phone_e164, set()),
-        facts.list_versions,
-        facts.registry_as_of,
-        due.clinic_id,
-    )
-    history = History(
-        attempt_number=due.attempt_number,
-        last_attempt_at=facts.last_dial.get(due.appointment_id),
-        dials_to_number=tuple(sorted(facts.dials.get(due.phone_e164, []))),
-    )
-    return decide(
-        compliance.callee_for(due, clinic),
-        history,
-        now,
-        facts.policies[due.clinic_id],
-        DncCheck(found.blocked_by, found.registry_as_of, found.list_versions),
-    )
+    return _TrunkRoom(room, trunk_of)
 
 
 @dataclass(frozen=True)
@@ -409,20 +332,26 @@ def claim_due_attempts(
     rows = [_DueAttempt(*row) for row in session.execute(query).all()]
     if not rows:
         return TickResult([], 0, 0)
-    facts = _batch_facts(session, rows, now, default_trunk)
+    questions = [
+        compliance.Question(due.appointment_id, due.clinic_id, due.attempt_number, due)
+        for due in rows
+    ]
+    clinics = session.execute(
+        select(Clinic).where(col(Clinic.id).in_({due.clinic_id for due in rows}))
+    ).scalars()
+    inputs = compliance.gather(session, questions, clinics, now)
+    room = _trunk_room(session, default_trunk)
     updates: list[dict[str, Any]] = []
     events: list[audit.Entry] = []
     queued: list[int] = []
     queued_by_clinic: dict[int, list[int]] = defaultdict(list)
     deferred = skipped = waiting = 0
-    for due in rows:
-        decision = _decide_in_batch(facts, due, now)
+    for due, question in zip(rows, questions, strict=True):
+        decision = inputs.decide(question, now)
         if decision.allowed:
-            trunk = facts.trunk_of_clinic.get(due.clinic_id)
-            if facts.trunk_room.get(trunk, 0) <= 0:
+            if not room.take(due.clinic_id):
                 waiting += 1
                 continue
-            facts.trunk_room[trunk] -= 1
             # The full decision is recorded again when the worker re-checks it at dial time.
             queued.append(due.id)
             queued_by_clinic[due.clinic_id].append(due.id)
@@ -462,7 +391,7 @@ def claim_due_attempts(
     if queued:
         session.execute(
             update(CallAttempt)
-            .where(_one_of(session, col(CallAttempt.id), queued))
+            .where(one_of(session, col(CallAttempt.id), queued))
             .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now)
             .execution_options(synchronize_session=False)
         )
@@ -471,7 +400,7 @@ def claim_due_attempts(
     events += [
         audit.Entry(
             "attempts.queued",
-            {"attempt_ids": ids, "ruleset_version": facts.rules[1]},
+            {"attempt_ids": ids, "ruleset_version": inputs.rules[1]},
             SCHEDULER,
             clinic_id,
             at=now,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime, time, timedelta
 from time import monotonic
 from typing import Any, Protocol
@@ -18,6 +18,7 @@ from sqlmodel import col, func, select
 
 from campaigns import dnc
 from campaigns.clinics import parse_holidays, parse_weekdays
+from campaigns.db import one_of
 from campaigns.errors import NotFoundError
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Clinic, StateRuleRow
 from campaigns.policy import (
@@ -161,25 +162,86 @@ def callee_for(appointment: CalleeFacts, clinic: Clinic) -> Callee:
     )
 
 
-def history_for(
-    session: Session, appointment: Appointment, attempt_number: int, now: datetime
-) -> History:
-    """Earlier dials of this appointment, and of its number by anyone, in the last week."""
-    last = session.execute(
-        select(func.max(CallAttempt.dialing_at)).where(
-            col(CallAttempt.appointment_id) == appointment.id
+@dataclass(frozen=True)
+class Question:
+    """One attempt the policy is asked about."""
+
+    appointment_id: int
+    clinic_id: int
+    attempt_number: int
+    callee: CalleeFacts
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    """Everything the policy reads from the database for some attempts, read at once."""
+
+    rules: tuple[tuple[StateRule, ...], str]
+    clinics: Mapping[int, Clinic]
+    policies: Mapping[int, Policy]
+    dnc: dnc.DncSnapshot
+    dials: Mapping[str, tuple[datetime, ...]]
+    last_dial: Mapping[int, datetime]
+
+    def decide(self, question: Question, now: datetime) -> Decision:
+        found = self.dnc.lookup(question.callee.phone_e164, question.clinic_id)
+        return decide(
+            callee_for(question.callee, self.clinics[question.clinic_id]),
+            History(
+                attempt_number=question.attempt_number,
+                last_attempt_at=self.last_dial.get(question.appointment_id),
+                dials_to_number=self.dials.get(question.callee.phone_e164, ()),
+            ),
+            now,
+            self.policies[question.clinic_id],
+            DncCheck(found.blocked_by, found.registry_as_of, found.list_versions),
         )
-    ).scalar_one_or_none()
-    dials = session.execute(
-        select(CallAttempt.dialing_at).where(
-            col(CallAttempt.number_called) == appointment.phone_e164,
+
+
+def gather(
+    session: Session,
+    questions: Sequence[Question],
+    clinics: Iterable[Clinic],
+    now: datetime,
+    rules: tuple[tuple[StateRule, ...], str] | None = None,
+) -> PolicyInputs:
+    """Read the inputs of the policy for ``questions``: the DNC lists, every dial to
+    their numbers in the last week, each appointment's last dial, the rules."""
+    state_rules, version = rules = rules or load_state_rules(session)
+    by_id = {clinic.id: clinic for clinic in clinics if clinic.id is not None}
+    phones = sorted({q.callee.phone_e164 for q in questions})
+    dials: dict[str, list[datetime]] = {}
+    for phone, dialed in session.execute(
+        select(CallAttempt.number_called, CallAttempt.dialing_at).where(
+            one_of(session, col(CallAttempt.number_called), phones),
             col(CallAttempt.dialing_at) > now - NUMBER_CAP_SPAN,
         )
-    ).scalars()
-    return History(
-        attempt_number=attempt_number,
-        last_attempt_at=last,
-        dials_to_number=tuple(sorted(d for d in dials if d is not None)),
+    ).all():
+        if dialed is not None:
+            dials.setdefault(phone, []).append(dialed)
+    last_dial = {
+        appointment_id: last
+        for appointment_id, last in session.execute(
+            select(CallAttempt.appointment_id, func.max(CallAttempt.dialing_at))
+            .where(
+                one_of(
+                    session,
+                    col(CallAttempt.appointment_id),
+                    sorted({q.appointment_id for q in questions}),
+                ),
+                col(CallAttempt.dialing_at).is_not(None),
+            )
+            .group_by(col(CallAttempt.appointment_id))
+        ).all()
+        if last is not None
+    }
+    return PolicyInputs(
+        rules=rules,
+        clinics=by_id,
+        policies={cid: policy_for(clinic, state_rules, version) for cid, clinic in by_id.items()},
+        dnc=dnc.snapshot(session, phones),
+        dials={phone: tuple(sorted(times)) for phone, times in dials.items()},
+        last_dial=last_dial,
     )
 
 
@@ -192,16 +254,9 @@ def decide_for(
     rules: tuple[tuple[StateRule, ...], str] | None = None,
 ) -> Decision:
     """Everything the policy needs, read in the caller's transaction, then the pure decision."""
-    state_rules, version = rules or load_state_rules(session)
-    assert clinic.id is not None
-    found = dnc.lookup(session, appointment.phone_e164, clinic.id)
-    return decide(
-        callee_for(appointment, clinic),
-        history_for(session, appointment, attempt_number, now),
-        now,
-        policy_for(clinic, state_rules, version),
-        DncCheck(found.blocked_by, found.registry_as_of, found.list_versions),
-    )
+    assert appointment.id is not None and clinic.id is not None
+    question = Question(appointment.id, clinic.id, attempt_number, appointment)
+    return gather(session, [question], [clinic], now, rules).decide(question, now)
 
 
 def decision_document(decision: Decision) -> dict[str, Any]:

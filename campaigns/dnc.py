@@ -6,7 +6,7 @@ versions it checked, so a reviewer can tell which data a call was cleared agains
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
-from campaigns.db import utcnow
+from campaigns.db import one_of, utcnow
 from campaigns.errors import InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncEntry, DncList, DncSource
@@ -248,35 +248,42 @@ def consulted_lists(clinic_id: int) -> dict[str, str]:
     }
 
 
-def lookup_result(
-    hits: Iterable[str], versions: Mapping[str, int], registry_as_of: date | None, clinic_id: int
-) -> DncLookup:
-    """The outcome of a lookup from the list names holding the number and every list's version."""
-    labels = consulted_lists(clinic_id)
-    found = set(hits)
-    return DncLookup(
-        blocked_by=tuple(sorted(label for name, label in labels.items() if name in found)),
-        registry_as_of=registry_as_of,
-        list_versions={label: versions.get(name, 0) for name, label in labels.items()},
+@dataclass(frozen=True)
+class DncSnapshot:
+    """Which lists hold each of some numbers, and the version of every list, read at once."""
+
+    hits: Mapping[str, frozenset[str]]
+    versions: Mapping[str, int]
+    registry_as_of: date | None
+
+    def lookup(self, phone_e164: str, clinic_id: int) -> DncLookup:
+        """Which lists consulted for this clinic hold the number, and their versions."""
+        labels = consulted_lists(clinic_id)
+        found = self.hits.get(phone_e164, frozenset())
+        return DncLookup(
+            blocked_by=tuple(sorted(label for name, label in labels.items() if name in found)),
+            registry_as_of=self.registry_as_of,
+            list_versions={label: self.versions.get(name, 0) for name, label in labels.items()},
+        )
+
+
+def snapshot(session: Session, phones: Sequence[str]) -> DncSnapshot:
+    hits: dict[str, set[str]] = {}
+    for list_name, phone in session.execute(
+        select(DncEntry.list_name, DncEntry.phone_e164).where(
+            one_of(session, col(DncEntry.phone_e164), phones)
+        )
+    ).all():
+        hits.setdefault(phone, set()).add(list_name)
+    lists = session.execute(select(DncList)).scalars().all()
+    national = next((row for row in lists if row.name == NATIONAL_LIST), None)
+    return DncSnapshot(
+        hits={phone: frozenset(names) for phone, names in hits.items()},
+        versions={row.name: row.version for row in lists},
+        registry_as_of=national.registry_as_of if national else None,
     )
 
 
 def lookup(session: Session, phone_e164: str, clinic_id: int) -> DncLookup:
     """Which lists hold this number, and the versions of every list consulted."""
-    names = list(consulted_lists(clinic_id))
-    hits = session.execute(
-        select(DncEntry.list_name).where(
-            col(DncEntry.phone_e164) == phone_e164, col(DncEntry.list_name).in_(names)
-        )
-    ).scalars()
-    lists = {
-        row.name: row
-        for row in session.execute(select(DncList).where(col(DncList.name).in_(names))).scalars()
-    }
-    national = lists.get(NATIONAL_LIST)
-    return lookup_result(
-        hits,
-        {name: row.version for name, row in lists.items()},
-        national.registry_as_of if national else None,
-        clinic_id,
-    )
+    return snapshot(session, [phone_e164]).lookup(phone_e164, clinic_id)
