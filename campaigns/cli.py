@@ -34,7 +34,7 @@ from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
-from campaigns.settings import get_settings
+from campaigns.settings import DATA_DIR, get_settings
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -583,7 +583,7 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Start the scheduler: the tick, reconciliation and daily runs (run one)."""
     from workers.celery_app import app as celery_app
 
-    schedule = Path(".campaigns").absolute() / "beat-schedule"
+    schedule = DATA_DIR / "beat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 

@@ -33,6 +33,7 @@ from campaigns.db import make_engine, session_factory
 from campaigns.importer import import_appointments
 from campaigns.masking import mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
+from campaigns.settings import DATA_DIR
 from demo.daytime import daytime_zone
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
@@ -115,7 +116,7 @@ def _wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 def run_demo(console: Console, *, speed: float = 10.0) -> int:
     now = datetime.now(UTC)
-    workdir = Path(".campaigns").absolute() / f"demo-{now:%Y%m%d-%H%M%S}"
+    workdir = DATA_DIR / f"demo-{now:%Y%m%d-%H%M%S}"
     workdir.mkdir(parents=True)
     database_url = f"sqlite:///{workdir / 'campaigns.db'}"
     port = _free_port()
