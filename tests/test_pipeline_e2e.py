@@ -84,7 +84,9 @@ class Stack:
 
 
 def _redis_db(worker_id: str) -> int:
-    return 5 + (int(worker_id[2:]) if worker_id.startswith("gw") else 0)
+    # Concurrent test runs on one machine each set their own base index.
+    base = int(os.environ.get("CAMPAIGNS_TEST_REDIS_DB", "5"))
+    return base + (int(worker_id[2:]) if worker_id.startswith("gw") else 0)
 
 
 @pytest.fixture(params=["postgresql+redis", pytest.param("sqlite+embedded-broker", id="embedded")])
