@@ -63,6 +63,7 @@ _STATUS_FOR_OUTCOME = {
     Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
     Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
     Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
 }
 
 

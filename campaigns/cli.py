@@ -161,6 +161,9 @@ def clinic_add(
         str | None, typer.Option(help="No calls on these holidays: US or US-NY")
     ] = None,
     caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
     trunk: Annotated[str | None, typer.Option(help="LiveKit SIP outbound trunk id")] = None,
     agent_name: Annotated[str | None, typer.Option(help="LiveKit agent to dispatch")] = None,
     max_attempts: Annotated[int, typer.Option(help="Calls per appointment at most")] = 4,
@@ -178,6 +181,7 @@ def clinic_add(
             "days": days,
             "holidays": holidays,
             "caller_id": caller_id,
+            "transfer_number": transfer_number,
             "trunk_id": trunk,
             "agent_name": agent_name,
             "max_attempts": max_attempts,
@@ -192,6 +196,43 @@ def clinic_add(
         emit_json(described)
     else:
         out.print(f"clinic {clinic.name!r} created (id {clinic.id})")
+
+
+@clinic_app.command("update")
+def clinic_update(
+    name: str,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
+    caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Calling hours in the callee's local time, HH:MM-HH:MM")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a clinic's settings; the change is audited with its before and after values."""
+    changes = {
+        key: value
+        for key, value in {
+            "transfer_number": transfer_number,
+            "caller_id": caller_id,
+            "window": window,
+        }.items()
+        if value is not None
+    }
+    if not changes:
+        raise InvalidInputError("nothing to change: give at least one option (see --help)")
+    with unit_of_work() as session:
+        changed = clinics.update_clinic(
+            session, clinics.get_clinic(session, name), changes, actor=actor()
+        )
+    if as_json:
+        emit_json(changed)
+        return
+    if not changed:
+        out.print(f"clinic {name!r} unchanged")
+    for key, values in changed.items():
+        out.print(f"{key}: {values['before']} -> {values['after']}", markup=False)
 
 
 @clinic_app.command("list")

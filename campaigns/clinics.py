@@ -1,8 +1,14 @@
-"""Clinics: validated settings, creation and lookup."""
+"""Clinics: validated settings, creation, changes and lookup.
+
+Every change goes through :class:`ClinicSpec` validation, so a clinic made by
+``clinic add`` and one changed by ``clinic update`` obey the same rules, and is
+audited with the values before and after.
+"""
 
 from __future__ import annotations
 
 from datetime import time
+from collections.abc import Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -14,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
+from campaigns.db import utcnow
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.models import Clinic
 from campaigns.phones import to_e164
@@ -73,6 +80,7 @@ class ClinicSpec(BaseModel):
     days: str = "mon,tue,wed,thu,fri"
     holidays: str | None = None
     caller_id: str | None = None
+    transfer_number: str | None = None
     trunk_id: str | None = None
     agent_name: str | None = None
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -146,31 +154,41 @@ def validate_spec(values: dict[str, Any]) -> ClinicSpec:
         field = ".".join(str(p) for p in first["loc"]) or "clinic"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidInputError(f"{field}: {message}") from exc
-    if spec.caller_id is not None:
-        try:
-            to_e164(spec.caller_id, spec.country)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"caller_id: {exc}") from exc
+    for number_field in ("caller_id", "transfer_number"):
+        number = getattr(spec, number_field)
+        if number is not None:
+            try:
+                to_e164(number, spec.country)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{number_field}: {exc}") from exc
     return spec
 
 
-def create_clinic(session: Session, spec: ClinicSpec, *, actor: str) -> Clinic:
+def _columns(spec: ClinicSpec) -> dict[str, Any]:
+    """The clinic's column values a validated spec sets."""
     window_start, window_end = parse_window(spec.window)
-    clinic = Clinic(
-        name=spec.name,
-        timezone=spec.timezone,
-        country=spec.country,
-        window_start=window_start,
-        window_end=window_end,
-        weekdays=spec.days,
-        holidays=spec.holidays,
-        caller_id=to_e164(spec.caller_id, spec.country) if spec.caller_id else None,
-        trunk_id=spec.trunk_id,
-        agent_name=spec.agent_name,
-        max_attempts=spec.max_attempts,
-        lead_days=spec.lead_days,
-        daily_run_time=time.fromisoformat(spec.daily_run_time),
-    )
+    return {
+        "name": spec.name,
+        "timezone": spec.timezone,
+        "country": spec.country,
+        "window_start": window_start,
+        "window_end": window_end,
+        "weekdays": spec.days,
+        "holidays": spec.holidays,
+        "caller_id": to_e164(spec.caller_id, spec.country) if spec.caller_id else None,
+        "transfer_number": (
+            to_e164(spec.transfer_number, spec.country) if spec.transfer_number else None
+        ),
+        "trunk_id": spec.trunk_id,
+        "agent_name": spec.agent_name,
+        "max_attempts": spec.max_attempts,
+        "lead_days": spec.lead_days,
+        "daily_run_time": time.fromisoformat(spec.daily_run_time),
+    }
+
+
+def create_clinic(session: Session, spec: ClinicSpec, *, actor: str) -> Clinic:
+    clinic = Clinic(**_columns(spec))
     session.add(clinic)
     try:
         with session.begin_nested():
@@ -179,6 +197,66 @@ def create_clinic(session: Session, spec: ClinicSpec, *, actor: str) -> Clinic:
         raise InvalidInputError(f"a clinic named {spec.name!r} already exists") from exc
     audit.record(session, "clinic.created", describe(clinic), actor=actor, clinic_id=clinic.id)
     return clinic
+
+
+def _spec_values(clinic: Clinic) -> dict[str, Any]:
+    """The clinic's current settings in the terms of :class:`ClinicSpec`."""
+    return {
+        "name": clinic.name,
+        "timezone": clinic.timezone,
+        "country": clinic.country,
+        "window": f"{clinic.window_start:%H:%M}-{clinic.window_end:%H:%M}",
+        "days": clinic.weekdays,
+        "holidays": clinic.holidays,
+        "caller_id": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
+        "trunk_id": clinic.trunk_id,
+        "agent_name": clinic.agent_name,
+        "max_attempts": clinic.max_attempts,
+        "lead_days": clinic.lead_days,
+        "daily_run_time": f"{clinic.daily_run_time:%H:%M}",
+    }
+
+
+def update_clinic(
+    session: Session, clinic: Clinic, changes: Mapping[str, Any], *, actor: str
+) -> dict[str, dict[str, Any]]:
+    """Apply ``changes`` (:class:`ClinicSpec` field names to new values) to ``clinic``.
+
+    The clinic's settings with the changes merged in are validated as a whole
+    before anything is written. Returns, and audits as ``clinic.updated``, each
+    setting that really changed with its value before and after (as
+    :func:`describe` shows it); nothing changed records nothing.
+    """
+    unknown = sorted(set(changes) - (set(ClinicSpec.model_fields) - {"name"}))
+    if unknown:
+        raise InvalidInputError(f"cannot change clinic setting(s): {', '.join(unknown)}")
+    spec = validate_spec(_spec_values(clinic) | dict(changes))
+    before = describe(clinic)
+    columns = _columns(spec)
+    for spec_field in changes:
+        for column in _COLUMNS_OF.get(spec_field, (spec_field,)):
+            setattr(clinic, column, columns[column])
+    after = describe(clinic)
+    changed = {
+        key: {"before": before[key], "after": after[key]}
+        for key in after
+        if before[key] != after[key]
+    }
+    if changed:
+        clinic.updated_at = utcnow()
+        session.flush()
+        audit.record(
+            session, "clinic.updated", {"changes": changed}, actor=actor, clinic_id=clinic.id
+        )
+    return changed
+
+
+# Spec fields stored in columns of another name.
+_COLUMNS_OF: dict[str, tuple[str, ...]] = {
+    "window": ("window_start", "window_end"),
+    "days": ("weekdays",),
+}
 
 
 def get_clinic(session: Session, name: str) -> Clinic:
@@ -202,6 +280,7 @@ def describe(clinic: Clinic) -> dict[str, Any]:
         "days": clinic.weekdays,
         "holidays": clinic.holidays,
         "caller_id": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
         "trunk_id": clinic.trunk_id,
         "agent_name": clinic.agent_name,
         "max_attempts": clinic.max_attempts,
