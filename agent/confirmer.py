@@ -215,4 +215,3 @@ class ConfirmationAgent(Agent):
             return
         await self._report("transferred", {"transferred_to": number})
         await self._call.leave()
-

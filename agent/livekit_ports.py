@@ -68,7 +68,9 @@ class LiveKitCall:
 class AmdScreener:
     """The framework's AMD, listening to the callee only, with the deployment's models."""
 
-    def __init__(self, session: AgentSession, participant_identity: str, llm: str | None) -> None:
+    def __init__(
+        self, session: AgentSession[None], participant_identity: str, llm: str | None
+    ) -> None:
         self._session = session
         self._identity = participant_identity
         self._llm = llm

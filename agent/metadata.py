@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from agent.ports import Report
+
 
 class CallMetadata(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -44,6 +46,12 @@ class MetadataError(ValueError):
         super().__init__(message)
         self.attempt_id = attempt_id
         self.token = token
+
+    def failure_report(self) -> Report | None:
+        """The ``failed`` report a job with this metadata ends with, when it can be sent."""
+        if self.attempt_id is None or self.token is None:
+            return None
+        return Report(self.attempt_id, "failed", self.token, {"reason": "bad_metadata"})
 
 
 def parse_metadata(raw: str | bytes | dict[str, Any]) -> CallMetadata:

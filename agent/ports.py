@@ -30,7 +30,7 @@ class Report:
 
 
 class Reporter(Protocol):
-    async def __call__(self, report: Report) -> None:
+    async def __call__(self, report: Report, /) -> None:
         """Deliver ``report`` to the engine (raises if it could not be handed over)."""
         ...
 

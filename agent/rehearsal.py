@@ -105,7 +105,7 @@ def _turn(number: int, data: Any) -> Turn:
 # --- the scripted model -------------------------------------------------------------
 
 
-class ScriptedLLM(llm.LLM):
+class ScriptedLLM(llm.LLM[None]):
     """Answers each model call with the next scripted entry (say a line or call a tool)."""
 
     def __init__(self) -> None:
@@ -265,5 +265,7 @@ async def rehearse(
             role = "agent" if item.role == "assistant" else "callee"
             result.transcript.append({"role": role, "text": item.text_content})
         elif item.type == "function_call":
-            result.tool_calls.append({"name": item.name, "args": json.loads(item.arguments or "{}")})
+            result.tool_calls.append(
+                {"name": item.name, "args": json.loads(item.arguments or "{}")}
+            )
     return result

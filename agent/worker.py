@@ -16,7 +16,6 @@ from livekit.agents import AgentServer, AgentSession, JobContext, cli
 from agent.confirmer import ConfirmationAgent
 from agent.livekit_ports import AmdScreener, LiveKitCall
 from agent.metadata import MetadataError, parse_metadata
-from agent.ports import Report
 from agent.reporting import CeleryReporter
 from campaigns.settings import get_settings
 
@@ -35,7 +34,7 @@ async def entrypoint(ctx: JobContext) -> None:
     except MetadataError as exc:
         await _refuse(ctx, reporter, exc)
         return
-    session = AgentSession(
+    session: AgentSession[None] = AgentSession(
         llm=settings.agent_llm, stt=settings.agent_stt, tts=settings.agent_tts
     )
     call = LiveKitCall(
@@ -55,8 +54,9 @@ async def entrypoint(ctx: JobContext) -> None:
 async def _refuse(ctx: JobContext, reporter: CeleryReporter, exc: MetadataError) -> None:
     """End a job whose metadata is unusable; report ``failed`` when it says which attempt."""
     log.error("room %s: %s; ending the job", ctx.room.name, exc)
-    if exc.attempt_id is not None and exc.token is not None:
-        await reporter(Report(exc.attempt_id, "failed", exc.token, {"reason": "bad_metadata"}))
+    refused = exc.failure_report()
+    if refused is not None:
+        await reporter(refused)
     ctx.shutdown("unusable job metadata")
 
 

@@ -64,7 +64,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # Every callee answers and confirms: the full path (dial, answer, agent report).
     "confirm": {"suffixes": {f"{n:02d}": "confirmed" for n in range(100)}},
     # The simulator's default weights (55% confirmed, 15% no answer, ...), no suffix map.
-    "mix": {"suffixes": {f"{n:02d}": None for n in range(11)}},
+    "mix": {"suffixes": {f"{n:02d}": None for n in range(12)}},
 }
 
 

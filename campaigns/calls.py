@@ -621,7 +621,7 @@ def next_attempt_id(session: Session, appointment: Appointment) -> int:
         )
     ).scalar_one_or_none()
     if open_attempt is not None:
-        return open_attempt
+        return int(open_attempt)
     return int(session.execute(select(func.max(CallAttempt.id))).scalar_one() or 0) + 1
 
 

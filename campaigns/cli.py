@@ -801,8 +801,10 @@ def agent_rehearse(
         out.print(f"  tool: {call['name']} {json.dumps(call['args'])}", markup=False)
     for report in result.reports:
         out.print(f"report: {report.outcome} {json.dumps(report.detail)}", markup=False)
-    ending = f"transferred to {result.transferred_to}" if result.transferred_to else (
-        "hung up" if result.hung_up else "call still open at the end of the script"
+    ending = (
+        f"transferred to {result.transferred_to}"
+        if result.transferred_to
+        else ("hung up" if result.hung_up else "call still open at the end of the script")
     )
     out.print(ending, markup=False)
 

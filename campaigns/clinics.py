@@ -7,8 +7,8 @@ audited with the values before and after.
 
 from __future__ import annotations
 
-from datetime import time
 from collections.abc import Mapping
+from datetime import time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 

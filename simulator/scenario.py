@@ -46,6 +46,7 @@ ANSWERED_OUTCOMES = (
     "voicemail",
     "opted_out",
     "wrong_number",
+    "transferred",
 )
 
 
@@ -122,6 +123,7 @@ DEFAULT_SUFFIXES: dict[str, str] = {
     "08": "reschedule_requested",
     "09": "opted_out",
     "10": "wrong_number",
+    "11": "transferred",
 }
 
 DEFAULT_WEIGHTS: dict[str, float] = {
