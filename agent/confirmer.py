@@ -19,7 +19,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
-from livekit.agents import Agent, function_tool
+from livekit.agents import Agent, StopResponse, function_tool, llm
 
 from agent import script
 from agent.metadata import CallMetadata
@@ -72,6 +72,7 @@ class ConfirmationAgent(Agent):
         self._amd_timeout = amd_timeout
         self._outcome: str | None = None
         self._identified = False
+        self._opened = False
         self._ending: asyncio.Task[None] | None = None
 
     @property
@@ -84,6 +85,7 @@ class ConfirmationAgent(Agent):
         category = await screen(self._screener, self._amd_timeout)
         action = amd_action(category)
         if action == CONVERSE:
+            self._opened = True
             await self.session.say(script.opening_line(self.meta), allow_interruptions=False)
             return
         message = script.voicemail_message(self.meta) if action == LEAVE_MESSAGE else None
@@ -94,6 +96,14 @@ class ConfirmationAgent(Agent):
         """Return once the call's ending (goodbye, hang-up or transfer) is done."""
         if self._ending is not None:
             await asyncio.shield(self._ending)
+
+    async def on_user_turn_completed(
+        self, turn_ctx: llm.ChatContext, new_message: llm.ChatMessage
+    ) -> None:
+        # A "Hello?" heard while screening must not make the model speak before the
+        # fixed opening has identified the clinic.
+        if not self._opened:
+            raise StopResponse
 
     # -- tools ---------------------------------------------------------------------
 

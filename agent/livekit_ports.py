@@ -12,7 +12,10 @@ from collections.abc import Callable
 
 from livekit import api, rtc
 from livekit.agents import AMD, AgentSession
-from livekit.agents.utils.participant import wait_for_participant_attribute
+from livekit.agents.utils.participant import (
+    wait_for_participant,
+    wait_for_participant_attribute,
+)
 
 SIP_CALL_STATUS = "sip.callStatus"
 
@@ -36,6 +39,7 @@ class LiveKitCall:
 
     async def wait_until_answered(self) -> None:
         if self._room is not None:
+            await wait_for_participant(self._room, identity=self._identity)
             await wait_for_participant_attribute(
                 self._room, identity=self._identity, attribute=SIP_CALL_STATUS, value="active"
             )

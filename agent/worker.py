@@ -48,7 +48,12 @@ async def entrypoint(ctx: JobContext) -> None:
         amd_timeout=settings.agent_amd_timeout_seconds,
     )
     await session.start(agent=agent, room=ctx.room)
-    await agent.begin()
+    try:
+        await agent.begin()
+    except RuntimeError as exc:
+        # The dial failed or the callee left before answering: the engine records that.
+        log.info("room %s: call not answered (%s); ending the job", ctx.room.name, exc)
+        ctx.shutdown("call not answered")
 
 
 async def _refuse(ctx: JobContext, reporter: CeleryReporter, exc: MetadataError) -> None:

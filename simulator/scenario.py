@@ -323,6 +323,9 @@ class SimulatorConfig:
     # Real seconds (not scaled by speed) a room stays after its last call ended,
     # like LiveKit's departure timeout; DeleteRoom in that window still succeeds.
     departure_timeout: float = 20.0
+    # Answered calls the agent plays at once; more wait their turn (each costs ~15-20 ms
+    # of CPU on the event loop, and hundreds at once only add memory and switching).
+    agent_concurrency: int = 32
     request_id_cache_size: int = 10_000
     max_call_log: int = 200_000
 

@@ -205,18 +205,13 @@ class Simulator:
         self.dispatch_log: deque[dict[str, Any]] = deque(maxlen=config.max_call_log)
         self.replies: OrderedDict[tuple[str, str], asyncio.Future[Reply]] = OrderedDict()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.agents = asyncio.Semaphore(config.agent_concurrency)
         self._reset_counters()
         self._install_default_trunk()
 
     def _reset_counters(self) -> None:
         self.storm_seen = 0
-        self.counters: dict[str, float] = {
-            "requests": 0,
-            "rejected_5xx": 0,
-            "dials": 0,
-            "deduplicated": 0,
-            "agent_seconds": 0.0,  # event-loop time the agent spent on answered calls
-        }
+        self.counters = {"requests": 0, "rejected_5xx": 0, "dials": 0, "deduplicated": 0}
         self.ringing = 0
         self.active = 0
         self.max_in_flight = 0
@@ -557,9 +552,10 @@ class Simulator:
             call.record["end"] = "completed"
             return
         persona = PERSONAS[call.behaviour]
-        started = time.perf_counter()
-        await rehearse(meta, persona, reporter=report, call=SimulatedCall(self, call, persona.amd))
-        self.counters["agent_seconds"] += time.perf_counter() - started
+        async with self.agents:
+            await rehearse(
+                meta, persona, reporter=report, call=SimulatedCall(self, call, persona.amd)
+            )
         if call.record.get("end") is None:
             call.record["end"] = "completed"
 

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from livekit import api
-from livekit.agents import AgentSession, RunResult
+from livekit.agents import AgentSession, RunResult, StopResponse, llm
 from livekit.protocol.agent_dispatch import CreateAgentDispatchRequest
 from livekit.protocol.sip import CreateSIPParticipantRequest
 
@@ -144,6 +144,29 @@ def test_appointment_details_come_only_after_the_callee_says_who_they_are() -> N
     assert "Tuesday, January 15 at 9:00 AM EST" in details
     assert "Dr. Ahmed" in details and "Lakeside Clinic, Room 2" in details
     assert c.reports == []
+
+
+def test_the_callee_is_not_answered_before_the_opening_identified_the_clinic() -> None:
+    spoken = llm.ChatMessage(role="user", content=["Hello?"])
+    call = RehearsalCall()
+    agent = ConfirmationAgent(
+        META, reporter=call_reporter(), call=call, screener=call, amd_timeout=1.0
+    )
+
+    with pytest.raises(StopResponse):
+        asyncio.run(agent.on_user_turn_completed(llm.ChatContext(), spoken))
+
+    async def after_opening(c: Call) -> None:
+        await c.agent.on_user_turn_completed(llm.ChatContext(), spoken)  # no StopResponse
+
+    converse(after_opening)
+
+
+def call_reporter() -> Any:
+    async def ignore(_report: Report) -> None:
+        return None
+
+    return ignore
 
 
 # --- one outcome per call, one report, one hang-up -------------------------------------
