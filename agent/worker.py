@@ -9,6 +9,7 @@ strings by default, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from livekit.agents import AgentServer, AgentSession, JobContext, cli
@@ -17,6 +18,7 @@ from agent.confirmer import ConfirmationAgent
 from agent.livekit_ports import AmdScreener, LiveKitCall
 from agent.metadata import MetadataError, parse_metadata
 from agent.reporting import CeleryReporter
+from campaigns.errors import InvalidInputError
 from campaigns.settings import get_settings
 
 log = logging.getLogger("agent")
@@ -71,5 +73,10 @@ async def _close(reporter: CeleryReporter) -> None:
 
 def run(command: str, args: list[str]) -> None:
     """Run the framework's CLI (``start``, ``dev``, ``console``) on this worker."""
-    sys.argv = [f"campaigns agent {command}", command, *args]
+    if command != "console" and "--help" not in args and not os.environ.get("LIVEKIT_URL"):
+        raise InvalidInputError(
+            "the agent worker connects to LiveKit: set LIVEKIT_URL, LIVEKIT_API_KEY and "
+            "LIVEKIT_API_SECRET (see README, Run the agent against LiveKit Cloud)"
+        )
+    sys.argv = ["campaigns agent", command, *args]
     cli.run_app(server)

@@ -206,3 +206,10 @@ def test_rehearse_an_appointment_uses_what_the_engine_would_dispatch_and_stores_
         assert session.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == events
         [state] = session.execute(select(CallAttempt.state)).scalars()
     assert state == "scheduled"
+
+
+def test_agent_start_without_a_livekit_server_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LIVEKIT_URL", raising=False)
+    assert_one_line_error(cli("agent", "start"), "set LIVEKIT_URL")
