@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 
 from agent.metadata import parse_metadata
 from agent.ports import Report
 from agent.rehearsal import rehearse
 from simulator.personas import PERSONAS
-from tests.agent_helpers import call_metadata
+
+METADATA = Path(__file__).resolve().parent.parent / "examples" / "agent-metadata.json"
 
 
 async def run(calls: int) -> None:
-    meta = parse_metadata(call_metadata(1))
+    meta = parse_metadata(METADATA.read_text(encoding="utf-8"))
 
     async def drop(_report: Report) -> None:
         return None

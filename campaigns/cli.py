@@ -644,7 +644,7 @@ def simulator(
         bool, typer.Option(help="Do not send agent reports to the engine")
     ] = False,
 ) -> None:
-    """Serve the LiveKit simulator (Twirp API, scripted callees, simulated agent)."""
+    """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
     from simulator.server import run
 
     settings = get_settings()
