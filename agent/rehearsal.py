@@ -171,7 +171,6 @@ class RehearsalCall:
     hang_ups: int = 0
     transferred_to: str | None = None
     left: bool = False
-    transfer_error: Exception | None = None
 
     @property
     def over(self) -> bool:
@@ -184,8 +183,6 @@ class RehearsalCall:
         self.hang_ups += 1
 
     async def transfer(self, to: str) -> None:
-        if self.transfer_error is not None:
-            raise self.transfer_error
         self.transferred_to = to
 
     async def leave(self) -> None:

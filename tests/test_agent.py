@@ -349,8 +349,13 @@ def test_transfer_needs_a_staff_line() -> None:
     assert c.reports == [] and c.call.hang_ups == 0
 
 
+class RefusedTransfer(RehearsalCall):
+    async def transfer(self, to: str) -> None:
+        raise RuntimeError("the trunk refused the REFER")
+
+
 def test_a_failed_transfer_reports_failed_and_hangs_up() -> None:
-    call = RehearsalCall(transfer_error=RuntimeError("trunk refused the REFER"))
+    call = RefusedTransfer()
 
     async def body(c: Call) -> None:
         await c.say("A person, please.", {"tool": "transfer_to_staff"})
