@@ -35,6 +35,10 @@ class Settings(BaseSettings):
         default=SecretStr("change-me-report-secret"),
         description="Signs the per-attempt token the agent presents with its outcome report.",
     )
+    audit_key: SecretStr = Field(
+        default=SecretStr("dev-audit-key-for-the-embedded-default-only"),
+        description="Keys the audit log's HMAC chain; keep it outside the database.",
+    )
     livekit_url: str = Field(
         default="http://127.0.0.1:7880",
         validation_alias=AliasChoices("LIVEKIT_URL", "CAMPAIGNS_LIVEKIT_URL"),
