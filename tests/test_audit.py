@@ -12,19 +12,24 @@ import hashlib
 import hmac
 import io
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit
+from campaigns import audit, migrate
+from campaigns.db import UTCDateTime, make_engine, session_factory
 from campaigns.errors import CampaignError
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
+from tests.conftest import PG_HOST_URL, _pg_admin
 
 Seal = Callable[[bytes], str]
 
@@ -417,3 +422,89 @@ def test_a_deletion_re_chained_and_renumbered_with_the_key_fails_the_checkpoint(
 def test_a_malformed_checkpoint_is_refused_naming_the_field(document: str, named: str) -> None:
     with pytest.raises(audit.InvalidCheckpointError, match=named):
         audit.Checkpoint.parse(document)
+
+
+# ------------------------------------------------------------ logs chained before the key
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def unkeyed_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database at the revision before the chain was keyed."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'unkeyed.db'}"
+        migrate.upgrade(url, "0002")
+        yield url
+        return
+    name = f"campaigns_unkeyed_{uuid.uuid4().hex[:12]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    try:
+        migrate.upgrade(f"{PG_HOST_URL}/{name}", "0002")
+        yield f"{PG_HOST_URL}/{name}"
+    finally:
+        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _write_unkeyed_chain(url: str, seqs: list[int], *, edit_seq: int | None = None) -> None:
+    """Events as the unkeyed SHA-256 chain wrote them (a rolled-back sequence value may skip)."""
+    table = sa.table(
+        "audit_event",
+        *(sa.column(name) for name in ("seq", "actor", "kind", "payload", "prev_hash", "hash")),
+        sa.column("at", UTCDateTime()),
+    )
+    prev = audit.GENESIS_HASH
+    rows = []
+    for n, seq in enumerate(seqs):
+        at = datetime(2026, 11, 1, 12, n, tzinfo=UTC)
+        payload = audit.canonical_json({"n": n})
+        material = audit.canonical_json(
+            [prev, at.isoformat(), "t", "old", None, None, None, payload]
+        )
+        digest = hashlib.sha256(material.encode()).hexdigest()
+        if seq == edit_seq:
+            payload = audit.canonical_json({"n": "edited"})
+        rows.append(
+            {
+                "seq": seq,
+                "at": at,
+                "actor": "t",
+                "kind": "old",
+                "payload": payload,
+                "prev_hash": prev,
+                "hash": digest,
+            }
+        )
+        prev = digest
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(table.insert(), rows)
+    engine.dispose()
+
+
+def _verify(url: str) -> audit.VerifyResult:
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            return audit.verify(session)
+    finally:
+        engine.dispose()
+
+
+def test_an_intact_unkeyed_log_is_keyed_and_numbered_by_the_upgrade(
+    unkeyed_database_url: str,
+) -> None:
+    _write_unkeyed_chain(unkeyed_database_url, [1, 2, 4])
+
+    migrate.upgrade(unkeyed_database_url)
+
+    result = _verify(unkeyed_database_url)
+    assert result.ok and result.events == 3
+
+
+def test_a_broken_unkeyed_log_is_not_laundered_by_the_upgrade(unkeyed_database_url: str) -> None:
+    _write_unkeyed_chain(unkeyed_database_url, [1, 2, 3], edit_seq=2)
+
+    migrate.upgrade(unkeyed_database_url)
+
+    result = _verify(unkeyed_database_url)
+    assert (result.ok, result.first_bad_seq) == (False, 1)
+    assert "chained with key id (none)" in (result.problem or "")
