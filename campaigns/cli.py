@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TextIO
+from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
@@ -506,28 +507,29 @@ def audit_checkpoint(
     ] = None,
 ) -> None:
     """Verify the log and print its head as {"seq", "hash", "at", "count"}; keep it elsewhere."""
-    # Opened before the checkpoint is recorded, so a bad path leaves no event behind.
-    target = _open_private(out_file) if out_file else sys.stdout
-    try:
+    if out_file is None:
         with unit_of_work() as session:
-            checkpoint = audit.take_checkpoint(
-                session, actor=actor(), out=str(out_file) if out_file else "stdout"
-            )
-        target.write(checkpoint.model_dump_json() + "\n")
-    finally:
-        if out_file:
-            target.close()
-    if out_file:
-        err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
-
-
-def _open_private(path: Path) -> TextIO:
+            checkpoint = audit.take_checkpoint(session, actor=actor(), out="stdout")
+        sys.stdout.write(checkpoint.model_dump_json() + "\n")
+        return
+    if out_file.is_dir():
+        raise InvalidInputError(f"--out: {out_file} is a directory")
+    # Staged (mkstemp: owner-only) before the checkpoint is recorded, so a bad path leaves
+    # no event behind, then moved into place: a failure never clobbers the last checkpoint.
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        descriptor, staged = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
     except OSError as exc:
-        raise InvalidInputError(f"--out: cannot write {path}: {exc.strerror}") from exc
-    os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
-    return os.fdopen(descriptor, "w", encoding="utf-8")
+        raise InvalidInputError(f"--out: cannot write {out_file}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as staging:
+            with unit_of_work() as session:
+                checkpoint = audit.take_checkpoint(session, actor=actor(), out=str(out_file))
+            staging.write(checkpoint.model_dump_json() + "\n")
+        os.replace(staged, out_file)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
 
 
 @audit_app.command("export")

@@ -367,6 +367,31 @@ def test_audit_checkpoint_anchors_the_log_until_events_are_removed(
 
 
 @SQLITE_ONLY
+def test_a_refused_checkpoint_leaves_the_last_one_and_the_log_as_they_were(
+    app_env: str, tmp_path: Path
+) -> None:
+    add_clinic_cli()
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    anchor = anchors / "checkpoint.json"
+    assert cli("audit", "checkpoint", "--out", str(anchor)).exit_code == 0
+    kept = anchor.read_text()
+
+    nowhere = cli("audit", "checkpoint", "--out", str(tmp_path / "no-such-dir" / "c.json"))
+    assert_one_line_error(nowhere, "--out: cannot write")
+    assert len(_audit_events(app_env, "audit.checkpoint")) == 1
+
+    with database(app_env) as session:
+        _lift_append_only_guard(session)
+        session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 1"))
+    broken = cli("audit", "checkpoint", "--out", str(anchor))
+
+    assert_one_line_error(broken, "audit log broken at event 1", "no checkpoint taken")
+    assert anchor.read_text() == kept
+    assert [path.name for path in anchors.iterdir()] == ["checkpoint.json"]  # no staged file left
+
+
+@SQLITE_ONLY
 def test_audit_checkpoint_prints_to_stdout(app_env: str) -> None:
     add_clinic_cli()
 
