@@ -139,7 +139,7 @@ def event_material(
     ).encode()
 
 
-def stored_material(event: AuditEvent) -> bytes:
+def _stored_material(event: AuditEvent) -> bytes:
     assert event.seq is not None
     return event_material(
         event.seq,
@@ -294,7 +294,7 @@ def _chain_problem(
             f"chained with key id {event.key_id or '(none)'}, not CAMPAIGNS_AUDIT_KEY's {key.id}: "
             "a different key, or re-chained without it"
         )
-    if not hmac.compare_digest(key.seal(stored_material(event)), event.hash):
+    if not hmac.compare_digest(key.seal(_stored_material(event)), event.hash):
         return "content does not match its hash: the event was altered"
     return None
 

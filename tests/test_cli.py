@@ -389,6 +389,7 @@ def test_a_refused_checkpoint_leaves_the_last_one_and_the_log_as_they_were(
     assert_one_line_error(broken, "audit log broken at event 1", "no checkpoint taken")
     assert anchor.read_text() == kept
     assert [path.name for path in anchors.iterdir()] == ["checkpoint.json"]  # no staged file left
+    assert len(_audit_events(app_env, "audit.checkpoint")) == 1
 
 
 @SQLITE_ONLY
