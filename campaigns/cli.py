@@ -655,7 +655,8 @@ def _trunk_password(
             raise InvalidInputError(f"--auth-password-file: {password_file} is empty")
     password = password or os.environ.get(TRUNK_PASSWORD_VARIABLE) or None
     if username and password is None:
-        password = typer.prompt(f"SIP password for {username}", hide_input=True)
+        # On stderr: with --json, stdout carries the JSON document only.
+        password = typer.prompt(f"SIP password for {username}", hide_input=True, err=True)
     return password
 
 
