@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -35,10 +36,9 @@ SECRET_VARIABLES = ("CAMPAIGNS_REPORT_SECRET", "LIVEKIT_API_SECRET", "CAMPAIGNS_
 
 
 def _settings(database_url: str, **secrets: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        **{name: SecretStr(value) for name, value in secrets.items()},
-    )
+    """Settings with these values and the built-in defaults, whatever the environment says."""
+    values: dict[str, Any] = {name: SecretStr(value) for name, value in secrets.items()}
+    return Settings.model_construct(database_url=database_url, **values)
 
 
 def test_the_embedded_default_runs_with_the_built_in_secrets() -> None:
