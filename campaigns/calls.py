@@ -925,7 +925,7 @@ def _not_applied(
         attempt_id=attempt_id,
         at=now,
     )
-    log.warning("attempt %s: outcome report %s: %s", attempt_id, kind.split(".")[1], reason)
+    log.warning("attempt %s: %s: %s", attempt_id, kind, reason)
     return ReportResult(
         attempt_id,
         accepted=False,
@@ -1033,11 +1033,6 @@ def record_outcome(
     return ReportResult(attempt_id, True, False, release, attempt.trunk_id)
 
 
-# --------------------------------------------------------------------------- reconciliation
-
-RECONCILED = "reconciled: "
-
-
 def _settle_later_attempts(
     session: Session, attempt: CallAttempt, clinic: Clinic, reported: Outcome, now: datetime
 ) -> bool:
@@ -1077,6 +1072,11 @@ def _settle_later_attempts(
                 at=now,
             )
     return bool(later)
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+RECONCILED = "reconciled: "
 
 
 @dataclass(frozen=True)
