@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from campaigns.db import create_sqlite_file
+from campaigns.db import create_sqlite_file, is_sqlite
 from campaigns.settings import get_settings
 from scheduler.schedule import beat_schedule
 from workers.broker import EMBEDDED_PREFIX, celery_broker
@@ -25,7 +25,7 @@ def _transport_options(broker_url: str) -> dict[str, Any]:
 def make_app() -> Celery:
     settings = get_settings()
     broker = celery_broker(settings.broker_url)
-    if "broker_transport" in broker:
+    if is_sqlite(broker["broker_url"]):
         create_sqlite_file(broker["broker_url"])
     app = Celery("campaigns", include=["workers.tasks"])
     app.conf.update(
