@@ -24,11 +24,12 @@ from livekit.agents import Agent, StopResponse, function_tool, llm
 from agent import script
 from agent.metadata import CallMetadata
 from agent.ports import CallControl, Report, Reporter, Screener
+from campaigns.calls import DETAIL_STRING_LIMIT
 
 log = logging.getLogger("agent")
 
 ALREADY_RECORDED = "already recorded"
-PREFERRED_TIMES_MAX = 500
+PREFERRED_TIMES_MAX = DETAIL_STRING_LIMIT  # the engine keeps no more of a detail string
 
 CONVERSE = "converse"
 LEAVE_MESSAGE = "leave_message"

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# The only keys a report's ``detail`` may carry (the engine allow-lists exactly these).
-DETAIL_KEYS = frozenset({"preferred_times", "transferred_to", "amd", "reason", "script_version"})
+from campaigns.calls import DETAIL_KEYS  # the only keys the engine keeps in a report's detail
 
 
 @dataclass(frozen=True)

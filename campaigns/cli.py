@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -34,7 +35,7 @@ from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
-from campaigns.settings import DATA_DIR, get_settings
+from campaigns.settings import DATA_DIR, InsecureSecretError, get_settings, require_secrets
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -63,9 +64,9 @@ class _OneLineErrors(TyperGroup):
             )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"error: {message}", markup=False, highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _typer(help_text: str) -> typer.Typer:
@@ -499,11 +500,31 @@ def dnc_import(
 # --- audit ------------------------------------------------------------------
 
 
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="A file written by `audit checkpoint`: fail if the events it covers changed.",
+    ),
+]
+
+
+def _read_checkpoint(path: Path) -> audit.Checkpoint:
+    """The checkpoint in ``path``; an unreadable or malformed file is a usage error (exit 2)."""
+    try:
+        return audit.Checkpoint.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"--checkpoint: cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 2)
+    except audit.InvalidCheckpointError as exc:
+        _fail(f"--checkpoint: {path} is not a checkpoint ({exc})", 2)
+
+
 @audit_app.command("verify")
-def audit_verify(as_json: JsonFlag = False) -> None:
-    """Re-walk the hash chain; exit 1 naming the first event that does not hold."""
+def audit_verify(checkpoint_file: CheckpointOption = None, as_json: JsonFlag = False) -> None:
+    """Re-walk the keyed chain; exit 1 naming the first event that does not hold."""
+    checkpoint = _read_checkpoint(checkpoint_file) if checkpoint_file else None
     with unit_of_work() as session:
-        result = audit.verify(session)
+        result = audit.verify(session, checkpoint)
     if as_json:
         emit_json(
             {
@@ -511,12 +532,47 @@ def audit_verify(as_json: JsonFlag = False) -> None:
                 "events": result.events,
                 "first_bad_seq": result.first_bad_seq,
                 "problem": result.problem,
+                "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
             }
         )
     if not result.ok:
         _fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
     if not as_json:
-        out.print(f"audit log intact: {result.events} events")
+        anchored = f"; checkpoint at event {checkpoint.seq} holds" if checkpoint else ""
+        out.print(f"audit log intact: {result.events} events{anchored}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write to this file (owner-only) instead of stdout."),
+    ] = None,
+) -> None:
+    """Verify the log and print its head as {"seq", "hash", "at", "count"}; keep it elsewhere."""
+    if out_file is None:
+        with unit_of_work() as session:
+            checkpoint = audit.take_checkpoint(session, actor=actor(), out="stdout")
+        sys.stdout.write(checkpoint.model_dump_json() + "\n")
+        return
+    if out_file.is_dir():
+        raise InvalidInputError(f"--out: {out_file} is a directory")
+    # Staged (mkstemp: owner-only) before the checkpoint is recorded, so a bad path leaves
+    # no event behind, then moved into place: a failure never clobbers the last checkpoint.
+    try:
+        descriptor, staged = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
+    except OSError as exc:
+        raise InvalidInputError(f"--out: cannot write {out_file}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as staging:
+            with unit_of_work() as session:
+                checkpoint = audit.take_checkpoint(session, actor=actor(), out=str(out_file))
+            staging.write(checkpoint.model_dump_json() + "\n")
+        os.replace(staged, out_file)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
 
 
 @audit_app.command("export")
@@ -524,7 +580,7 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO 8601 time with offset")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
 ) -> None:
-    """Write the audit log to stdout."""
+    """Write the audit log to stdout; the export itself is audited."""
     writers: dict[str, Callable[..., Iterator[str]]] = {
         "csv": audit.export_csv,
         "jsonl": audit.export_jsonl,
@@ -532,9 +588,27 @@ def audit_export(
     if fmt not in writers:
         raise InvalidInputError("--format must be csv or jsonl")
     start = parse_instant(since, "--since") if since else None
-    with unit_of_work() as session:
-        for chunk in writers[fmt](audit.iter_events(session, start)):
-            sys.stdout.write(chunk)
+    exported = 0
+    complete = False
+
+    def counted(events: Iterator[Any]) -> Iterator[Any]:
+        nonlocal exported
+        for event in events:
+            exported += 1
+            yield event
+
+    try:
+        with unit_of_work() as session:
+            for chunk in writers[fmt](counted(audit.iter_events(session, start))):
+                sys.stdout.write(chunk)
+        complete = True
+    finally:
+        # Its own transaction: an export cut short (a closed pipe) still left data.
+        if complete or exported:
+            with unit_of_work() as session:
+                audit.record_export(
+                    session, actor=actor(), fmt=fmt, since=start, count=exported, complete=complete
+                )
 
 
 # --- pipeline ---------------------------------------------------------------
@@ -600,12 +674,22 @@ def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFl
     )
 
 
+def _refuse_insecure_secrets() -> None:
+    """Every process that acts on real data calls this first: one line and exit 2 on failure."""
+    try:
+        require_secrets(get_settings())
+    except InsecureSecretError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command("worker")
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Calls in flight (threads)")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker that places calls."""
+    _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
 
     settings = get_settings()
@@ -624,10 +708,11 @@ def worker(
 @app.command("beat")
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Start the scheduler: the tick, reconciliation and daily runs (run one)."""
+    _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
 
     schedule = DATA_DIR / "beat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
+    schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 
 
@@ -666,25 +751,61 @@ def simulator(
 # --- trunks -----------------------------------------------------------------
 
 
+TRUNK_PASSWORD_VARIABLE = "CAMPAIGNS_TRUNK_AUTH_PASSWORD"  # noqa: S105 - a variable name
+
+
+def _trunk_password(
+    username: str | None, password: str | None, password_file: Path | None
+) -> str | None:
+    """The SIP password: the command line, else the environment, else a hidden prompt.
+
+    ``--auth-password-file`` keeps it out of the shell history and the process list.
+    """
+    if password_file is not None:
+        if password is not None:
+            raise InvalidInputError("give --auth-password or --auth-password-file, not both")
+        try:
+            password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"--auth-password-file: cannot read {password_file}") from exc
+        if not password:
+            raise InvalidInputError(f"--auth-password-file: {password_file} is empty")
+    password = password or os.environ.get(TRUNK_PASSWORD_VARIABLE) or None
+    if username and password is None:
+        # On stderr: with --json, stdout carries the JSON document only.
+        password = typer.prompt(f"SIP password for {username}", hide_input=True, err=True)
+    return password
+
+
 @trunk_app.command("create")
 def trunk_create(
     name: Annotated[str, typer.Option()],
     address: Annotated[str, typer.Option(help="Carrier SIP host")],
     numbers: Annotated[str, typer.Option(help="Caller-ID numbers, E.164, comma separated")],
     auth_username: Annotated[str | None, typer.Option()] = None,
-    auth_password: Annotated[str | None, typer.Option(help="Never printed or logged")] = None,
+    auth_password: Annotated[
+        str | None,
+        typer.Option(
+            help="Seen by other users of this machine: prefer --auth-password-file, "
+            f"${TRUNK_PASSWORD_VARIABLE} or the prompt"
+        ),
+    ] = None,
+    auth_password_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Read the SIP password from this file")
+    ] = None,
     destination_country: Annotated[str | None, typer.Option(help="Region pinning, e.g. US")] = None,
     cps: Annotated[float, typer.Option(help="Calls started per second at most")] = 1.0,
     max_concurrent: Annotated[int, typer.Option(help="Calls in progress at most")] = 10,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a LiveKit SIP outbound trunk and store its calling limits."""
+    """Create a LiveKit SIP outbound trunk and store its calling limits.
+
+    The password is never printed or logged."""
     from campaigns import trunks
     from campaigns.livekit_gateway import LiveKitTelephony
 
-    spec = trunks.trunk_spec(
-        name, address, numbers, auth_username, auth_password, destination_country
-    )
+    password = _trunk_password(auth_username, auth_password, auth_password_file)
+    spec = trunks.trunk_spec(name, address, numbers, auth_username, password, destination_country)
     trunks.check_limits(cps, max_concurrent)
 
     async def create() -> str:
@@ -821,9 +942,16 @@ def _next_call_metadata(clinic: str, appointment: str) -> dict[str, Any]:
         found_clinic = clinics.get_clinic(session, clinic)
         found = compliance.find_appointment(session, found_clinic, appointment)
         attempt_id = calls.next_attempt_id(session, found)
+        longest_call = (
+            settings.ringing_timeout_seconds
+            + settings.max_call_duration_seconds
+            + settings.report_grace_seconds
+        )
         document = calls.agent_metadata(
             attempt_id,
+            f"appt-{attempt_id}-rehearsal",
             f"callee-{attempt_id}-rehearsal",
+            datetime.now(UTC) + timedelta(seconds=longest_call),
             found,
             found_clinic,
             settings.report_secret.get_secret_value(),
@@ -841,5 +969,11 @@ def demo(speed: Annotated[float, typer.Option(help="Simulated call speed-up")] =
     raise typer.Exit(run_demo(out, speed=speed))
 
 
+# Files this process creates (SQLite database and broker, beat's schedule, logs,
+# exports) are readable by their owner only: they hold patient data.
+OWNER_ONLY_UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(OWNER_ONLY_UMASK)
     app()

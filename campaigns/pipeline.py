@@ -70,6 +70,7 @@ class Pipeline:
             ringing_timeout=timedelta(seconds=s.ringing_timeout_seconds),
             max_call_duration=timedelta(seconds=s.max_call_duration_seconds),
             agent_script_version=s.agent_script_version,
+            report_grace=timedelta(seconds=s.report_grace_seconds),
         )
 
     @property

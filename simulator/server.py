@@ -509,7 +509,7 @@ class Simulator:
                 length = min(length, call.max_call_duration)
             await asyncio.sleep(cfg.scaled(length))
             # The agent reports before hanging up; a DeleteRoom now must not lose it.
-            await asyncio.shield(self.spawn(self._converse(call)))
+            await asyncio.shield(self.spawn(self._converse(call, length)))
         except asyncio.CancelledError:
             if not call.answer.done():
                 call.answer.set_result(FAILURES["aborted"])
@@ -530,7 +530,7 @@ class Simulator:
             # Like a real room: it closes once the last participant has left.
             self._schedule_expiry(room, self.config.departure_timeout)
 
-    async def _converse(self, call: Call) -> None:
+    async def _converse(self, call: Call, length: float) -> None:
         """The real agent plays the answered call with the callee's persona."""
         room = self.rooms.get(call.room_name)
         dispatch = room.dispatches[-1] if room and room.dispatches else None
@@ -540,7 +540,8 @@ class Simulator:
             return
 
         async def report(outcome: Report) -> None:
-            await self._report(OutcomeReport(**vars(outcome), room_name=call.room_name))
+            entry = OutcomeReport(**vars(outcome), room_name=call.room_name)
+            await self._report(entry, call, dispatch, length)
 
         try:
             meta = parse_metadata(dispatch.metadata)
@@ -559,7 +560,9 @@ class Simulator:
         if call.record.get("end") is None:
             call.record["end"] = "completed"
 
-    async def _report(self, report: OutcomeReport) -> None:
+    async def _report(
+        self, report: OutcomeReport, call: Call, dispatch: pb_dispatch.AgentDispatch, length: float
+    ) -> None:
         entry: dict[str, Any] = {
             "at": time.time(),
             "attempt_id": report.attempt_id,
@@ -567,6 +570,11 @@ class Simulator:
             "token": report.token,
             "detail": report.detail,
             "room_name": report.room_name,
+            "sip_call_id": call.sip_call_id,
+            "participant_identity": call.identity,
+            "dispatch_id": dispatch.id,
+            "agent_name": dispatch.agent_name,
+            "call_seconds": round(length, 3),
             "sent": False,
             "error": None,
         }

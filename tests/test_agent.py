@@ -31,11 +31,11 @@ from agent import script
 from agent.confirmer import ALREADY_RECORDED, ConfirmationAgent, amd_action, screen
 from agent.livekit_ports import LiveKitCall
 from agent.metadata import CallMetadata, MetadataError, parse_metadata
-from agent.ports import DETAIL_KEYS, CallControl, Report
+from agent.ports import CallControl, Report
 from agent.rehearsal import RehearsalCall, ScriptedLLM
-from campaigns.tokens import verify_report_token
+from campaigns.calls import DETAIL_KEYS
 from simulator.testing import SimulatorHandle, running_simulator
-from tests.agent_helpers import REPORT_SECRET, call_metadata, metadata_json
+from tests.agent_helpers import call_metadata, metadata_json, token_verifies
 
 META = parse_metadata(call_metadata(42))
 
@@ -111,7 +111,7 @@ async def identify(c: Call) -> None:
 def assert_one_verified_report(c: Call, outcome: str, detail: dict[str, Any]) -> None:
     [report] = c.reports
     assert (report.attempt_id, report.outcome) == (42, outcome)
-    assert verify_report_token(42, report.token, REPORT_SECRET)
+    assert token_verifies(42, report.token)
     assert report.detail == detail | {"script_version": "confirm-v1"}
     assert set(report.detail) <= DETAIL_KEYS
 
@@ -486,7 +486,7 @@ def test_unusable_metadata_names_the_problem_without_patient_data(
     else:
         assert refused is not None
         assert (refused.attempt_id, refused.outcome) == (attempt_id, "failed")
-        assert verify_report_token(attempt_id, refused.token, REPORT_SECRET)
+        assert token_verifies(attempt_id, refused.token)
         assert refused.detail == {"reason": "bad_metadata"}
 
 

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from typer.testing import Result
 
 from campaigns.models import AuditEvent, CallAttempt
-from campaigns.tokens import verify_report_token
+from campaigns.tokens import TokenCheck, check_report_token
 from tests.agent_helpers import call_metadata
 from tests.test_cli import (
     CLINIC,
@@ -201,7 +201,9 @@ def test_rehearse_an_appointment_uses_what_the_engine_would_dispatch_and_stores_
     assert "Thursday, May 16 at 11:00 AM EDT with Dr. Who" in details
     [report] = document["reports"]
     assert report["attempt_id"] == attempt_id
-    assert verify_report_token(attempt_id, report["token"], "change-me-report-secret")
+    room, now = f"appt-{attempt_id}-rehearsal", datetime.now(UTC)
+    check = check_report_token(report["token"], attempt_id, room, now, "change-me-report-secret")
+    assert check is TokenCheck.VALID
     with database(app_env) as session:
         assert session.execute(select(func.count()).select_from(AuditEvent)).scalar_one() == events
         [state] = session.execute(select(CallAttempt.state)).scalars()

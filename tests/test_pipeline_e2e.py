@@ -8,8 +8,11 @@ import itertools
 import json
 import os
 import re
+import sqlite3
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
@@ -30,11 +33,13 @@ from campaigns.models import (
     OPEN_ATTEMPT_STATES,
     Appointment,
     AttemptState,
+    AuditEvent,
     CallAttempt,
     Clinic,
     DncSource,
     Trunk,
 )
+from campaigns.settings import get_settings
 from demo.daytime import daytime_zone
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
@@ -83,6 +88,9 @@ class Stack:
         return counts
 
 
+AUDIT_KEY = "pipeline-test-audit-key-0123456789abcdef"
+
+
 def _redis_db(worker_id: str) -> int:
     # Concurrent test runs on one machine each set their own base index.
     base = int(os.environ.get("CAMPAIGNS_TEST_REDIS_DB", "5"))
@@ -103,6 +111,11 @@ def _stack(
     scenario: dict[str, Any] | None = None,
 ) -> Iterator[Stack]:
     database = "postgresql" if kind.startswith("postgresql") else "sqlite"
+    # The test process records and verifies audit events too: under the workers' key.
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("CAMPAIGNS_AUDIT_KEY", AUDIT_KEY)
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
     env_extra: dict[str, str] = {}
     if kind.startswith("postgresql"):
         index = _redis_db(getattr(request.config, "workerinput", {}).get("workerid", "main"))
@@ -125,7 +138,9 @@ def _stack(
                 "LIVEKIT_URL": sim.url,
                 "LIVEKIT_API_KEY": sim.api_key,
                 "LIVEKIT_API_SECRET": sim.api_secret,
-                "CAMPAIGNS_REPORT_SECRET": "pipeline-test-report-secret",
+                # Real-length secrets: outside the embedded default the worker refuses others.
+                "CAMPAIGNS_REPORT_SECRET": "pipeline-test-report-secret-0123456789",
+                "CAMPAIGNS_AUDIT_KEY": AUDIT_KEY,
                 "CAMPAIGNS_TICK_SECONDS": "0.5",
                 "CAMPAIGNS_RECONCILE_SECONDS": "1",
                 "CAMPAIGNS_QUEUED_TIMEOUT_SECONDS": "10",
@@ -254,8 +269,31 @@ def test_a_campaign_ends_in_the_expected_outcomes_and_retries(stack: Stack) -> N
         assert dnc.lookup(s, PHONE_PREFIX + "09", clinic_id).blocked_by == ("clinic",)
         dialed = [a.id or 0 for group in by_appointment.values() for a in group if a.dialing_at]
         assert audit.verify(s).ok
+        # Every simulated agent's report came back with its token unchanged and was applied.
+        assert not s.execute(
+            select(AuditEvent.seq).where(col(AuditEvent.kind) == calls.REPORT_REFUSED)
+        ).all()
     assert sorted(stack.dials_per_attempt()) == sorted(dialed)
     assert set(stack.dials_per_attempt().values()) == {1}
+    if stack.broker_url.startswith("sqla+"):
+        stack.procs.stop_all()
+        _assert_embedded_files_are_private_and_tidy(stack)
+
+
+def _assert_embedded_files_are_private_and_tidy(stack: Stack) -> None:
+    broker_file = Path(stack.broker_url.removeprefix("sqla+sqlite:///"))
+    with closing(sqlite3.connect(broker_file)) as broker:
+        consumed, waiting = broker.execute(
+            "SELECT count(*) FILTER (WHERE NOT visible), count(*) FILTER (WHERE visible) "
+            "FROM kombu_message"
+        ).fetchone()
+    assert consumed == 0, f"{consumed} consumed messages left in the broker ({waiting} waiting)"
+    beat_data = stack.procs.workdir / "beat" / ".campaigns"
+    assert stat.S_IMODE(beat_data.stat().st_mode) == 0o700
+    created = [broker_file, *beat_data.glob("beat-schedule*")]
+    assert len(created) > 1
+    for path in created:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 @pytest.mark.slow

@@ -26,11 +26,10 @@ from livekit.protocol.sip import (
     SIPOutboundTrunkInfo,
 )
 
-from campaigns.tokens import verify_report_token
 from simulator.scenario import DEFAULT_WEIGHTS, Scenario, ScenarioError
 from simulator.server import OutcomeReport
 from simulator.testing import SimulatorHandle, running_simulator
-from tests.agent_helpers import REPORT_SECRET, metadata_json
+from tests.agent_helpers import metadata_json, token_verifies
 
 SPEED = 50.0
 TRUNK = "ST_default"
@@ -531,7 +530,7 @@ def test_the_agent_plays_each_answered_persona_and_reports_once(
     wait_for(lambda: sim.calls()[0]["end"] is not None)
     [report] = REPORTS
     assert (report.attempt_id, report.outcome) == (42, outcome)
-    assert verify_report_token(42, report.token, REPORT_SECRET)
+    assert token_verifies(42, report.token)
     assert report.detail == detail | {"script_version": "confirm-v1"}
     assert report.room_name == room
     [recorded] = sim.reports()
