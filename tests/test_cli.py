@@ -198,6 +198,24 @@ def test_explain_json_says_when_the_patient_may_be_called(app_env: str) -> None:
 
 
 @SQLITE_ONLY
+def test_explain_json_names_the_signal_behind_each_zone(app_env: str) -> None:
+    add_clinic_cli("--window", "08:00-21:00", "--days", "mon,tue,wed,thu,fri,sat,sun")
+    add_patient(app_env, patient_timezone="Pacific/Kiritimati")
+
+    late = cli_json(  # 23:30 in New York, 17:30 the next day in Kiritimati
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T23:30:00-04:00"
+    )
+
+    assert late["allowed"] is False
+    assert late["zone_sources"] == {
+        "Pacific/Kiritimati": ["stated_timezone"],
+        "America/New_York": ["number"],
+    }
+    assert late["zone_source"] == "stated_timezone+number"
+    assert set(late["callee_zones"]) == {"Pacific/Kiritimati", "America/New_York"}
+
+
+@SQLITE_ONLY
 def test_explain_for_a_dnc_listed_patient_never_allows_a_call(app_env: str) -> None:
     add_clinic_cli()
     add_patient(app_env)
