@@ -86,9 +86,10 @@ MAX_START_AHEAD = timedelta(days=2 * 366)
 _BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 )
-# A file whose first bytes have this share of NULs on one side of each pair is UTF-16.
-_UTF16_NUL_SHARE = 0.3
-_UTF16_PROBE = 4096
+# A file whose first bytes (its header) have this share of NULs on one side of each
+# pair is UTF-16; a UTF-8 header has none.
+_UTF16_NUL_SHARE = 0.8
+_UTF16_PROBE = 128
 
 
 class ImportFileError(CampaignError):
