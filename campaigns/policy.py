@@ -337,7 +337,7 @@ class _Rules:
         return result
 
     def cap_24h(self, days: list[date]) -> tuple[int, str]:
-        cap, source = self.policy.max_dials_per_number_24h, "clinic"
+        cap, source = self.policy.max_dials_per_number_24h, "clinic max per day"
         for day in days:
             for state in self.states:
                 rule = self.rule_for(state, day)
@@ -550,7 +550,8 @@ def decide(
     in_7d = sum(1 for d in dials if now - timedelta(days=7) < d <= now)
     if in_7d >= policy.max_dials_per_number_7d:
         reasons.append(
-            f"number_cap_7d: {in_7d} dials in 7 days (cap {policy.max_dials_per_number_7d})"
+            f"number_cap_7d: {in_7d} dials in 7 days "
+            f"(cap {policy.max_dials_per_number_7d}, clinic max per week)"
         )
     for zone in zones:
         reasons.extend(_zone_failures(rules, zone, now))
