@@ -16,6 +16,12 @@ Rules a clinic should know:
 - Naive times are local to the row's timezone column, else the clinic's zone; a time
   that does not exist (DST spring-forward gap) is rejected; an ambiguous one (fall
   back) is the first occurrence. ``MM/DD/YYYY`` is month first. Stored in UTC.
+- Phones: one number per cell, parsed with the clinic's country, only numbers the
+  clinic may call (:func:`campaigns.phones.to_callable_e164`).
+- A cell with a NUL, a control or a bidi-override character is rejected (line breaks
+  are fine in a quoted cell, not in a name), as is a start more than
+  :data:`MAX_START_AHEAD` ahead or outside the dates Python can hold; UTF-16, with
+  or without a byte-order mark, is refused as a file.
 - Re-import updates by (clinic, appointment id). Optional columns absent from the
   file keep their stored values; an empty cell clears them.
 - Status: a ``cancelled`` row cancels the appointment and skips its scheduled
@@ -81,7 +87,7 @@ _SKIP_CANCELLED = "appointment_cancelled"
 _SKIP_RESCHEDULED = "appointment_rescheduled"
 _SKIP_PHONE_CHANGED = "appointment_phone_changed"
 # Appointments further ahead than this are typing errors (e.g. 2062 for 2026).
-MAX_START_AHEAD = timedelta(days=2 * 366)
+MAX_START_AHEAD = timedelta(days=5 * 366)
 # Characters that reorder or hide text where it is shown (Trojan Source).
 _BIDI_CONTROLS = frozenset(
     "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
