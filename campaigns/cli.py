@@ -11,7 +11,6 @@ import getpass
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
@@ -33,7 +31,7 @@ from typer.core import TyperGroup
 from campaigns import audit, calls, clinics, compliance, dnc, migrate
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
-from campaigns.masking import mask_phone
+from campaigns.masking import inert, mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
 from campaigns.settings import DATA_DIR, get_settings
@@ -106,18 +104,6 @@ def actor() -> str:
         return f"cli:{getpass.getuser()}"
     except OSError:
         return "cli"
-
-
-# Characters a terminal would act on or that reorder text: shown as escapes instead.
-_INVISIBLE = re.compile(
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-)
-
-
-def inert(value: object) -> Text:
-    """A stored value as literal terminal text: rich markup and emoji codes are not
-    interpreted, and control and bidi characters show as escapes (``\\x1b``)."""
-    return Text(_INVISIBLE.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value)))
 
 
 def print_table(columns: dict[str, str], rows: list[dict[str, Any]], **options: Any) -> None:

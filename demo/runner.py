@@ -31,7 +31,7 @@ from sqlmodel import col, select
 from campaigns import audit, calls, clinics, migrate
 from campaigns.db import make_engine, session_factory
 from campaigns.importer import import_appointments
-from campaigns.masking import mask_name, mask_phone
+from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR
 from demo.daytime import country_of, daytime_zone, local_number
@@ -252,12 +252,12 @@ def _summary(console: Console, session: Session) -> None:
             .all()
         )
         table.add_row(
-            appointment.external_id,
-            mask_name(appointment.patient_name),
+            inert(appointment.external_id),
+            inert(mask_name(appointment.patient_name)),
             mask_phone(appointment.phone_e164),
             str(len(attempts)),
-            ", ".join(a.outcome or a.state for a in attempts),
-            appointment.status,
+            inert(", ".join(a.outcome or a.state for a in attempts)),
+            inert(appointment.status),
         )
     console.print(table)
     counts = calls.status_counts(session)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phonenumbers import timezone as pn_timezone
 
-from campaigns.geography import zones_for_state, zones_for_zip
+from campaigns.geography import US_FALLBACK_ZONES, zones_for_state, zones_for_zip
 from campaigns.policy import (
     Callee,
     CallingWindow,
@@ -141,6 +141,8 @@ def test_allowed_means_inside_every_window_in_every_zone(
     callee, policy, now, history = scenario
     decision = _run(callee, policy, now, history)
     assert decision.callee_zones
+    if not _every_signals_zones(callee):  # no signal: the hours safe in every US zone
+        assert decision.callee_zones == US_FALLBACK_ZONES
     if not decision.allowed:
         return
     assert decision.next_allowed_at == now
