@@ -451,6 +451,8 @@ _LINE_BREAKS = frozenset("\t\n\r")
 def _unsafe_characters(cell: str, *, name: bool) -> str | None:
     """Why a cell cannot be stored and shown as given: NUL, a bidi override, a control
     character (a quoted multi-line cell may break lines, except in a name)."""
+    if cell.isprintable():  # no control, format or line-separator character: the usual case
+        return None
     for ch in cell:
         if ch == "\x00":
             return "contains a NUL character (U+0000)"

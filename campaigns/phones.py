@@ -60,8 +60,9 @@ def _several_numbers(text: str, region: str) -> bool:
     return len(list(phonenumbers.PhoneNumberMatcher(text, region))) > 1
 
 
-def _parse(raw: str, default_region: str) -> phonenumbers.PhoneNumber:
-    """One valid number, or :class:`InvalidInputError` saying why not."""
+def _parse(raw: str, default_region: str) -> tuple[phonenumbers.PhoneNumber, bool]:
+    """One valid number and whether it is the default region's, or
+    :class:`InvalidInputError` saying why not."""
     text = raw.strip()
     if not text:
         raise InvalidInputError("phone number is missing")
@@ -85,12 +86,10 @@ def _parse(raw: str, default_region: str) -> phonenumbers.PhoneNumber:
         raise InvalidInputError(f"impossible phone number ({reason})")
     # The clinic's own region first: is_valid_number alone tries every region of a
     # shared country code (25 for +1), the bulk of an import's time.
-    if not (
-        phonenumbers.is_valid_number_for_region(number, region)
-        or phonenumbers.is_valid_number(number)
-    ):
+    in_region = phonenumbers.is_valid_number_for_region(number, region)
+    if not (in_region or phonenumbers.is_valid_number(number)):
         raise InvalidInputError("invalid phone number (no such number range in its country)")
-    return number
+    return number, in_region
 
 
 def _e164(number: phonenumbers.PhoneNumber) -> str:
@@ -99,16 +98,16 @@ def _e164(number: phonenumbers.PhoneNumber) -> str:
 
 def to_e164(raw: str, default_region: str) -> str:
     """Return the E.164 form of ``raw`` or raise :class:`InvalidInputError` saying why."""
-    return _e164(_parse(raw, default_region))
+    return _e164(_parse(raw, default_region)[0])
 
 
 def to_callable_e164(raw: str, clinic_country: str) -> str:
     """The E.164 form of a patient's number that a clinic of ``clinic_country`` may call,
     or :class:`InvalidInputError` saying why not."""
     country = clinic_country.upper()
-    number = _parse(raw, country)
+    number, in_region = _parse(raw, country)
     area = _CALLING_AREA.get(country, frozenset({country}))
-    if not phonenumbers.is_valid_number_for_region(number, country):
+    if not in_region:
         region = phonenumbers.region_code_for_number(number)
         if region not in area:
             raise InvalidInputError(
