@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 from campaigns import audit, calls, clinics, compliance, dnc, migrate
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
-from campaigns.masking import mask_phone
+from campaigns.masking import inert, mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
 from campaigns.settings import DATA_DIR, InsecureSecretError, get_settings, require_secrets
@@ -65,7 +65,7 @@ class _OneLineErrors(TyperGroup):
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False)
+    err.print(inert(f"error: {message}"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -90,6 +90,16 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(agent_app, name="agent")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+MaxPerDay = Annotated[
+    int | None, typer.Option(help="Dials per number in any 24 hours, all appointments (3)")
+]
+MaxPerWeek = Annotated[
+    int | None, typer.Option(help="Dials per number in any 7 days, all appointments (6)")
+]
+HealthcareExemption = Annotated[
+    bool,
+    typer.Option("--healthcare-exemption", help="FCC healthcare-exemption caps: 1 a day, 3 a week"),
+]
 
 
 def actor() -> str:
@@ -103,7 +113,7 @@ def print_table(columns: dict[str, str], rows: list[dict[str, Any]], **options: 
     """Rows as a table; ``columns`` maps each heading to its key in the rows."""
     table = Table(*columns, **options)
     for row in rows:
-        table.add_row(*("" if row[key] is None else str(row[key]) for key in columns.values()))
+        table.add_row(*(inert("" if row[key] is None else row[key]) for key in columns.values()))
     out.print(table)
 
 
@@ -172,11 +182,16 @@ def clinic_add(
     max_attempts: Annotated[int, typer.Option(help="Calls per appointment at most")] = 4,
     lead_days: Annotated[str, typer.Option(help="Call this many days before: 1,2")] = "1",
     daily_run_time: Annotated[str, typer.Option(help="Local time of the daily run")] = "10:00",
+    max_per_day: MaxPerDay = None,
+    max_per_week: MaxPerWeek = None,
+    healthcare_exemption: HealthcareExemption = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a clinic."""
+    caps = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
     spec = clinics.validate_spec(
-        {
+        caps
+        | {
             "name": name,
             "timezone": timezone,
             "country": country,
@@ -198,7 +213,7 @@ def clinic_add(
     if as_json:
         emit_json(described)
     else:
-        out.print(f"clinic {clinic.name!r} created (id {clinic.id})")
+        out.print(inert(f"clinic {clinic.name!r} created (id {clinic.id})"))
 
 
 @clinic_app.command("update")
@@ -211,10 +226,14 @@ def clinic_update(
     window: Annotated[
         str | None, typer.Option(help="Calling hours in the callee's local time, HH:MM-HH:MM")
     ] = None,
+    max_per_day: MaxPerDay = None,
+    max_per_week: MaxPerWeek = None,
+    healthcare_exemption: HealthcareExemption = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Change a clinic's settings; the change is audited with its before and after values."""
-    changes = {
+    """Change a clinic's settings (audited with their values before and after)."""
+    changes: dict[str, Any] = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
+    changes |= {
         key: value
         for key, value in {
             "transfer_number": transfer_number,
@@ -224,7 +243,10 @@ def clinic_update(
         if value is not None
     }
     if not changes:
-        raise InvalidInputError("nothing to change: give at least one option (see --help)")
+        raise InvalidInputError(
+            "nothing to update: give --transfer-number, --caller-id, --window, "
+            "--max-per-day, --max-per-week or --healthcare-exemption"
+        )
     with unit_of_work() as session:
         changed = clinics.update_clinic(
             session, clinics.get_clinic(session, name), changes, actor=actor()
@@ -233,9 +255,9 @@ def clinic_update(
         emit_json(changed)
         return
     if not changed:
-        out.print(f"clinic {name!r} unchanged")
-    for key, values in changed.items():
-        out.print(f"{key}: {values['before']} -> {values['after']}", markup=False)
+        out.print(inert(f"clinic {name!r}: nothing changed"))
+    for key, change in changed.items():
+        out.print(inert(f"{key}: {change['before']} -> {change['after']}"))
 
 
 @clinic_app.command("list")
@@ -280,7 +302,7 @@ def clinic_resume(name: str) -> None:
     """Resume calling for a clinic paused by a configuration error."""
     with unit_of_work() as session:
         resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
-    err.print(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}")
+    err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))
 
 
 # --- import -----------------------------------------------------------------
@@ -317,13 +339,13 @@ def import_file(
         emit_json(document)
     else:
         out.print(
-            f"{file.name}: {report.imported} imported, {report.updated} updated, "
-            f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
+            inert(
+                f"{file.name}: {report.imported} imported, {report.updated} updated, "
+                f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
+            )
         )
         for rejection in report.rejected[:50]:
-            out.print(
-                f"  line {rejection.line}, {rejection.column}: {rejection.reason}", markup=False
-            )
+            out.print(inert(f"  line {rejection.line}, {rejection.column}: {rejection.reason}"))
         if len(report.rejected) > 50:
             out.print(f"  ... and {len(report.rejected) - 50} more (use --json for all)")
     if report.usable_rows == 0:
@@ -371,14 +393,18 @@ def explain(
         emit_json(document)
         return
     verdict = "[green]may be called[/]" if decision.allowed else "[red]may not be called[/]"
-    out.print(f"appointment {appointment} (attempt {number}) {verdict} at {now.isoformat()}")
-    for reason in decision.reasons:
-        out.print(f"  - {reason}", markup=False)
-    for zone, local in decision.callee_local_times.items():
-        out.print(f"  callee local time in {zone}: {local}", markup=False)
     out.print(
-        f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False
+        inert(f"appointment {appointment} (attempt {number}) "),
+        verdict,
+        inert(f" at {now.isoformat()}"),
+        sep="",
     )
+    for reason in decision.reasons:
+        out.print(inert(f"  - {reason}"))
+    for zone, local in decision.callee_local_times.items():
+        sources = ", ".join(decision.zone_sources.get(zone, ()))
+        out.print(inert(f"  callee local time in {zone} (from {sources}): {local}"))
+    out.print(inert(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}"))
 
 
 # --- do-not-call ------------------------------------------------------------
@@ -649,8 +675,10 @@ def run_daily(
         return
     for d in documents:
         out.print(
-            f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
-            f"{d['skipped']} not callable"
+            inert(
+                f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
+                f"{d['skipped']} not callable"
+            )
         )
 
 

@@ -1,8 +1,11 @@
-"""Clinics: validated settings, creation, changes and lookup.
+"""Clinics: validated settings, creation, audited updates and lookup.
 
-Every change goes through :class:`ClinicSpec` validation, so a clinic made by
-``clinic add`` and one changed by ``clinic update`` obey the same rules, and is
-audited with the values before and after.
+Caps per number (``max_per_day`` in a rolling 24 h, ``max_per_week`` in a rolling
+7 days) count every dial to the number, across all of its appointments; the FCC
+healthcare-exemption preset (:data:`HEALTHCARE_EXEMPTION`) is 1 a day and 3 a week.
+:func:`update_clinic` takes a mapping of :class:`ClinicSpec` fields to new values,
+validates the result as a whole and records the settings before and after in one
+``clinic.updated`` audit event.
 """
 
 from __future__ import annotations
@@ -14,7 +17,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
@@ -26,6 +36,8 @@ from campaigns.models import Clinic
 from campaigns.phones import to_e164
 
 WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: The FCC healthcare-exemption limits (47 CFR 64.1200(a)(9)(iv)): dials per number.
+HEALTHCARE_EXEMPTION: dict[str, int] = {"max_per_day": 1, "max_per_week": 3}
 
 
 def parse_window(text: str) -> tuple[time, time]:
@@ -86,6 +98,8 @@ class ClinicSpec(BaseModel):
     max_attempts: int = Field(default=4, ge=1, le=20)
     lead_days: str = "1"
     daily_run_time: str = "10:00"
+    max_per_day: int = Field(default=3, ge=1, le=50)
+    max_per_week: int = Field(default=6, ge=1, le=350)
 
     @field_validator("name")
     @classmethod
@@ -145,6 +159,31 @@ class ClinicSpec(BaseModel):
             raise ValueError(f"daily run time {value!r} is not HH:MM") from exc
         return value
 
+    @model_validator(mode="after")
+    def _caps(self) -> ClinicSpec:
+        if self.max_per_week < self.max_per_day:
+            raise ValueError(
+                f"max per week ({self.max_per_week}) is below max per day ({self.max_per_day})"
+            )
+        return self
+
+
+def cap_settings(
+    max_per_day: int | None, max_per_week: int | None, healthcare_exemption: bool
+) -> dict[str, int]:
+    """The caps staff asked for: explicit values, or the healthcare-exemption preset."""
+    explicit = {
+        key: value
+        for key, value in (("max_per_day", max_per_day), ("max_per_week", max_per_week))
+        if value is not None
+    }
+    if healthcare_exemption and explicit:
+        raise InvalidInputError(
+            "--healthcare-exemption sets the caps (1 a day, 3 a week): "
+            "give it or --max-per-day/--max-per-week, not both"
+        )
+    return dict(HEALTHCARE_EXEMPTION) if healthcare_exemption else explicit
+
 
 def validate_spec(values: dict[str, Any]) -> ClinicSpec:
     try:
@@ -165,7 +204,7 @@ def validate_spec(values: dict[str, Any]) -> ClinicSpec:
 
 
 def _columns(spec: ClinicSpec) -> dict[str, Any]:
-    """The clinic's column values a validated spec sets."""
+    """The clinic row's columns that a spec sets."""
     window_start, window_end = parse_window(spec.window)
     return {
         "name": spec.name,
@@ -184,23 +223,13 @@ def _columns(spec: ClinicSpec) -> dict[str, Any]:
         "max_attempts": spec.max_attempts,
         "lead_days": spec.lead_days,
         "daily_run_time": time.fromisoformat(spec.daily_run_time),
+        "dials_per_number_24h": spec.max_per_day,
+        "dials_per_number_7d": spec.max_per_week,
     }
 
 
-def create_clinic(session: Session, spec: ClinicSpec, *, actor: str) -> Clinic:
-    clinic = Clinic(**_columns(spec))
-    session.add(clinic)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError as exc:
-        raise InvalidInputError(f"a clinic named {spec.name!r} already exists") from exc
-    audit.record(session, "clinic.created", describe(clinic), actor=actor, clinic_id=clinic.id)
-    return clinic
-
-
 def _spec_values(clinic: Clinic) -> dict[str, Any]:
-    """The clinic's current settings in the terms of :class:`ClinicSpec`."""
+    """The spec that gives a stored clinic's settings."""
     return {
         "name": clinic.name,
         "timezone": clinic.timezone,
@@ -215,48 +244,65 @@ def _spec_values(clinic: Clinic) -> dict[str, Any]:
         "max_attempts": clinic.max_attempts,
         "lead_days": clinic.lead_days,
         "daily_run_time": f"{clinic.daily_run_time:%H:%M}",
+        "max_per_day": clinic.dials_per_number_24h,
+        "max_per_week": clinic.dials_per_number_7d,
     }
+
+
+def _flush_named(session: Session, name: str) -> None:
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise InvalidInputError(f"a clinic named {name!r} already exists") from exc
+
+
+def create_clinic(session: Session, spec: ClinicSpec, *, actor: str) -> Clinic:
+    clinic = Clinic(**_columns(spec))
+    session.add(clinic)
+    _flush_named(session, spec.name)
+    audit.record(session, "clinic.created", describe(clinic), actor=actor, clinic_id=clinic.id)
+    return clinic
 
 
 def update_clinic(
     session: Session, clinic: Clinic, changes: Mapping[str, Any], *, actor: str
 ) -> dict[str, dict[str, Any]]:
-    """Apply ``changes`` (:class:`ClinicSpec` field names to new values) to ``clinic``.
-
-    The clinic's settings with the changes merged in are validated as a whole
-    before anything is written. Returns, and audits as ``clinic.updated``, each
-    setting that really changed with its value before and after (as
-    :func:`describe` shows it); nothing changed records nothing.
-    """
-    unknown = sorted(set(changes) - (set(ClinicSpec.model_fields) - {"name"}))
+    """Apply ``changes`` (:class:`ClinicSpec` field -> new value) to ``clinic`` in the
+    caller's transaction; returns each changed setting's ``before`` and ``after``
+    (empty, and nothing audited, when nothing changes)."""
+    unknown = sorted(set(changes) - set(ClinicSpec.model_fields))
     if unknown:
-        raise InvalidInputError(f"cannot change clinic setting(s): {', '.join(unknown)}")
+        raise InvalidInputError(f"unknown clinic setting: {', '.join(unknown)}")
+    if not changes:
+        raise InvalidInputError("nothing to update: give at least one setting")
     spec = validate_spec(_spec_values(clinic) | dict(changes))
     before = describe(clinic)
-    columns = _columns(spec)
-    for spec_field in changes:
-        for column in _COLUMNS_OF.get(spec_field, (spec_field,)):
-            setattr(clinic, column, columns[column])
+    for column, value in _columns(spec).items():
+        if getattr(clinic, column) != value:
+            setattr(clinic, column, value)
     after = describe(clinic)
     changed = {
         key: {"before": before[key], "after": after[key]}
         for key in after
-        if before[key] != after[key]
+        if after[key] != before[key]
     }
-    if changed:
-        clinic.updated_at = utcnow()
-        session.flush()
-        audit.record(
-            session, "clinic.updated", {"changes": changed}, actor=actor, clinic_id=clinic.id
-        )
+    if not changed:
+        return {}
+    clinic.updated_at = utcnow()
+    _flush_named(session, spec.name)
+    audit.record(
+        session,
+        "clinic.updated",
+        {
+            "clinic": clinic.name,
+            "before": {key: change["before"] for key, change in changed.items()},
+            "after": {key: change["after"] for key, change in changed.items()},
+        },
+        actor=actor,
+        clinic_id=clinic.id,
+    )
     return changed
-
-
-# Spec fields stored in columns of another name.
-_COLUMNS_OF: dict[str, tuple[str, ...]] = {
-    "window": ("window_start", "window_end"),
-    "days": ("weekdays",),
-}
 
 
 def get_clinic(session: Session, name: str) -> Clinic:

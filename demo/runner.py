@@ -33,10 +33,10 @@ from sqlmodel import col, select
 from campaigns import audit, calls, clinics, migrate
 from campaigns.db import make_engine, session_factory
 from campaigns.importer import import_appointments
-from campaigns.masking import mask_name, mask_phone
+from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR
-from demo.daytime import daytime_zone
+from demo.daytime import country_of, daytime_zone, local_number
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
 TRUNK_ID = "ST_demo"
@@ -52,14 +52,17 @@ def _free_port() -> int:
 
 
 def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
-    """The sample file with its appointments moved to tomorrow, patients living in ``zone``."""
+    """The sample file with its appointments moved to tomorrow, patients living in ``zone``
+    (numbers there, ending as in the sample: the simulator's behaviour)."""
     tomorrow = (now.astimezone(ZoneInfo(zone)) + timedelta(days=1)).date().isoformat()
     reader = csv.DictReader(io.StringIO(sample.read_text(encoding="utf-8")))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(reader.fieldnames or []))
     writer.writeheader()
     for row in reader:
-        writer.writerow(row | {"Date": tomorrow, "Timezone": zone})
+        last_four = "".join(ch for ch in row["Phone"] if ch.isdigit())[-4:]
+        phone = local_number(zone, last_four)
+        writer.writerow(row | {"Date": tomorrow, "Timezone": zone, "Phone": phone})
     return out.getvalue().encode()
 
 
@@ -150,6 +153,7 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             {
                 "name": CLINIC,
                 "timezone": zone,
+                "country": country_of(zone),
                 "window": "09:00-19:00",
                 "days": "mon,tue,wed,thu,fri,sat,sun",
                 "trunk_id": TRUNK_ID,
@@ -252,12 +256,12 @@ def _summary(console: Console, session: Session) -> None:
             .all()
         )
         table.add_row(
-            appointment.external_id,
-            mask_name(appointment.patient_name),
+            inert(appointment.external_id),
+            inert(mask_name(appointment.patient_name)),
             mask_phone(appointment.phone_e164),
             str(len(attempts)),
-            ", ".join(a.outcome or a.state for a in attempts),
-            appointment.status,
+            inert(", ".join(a.outcome or a.state for a in attempts)),
+            inert(appointment.status),
         )
     console.print(table)
     counts = calls.status_counts(session)

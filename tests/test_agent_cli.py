@@ -55,7 +55,9 @@ def test_clinic_update_changes_settings_and_audits_before_and_after(app_env: str
         [payload] = session.execute(
             select(AuditEvent.payload).where(col(AuditEvent.kind) == "clinic.updated")
         ).scalars()
-    assert json.loads(payload)["changes"] == changed
+    recorded = json.loads(payload)
+    assert recorded["before"] == {key: change["before"] for key, change in changed.items()}
+    assert recorded["after"] == {key: change["after"] for key, change in changed.items()}
     assert cli_json("audit", "verify")["ok"] is True
 
 
@@ -66,7 +68,7 @@ def test_clinic_update_changes_settings_and_audits_before_and_after(app_env: str
         (["--window", "19:00-09:00"], "window"),
         (["--transfer-number", "12"], "transfer_number"),
         (["--caller-id", "not a number"], "caller_id"),
-        ([], "nothing to change"),
+        ([], "nothing to update"),
     ],
 )
 def test_a_bad_clinic_update_is_one_line_and_changes_nothing(
