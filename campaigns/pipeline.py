@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,11 +31,20 @@ from campaigns.telephony import CallResult, Telephony
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Runner = Callable[[Awaitable[T]], T]
 Clock = Callable[[], datetime]
+
+
+class Runner(Protocol):
+    """Runs a coroutine to completion from a worker thread; past ``timeout``
+    seconds the coroutine is cancelled and :class:`TimeoutError` raised."""
+
+    def __call__(self, coroutine: Awaitable[T], timeout: float | None = None) -> T: ...
+
 
 # How soon a call that found its trunk full is due again.
 PACING_RETRY_DELAY = timedelta(seconds=1)
+# Seconds a room request (hang-up, who is in it) may take.
+ROOM_REQUEST_TIME_LIMIT = 15.0
 
 
 def utc_clock() -> datetime:
@@ -50,9 +59,10 @@ class Pipeline:
     settings: Settings
     pacer: Pacer
     telephony: Telephony | None = None
-    run: Runner[Any] | None = None
+    run: Runner | None = None
     clock: Clock = utc_clock
     rng: random.Random | None = None
+    worker_id: str | None = None  # recorded on every attempt this process takes
 
     def transaction(self) -> AbstractContextManager[Session]:
         return session_scope(self.sessions)
@@ -79,7 +89,14 @@ class Pipeline:
             seconds=s.ringing_timeout_seconds + s.max_call_duration_seconds + s.dial_grace_seconds
         )
 
-    def _telephony(self) -> tuple[Telephony, Runner[Any]]:
+    @property
+    def dial_time_limit(self) -> float:
+        """Seconds a dial may take before the worker gives up on it (ambiguous: failed):
+        within the ringing timeout and half the grace reconciliation waits for."""
+        s = self.settings
+        return s.ringing_timeout_seconds + s.dial_grace_seconds / 2
+
+    def _telephony(self) -> tuple[Telephony, Runner]:
         if self.telephony is None or self.run is None:
             raise RuntimeError("this pipeline has no telephony")
         return self.telephony, self.run
@@ -124,6 +141,8 @@ class Pipeline:
         """Dial one queued attempt at most once. Returns what happened, for logs and tests."""
         telephony, run = self._telephony()
         with self.transaction() as session:
+            if self.worker_id is not None:
+                calls.take_attempt(session, attempt_id, self.worker_id)
             target = calls.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
         if target is None:
             return "not-queued"
@@ -156,7 +175,22 @@ class Pipeline:
                 return "not-dialed"
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
             try:
-                result: CallResult = run(telephony.place_call(request))
+                result: CallResult = run(
+                    telephony.place_call(request), timeout=self.dial_time_limit
+                )
+            except TimeoutError:
+                # The call may be ringing: record an ambiguous failure, hang up, never re-dial.
+                log.error(
+                    "attempt %s: dial still running after %ss", attempt_id, self.dial_time_limit
+                )
+                result = CallResult(
+                    answered=False,
+                    outcome=Outcome.FAILED,
+                    error=f"no result from LiveKit within {self.dial_time_limit:g}s; "
+                    "the call may have been placed",
+                    ambiguous=True,
+                )
+                self._hang_up(request.room_name)
             except Exception as exc:
                 # The request may have reached LiveKit: record an ambiguous failure, never re-dial.
                 log.exception("attempt %s: dial raised", attempt_id)
@@ -176,6 +210,13 @@ class Pipeline:
         finally:
             if release and target.trunk_id is not None:
                 self.pacer.release(target.trunk_id, attempt_id)
+
+    def _hang_up(self, room_name: str) -> None:
+        telephony, run = self._telephony()
+        try:
+            run(telephony.hang_up(room_name), timeout=ROOM_REQUEST_TIME_LIMIT)
+        except Exception as exc:
+            log.warning("could not hang up room %s: %s", room_name, exc)
 
     # ------------------------------------------------------------------ agent reports
 
@@ -211,13 +252,17 @@ class Pipeline:
                 answered_timeout=timedelta(
                     seconds=s.max_call_duration_seconds + s.report_grace_seconds
                 ),
+                worker_lost=timedelta(seconds=s.worker_lost_seconds),
             )
         settled: dict[str, int] = {}
         for attempt in stale:
             participants: list[str] | None = None
             if attempt.room_name and self.telephony is not None and self.run is not None:
                 try:
-                    participants = self.run(self.telephony.room_participants(attempt.room_name))
+                    participants = self.run(
+                        self.telephony.room_participants(attempt.room_name),
+                        timeout=ROOM_REQUEST_TIME_LIMIT,
+                    )
                 except Exception:
                     log.warning("attempt %s: room not inspectable, retry later", attempt.attempt_id)
             with self.transaction() as session:
