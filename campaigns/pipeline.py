@@ -174,12 +174,14 @@ class Pipeline:
             if request is None:
                 return "not-dialed"
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
+            abandoned = False
             try:
                 result: CallResult = run(
                     telephony.place_call(request), timeout=self.dial_time_limit
                 )
             except TimeoutError:
                 # The call may be ringing: record an ambiguous failure, hang up, never re-dial.
+                abandoned = True
                 log.error(
                     "attempt %s: dial still running after %ss", attempt_id, self.dial_time_limit
                 )
@@ -190,7 +192,6 @@ class Pipeline:
                     "the call may have been placed",
                     ambiguous=True,
                 )
-                self._hang_up(request.room_name)
             except Exception as exc:
                 # The request may have reached LiveKit: record an ambiguous failure, never re-dial.
                 log.exception("attempt %s: dial raised", attempt_id)
@@ -206,6 +207,8 @@ class Pipeline:
                 )
             release = finished.release_slot
             log.info("attempt %s: %s %s", attempt_id, finished.state, finished.outcome or "")
+            if abandoned:
+                self._hang_up(request.room_name)
             return finished.state
         finally:
             if release and target.trunk_id is not None:
