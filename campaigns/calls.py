@@ -663,16 +663,22 @@ def finish_dial(
             **base,
         )
         return FinishedDial(attempt.state, None, release_slot=False)
-    if result.config_error:
-        # Nothing was dialed: the attempt goes back, the clinic stops until fixed.
+    if result.config_error or result.missed_start:
+        # Nothing was dialed: the attempt goes back; on a configuration error the
+        # clinic stops until fixed.
         attempt.state = AttemptState.SCHEDULED
         attempt.dialing_at = None
         attempt.error = result.error
-        pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        if result.config_error:
+            why = "configuration error"
+            pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        else:
+            why = "trunk at its limit"
+            attempt.due_at = now
         audit.record(
             session,
             "attempt.requeued",
-            {"why": "configuration error", "error": result.error},
+            {"why": why, "error": result.error},
             actor=WORKER,
             at=now,
             **base,

@@ -5,13 +5,21 @@ calls at once. Every worker process (on every host) asks the same :class:`Pacer`
 before dialing:
 
     slot = pacer.acquire(trunk_id, attempt_id, cps=..., max_concurrent=...,
-                         lease=max_call + ringing + margin, max_wait=timedelta(seconds=5))
+                         lease=max_call + ringing + margin, max_wait=timedelta(seconds=5),
+                         lead=timedelta(seconds=1))
     if slot is None:
         ...  # put the attempt back in the database queue; nothing was reserved
     try:
-        ...  # dial now: acquire() has already slept until slot.start
+        ...  # prepare the call: acquire() has slept until ``lead`` before slot.start
+        if await wait_for_start(slot):
+            ...  # send the dial now
+        else:
+            ...  # too late for this start: dial nothing, queue the attempt again
     finally:
         pacer.release(trunk_id, attempt_id)
+
+The limit holds where the callee is, so the dial itself is paced: the work
+before it (database, agent dispatch) takes a varying time and fits in ``lead``.
 
 Rate: virtual scheduling (GCRA without burst). Each grant reserves
 ``start = max(now, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a
@@ -39,11 +47,11 @@ never the worker's; :class:`LocalPacer` keeps it in memory for the embedded mode
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -74,6 +82,10 @@ class Slot:
     attempt_id: int
     start: datetime
     lease_expires: datetime
+    # ``start`` and the last instant it may still be used, on this process's
+    # ``time.monotonic()`` clock (see :func:`wait_for_start`).
+    due: float = field(default=0.0, compare=False)
+    latest: float = field(default=math.inf, compare=False)
 
 
 class Pacer(Protocol):
@@ -86,10 +98,12 @@ class Pacer(Protocol):
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
         """Wait (sleeping) at most ``max_wait`` for a concurrency slot and a start
-        time within the rate, then until that start time. ``None``: nothing was
-        reserved; requeue the call."""
+        time within the rate at least ``lead`` ahead, then until ``lead`` before
+        that start (time to prepare the call; :func:`wait_for_start` waits out
+        the rest). ``None``: nothing was reserved; requeue the call."""
         ...
 
     def release(self, trunk_id: str, attempt_id: int) -> None:
@@ -115,13 +129,15 @@ def _check_headroom(headroom: float) -> float:
     return headroom
 
 
-def _check(max_concurrent: int, lease: timedelta, max_wait: timedelta) -> None:
+def _check(max_concurrent: int, lease: timedelta, max_wait: timedelta, lead: timedelta) -> None:
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, got {lease}")
     if max_wait < timedelta(0):
         raise ValueError(f"max_wait must not be negative, got {max_wait}")
+    if lead < timedelta(0):
+        raise ValueError(f"lead must not be negative, got {lead}")
 
 
 def _us(delta: timedelta) -> int:
@@ -137,19 +153,25 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
-def _lateness_check(headroom: float) -> Callable[[float], bool]:
-    """Whether a caller woke too late (``monotonic() - wake``) to use its start.
+def _tolerance(headroom: float) -> float:
+    """Seconds a caller may start after its granted start.
 
     Starts are ``headroom`` seconds per second further apart than the limit needs,
     so real starts stay within it while each one lags its granted start by less
-    than that. A caller that overslept by more than half of it (a busy CPU, a
-    stalled process) gives its start up and asks again for a later one, rather
-    than crowd the calls granted after it.
+    than that. A caller later than half of it (a busy CPU, a stalled process)
+    gives its start up and asks again for a later one, rather than crowd the
+    calls granted after it; the other half is left for the way from the caller
+    to the callee's side.
     """
-    if headroom == 0:
-        return lambda wake: False
-    tolerance = headroom / 2
-    return lambda wake: time.monotonic() - wake > tolerance
+    return math.inf if headroom == 0 else headroom / 2
+
+
+async def wait_for_start(slot: Slot) -> bool:
+    """Sleep on the running event loop until the slot's start; False when it is
+    too late to use it (give the start up: nothing may be started on it)."""
+    while (left := slot.due - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+    return time.monotonic() <= slot.latest
 
 
 # Numbers cross into Redis as strings made with %.0f: Lua's own tostring keeps
@@ -161,6 +183,7 @@ local interval = tonumber(ARGV[2])
 local max_concurrent = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local max_wait = tonumber(ARGV[5])
+local lead = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%.0f', x) end
@@ -184,8 +207,8 @@ if redis.call('ZCARD', slots_key) >= max_concurrent then
   return {0, fmt(now), 'concurrency', first[2]}
 end
 
-local start = math.max(now, tonumber(redis.call('GET', next_key) or '0'))
-if start - now > max_wait then
+local start = math.max(now + lead, tonumber(redis.call('GET', next_key) or '0'))
+if start - now - lead > max_wait then
   return {0, fmt(now), 'rate', fmt(start)}
 end
 
@@ -233,7 +256,7 @@ class RedisPacer:
     ) -> None:
         self._client = client
         self._headroom = _check_headroom(headroom)
-        self._too_late = _lateness_check(headroom)
+        self._tolerance = _tolerance(headroom)
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -252,14 +275,15 @@ class RedisPacer:
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
-        _check(max_concurrent, lease, max_wait)
+        _check(max_concurrent, lease, max_wait, lead)
         step = interval_us(cps, self._headroom)
         keys = self._keys(trunk_id)
         deadline = time.monotonic() + max_wait.total_seconds()
         while True:
             wait_us = max(0, math.floor((deadline - time.monotonic()) * _US))
-            args = [attempt_id, step, max_concurrent, _us(lease), wait_us]
+            args = [attempt_id, step, max_concurrent, _us(lease), wait_us, _us(lead)]
             reply: list[Any] = self._acquire(keys=keys, args=args)
             received = time.monotonic()
             granted, now = int(reply[0]), int(reply[1])
@@ -267,10 +291,18 @@ class RedisPacer:
                 start, expires = int(reply[2]), int(reply[3])
                 # Sleep by the server's clock, counted from the reply's arrival
                 # (after the server read ``now``): a call never starts early.
-                wake = received + (start - now) / _US
+                due = received + (start - now) / _US
+                wake = due - lead.total_seconds()
                 _sleep_until(wake)
-                if granted == 2 or not self._too_late(wake):
-                    return Slot(trunk_id, attempt_id, _utc(start), _utc(expires))
+                if granted == 2 or time.monotonic() - wake <= self._tolerance:
+                    return Slot(
+                        trunk_id,
+                        attempt_id,
+                        _utc(start),
+                        _utc(expires),
+                        due=due,
+                        latest=due + self._tolerance,
+                    )
                 self.release(trunk_id, attempt_id)
                 continue
             if reply[2] in (b"rate", "rate"):
@@ -312,14 +344,22 @@ class LocalPacer:
 
     def __init__(self, *, headroom: float = DEFAULT_HEADROOM) -> None:
         self._headroom = _check_headroom(headroom)
-        self._too_late = _lateness_check(headroom)
+        self._tolerance = _tolerance(headroom)
         self._cond = threading.Condition()
         self._trunks: dict[str, _Trunk] = {}
         self._wall_offset_us = time.time_ns() // 1000 - time.monotonic_ns() // 1000
 
     def _slot(self, trunk_id: str, attempt_id: int, start: int, expires: int) -> Slot:
         offset = self._wall_offset_us
-        return Slot(trunk_id, attempt_id, _utc(start + offset), _utc(expires + offset))
+        due = start / _US
+        return Slot(
+            trunk_id,
+            attempt_id,
+            _utc(start + offset),
+            _utc(expires + offset),
+            due=due,
+            latest=due + self._tolerance,
+        )
 
     def acquire(
         self,
@@ -330,8 +370,9 @@ class LocalPacer:
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
-        _check(max_concurrent, lease, max_wait)
+        _check(max_concurrent, lease, max_wait, lead)
         step = interval_us(cps, self._headroom)
         deadline = time.monotonic_ns() // 1000 + _us(max_wait)
         while True:
@@ -341,14 +382,15 @@ class LocalPacer:
                 step=step,
                 max_concurrent=max_concurrent,
                 lease=lease,
+                lead=_us(lead),
                 deadline=deadline,
             )
             if reserved is None:
                 return None
             start, expires, fresh = reserved
-            wake = start / _US
+            wake = (start - _us(lead)) / _US
             _sleep_until(wake)
-            if not fresh or not self._too_late(wake):
+            if not fresh or time.monotonic() - wake <= self._tolerance:
                 return self._slot(trunk_id, attempt_id, start, expires)
             self.release(trunk_id, attempt_id)
 
@@ -360,6 +402,7 @@ class LocalPacer:
         step: int,
         max_concurrent: int,
         lease: timedelta,
+        lead: int,
         deadline: int,
     ) -> tuple[int, int, bool] | None:
         """(start, lease expiry, newly taken) in monotonic µs, or None by the deadline."""
@@ -374,8 +417,8 @@ class LocalPacer:
                     trunk.slots[attempt_id] = (start, expires)
                     return start, expires, False
                 if len(trunk.slots) < max_concurrent:
-                    start = max(now, trunk.next_start)
-                    if start > deadline:
+                    start = max(now + lead, trunk.next_start)
+                    if start - lead > deadline:
                         return None
                     trunk.next_start = start + step
                     expires = start + _us(lease)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +25,7 @@ from campaigns.db import session_scope
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
 from campaigns.outcomes import Outcome
-from campaigns.pacing import Pacer
+from campaigns.pacing import Pacer, wait_for_start
 from campaigns.settings import Settings
 from campaigns.telephony import CallResult, Telephony
 
@@ -43,6 +44,9 @@ class Runner(Protocol):
 
 # How soon a call that found its trunk full is due again.
 PACING_RETRY_DELAY = timedelta(seconds=1)
+# A trunk's start is granted this long ahead: time for the dialing state's commit
+# and the agent's dispatch, so the dial itself leaves on time (see campaigns.pacing).
+PACING_LEAD = timedelta(seconds=1)
 # Seconds a room request (hang-up, who is in it) may take.
 ROOM_REQUEST_TIME_LIMIT = 15.0
 
@@ -155,6 +159,7 @@ class Pipeline:
                 max_concurrent=target.max_concurrent,
                 lease=self.slot_lease,
                 max_wait=timedelta(seconds=self.settings.pacing_max_wait_seconds),
+                lead=PACING_LEAD,
             )
             if slot is None:
                 with self.transaction() as session:
@@ -176,8 +181,9 @@ class Pipeline:
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
             abandoned = False
             try:
+                paced = None if slot is None else partial(wait_for_start, slot)
                 result: CallResult = run(
-                    telephony.place_call(request), timeout=self.dial_time_limit
+                    telephony.place_call(request, paced), timeout=self.dial_time_limit
                 )
             except TimeoutError:
                 # The call may be ringing: record an ambiguous failure, hang up, never re-dial.
