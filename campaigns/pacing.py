@@ -28,7 +28,7 @@ least ``1/cps`` apart: no window of W seconds holds more than ``ceil(cps * W)``
 starts, i.e. never more than ``cps`` in any second for a whole-number ``cps``.
 A grant whose start is further away than ``max_wait`` is refused without
 reserving anything. A caller that wakes from its wait too late to use its start
-(more than half the headroom late: a stalled process) gives that start up and
+(more than a fifth of the headroom late: a stalled process) gives that start up and
 takes a later one, so real dial times keep within the limit as well.
 
 Concurrency: the attempts holding a slot, each with a lease expiry. An expired
@@ -60,12 +60,15 @@ from typing import Any, Protocol
 import redis
 
 _US = 1_000_000
-# Granted starts are spaced 4% wider than 1/cps. The call really starts when the
-# worker wakes from its sleep, a little late by a varying amount (timer slack, GIL,
-# a busy CPU); exact spacing would then put cps + 1 real starts in some second.
-# 4% absorbs up to 40 ms of such jitter within any one-second window (measured:
-# p99 4 ms, max 22 ms on a loaded 2-core machine) and still runs at 96% of the limit.
-DEFAULT_HEADROOM = 0.04
+# Granted starts are spaced 15% wider than 1/cps. A dial reaches the callee's side
+# a little after its granted start, late by a varying amount (timer slack, GIL, a
+# busy CPU, the HTTP request's way to LiveKit); exact spacing would then put
+# cps + 1 arrivals in some second. 15% absorbs up to 150 ms of such spread within
+# any one-second window, a fifth of it at the sender (see _tolerance), and still
+# runs at 87% of the limit. Measured with bench/pacing_bench.py at the simulator,
+# two worker processes on a loaded 2-core machine: at 20 cps dials were sent at
+# most 29 ms after their start and received at most 136 ms after it (p99 72 ms).
+DEFAULT_HEADROOM = 0.15
 # How long a refused caller sleeps before asking again while every slot is taken.
 _POLL_SECONDS = 0.05
 
@@ -158,12 +161,12 @@ def _tolerance(headroom: float) -> float:
 
     Starts are ``headroom`` seconds per second further apart than the limit needs,
     so real starts stay within it while each one lags its granted start by less
-    than that. A caller later than half of it (a busy CPU, a stalled process)
-    gives its start up and asks again for a later one, rather than crowd the
-    calls granted after it; the other half is left for the way from the caller
-    to the callee's side.
+    than that. A caller later than a fifth of it (a busy CPU, a stalled
+    process) gives its start up and asks again for a later one, rather than crowd
+    the calls granted after it; the rest is left for the way from the caller to
+    the callee's side.
     """
-    return math.inf if headroom == 0 else headroom / 2
+    return math.inf if headroom == 0 else headroom / 5
 
 
 async def wait_for_start(slot: Slot) -> bool:
@@ -284,24 +287,29 @@ class RedisPacer:
         while True:
             wait_us = max(0, math.floor((deadline - time.monotonic()) * _US))
             args = [attempt_id, step, max_concurrent, _us(lease), wait_us, _us(lead)]
+            asked = time.monotonic()
             reply: list[Any] = self._acquire(keys=keys, args=args)
             received = time.monotonic()
             granted, now = int(reply[0]), int(reply[1])
             if granted:
                 start, expires = int(reply[2]), int(reply[3])
-                # Sleep by the server's clock, counted from the reply's arrival
-                # (after the server read ``now``): a call never starts early.
-                due = received + (start - now) / _US
+                # The server read ``now`` between ``asked`` and ``received``. Sleep
+                # counted from the reply's arrival: a call never starts early. Judge
+                # lateness counted from the question: a slow reply (a busy process)
+                # cannot hide how late the call really is.
+                ahead = (start - now) / _US
+                due = received + ahead
+                latest = asked + ahead + self._tolerance
                 wake = due - lead.total_seconds()
                 _sleep_until(wake)
-                if granted == 2 or time.monotonic() - wake <= self._tolerance:
+                if granted == 2 or time.monotonic() - lead.total_seconds() <= latest:
                     return Slot(
                         trunk_id,
                         attempt_id,
                         _utc(start),
                         _utc(expires),
                         due=due,
-                        latest=due + self._tolerance,
+                        latest=latest,
                     )
                 self.release(trunk_id, attempt_id)
                 continue

@@ -105,7 +105,7 @@ def test_interval_rounds_up() -> None:
     assert interval_us(20, headroom=0) == 50_000
     assert interval_us(0.5, headroom=0) == 2_000_000
     assert interval_us(3, headroom=0) == 333_334  # four starts never fit in a second
-    assert interval_us(20) == 52_000  # default 4% headroom for wake-up jitter
+    assert interval_us(20) == 57_500  # default 15% headroom for the way to the callee
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="cps"):
             interval_us(bad)
