@@ -606,6 +606,30 @@ def test_a_configuration_error_requeues_the_attempt_and_pauses_the_clinic(
     assert "unknown trunk ST_lakeside" in (clinic.paused_reason or "")
 
 
+def test_a_missed_pacing_start_requeues_the_attempt_undialed(session: Session) -> None:
+    clinic = _clinic(session)
+    appointment = _appointment(session, clinic)
+    attempt, _ = _dialing(session, clinic, appointment)
+    assert attempt.id is not None
+    late = CallResult(answered=False, outcome=None, missed_start=True, error="start passed")
+    at = NOW + timedelta(seconds=2)
+
+    finished = calls.finish_dial(session, attempt.id, late, at, jitter=MID_JITTER)
+    _commit(session)
+
+    assert finished.state == AttemptState.SCHEDULED and finished.release_slot
+    (only,) = _attempts(session, appointment)
+    assert (only.state, only.dialing_at, only.outcome, only.due_at) == (
+        AttemptState.SCHEDULED,
+        None,
+        None,
+        at,
+    )
+    session.refresh(clinic)
+    assert clinic.paused_reason is None
+    assert calls.claim_due_attempts(session, at, limit=10).queued == [attempt.id]
+
+
 def test_an_answered_dial_waits_for_the_agent(session: Session) -> None:
     clinic = _clinic(session)
     appointment = _appointment(session, clinic)
