@@ -75,7 +75,7 @@ class Heartbeat:
             calls.heartbeat(session, WORKER_ID, utc_clock())
 
     def start(self) -> None:
-        self.beat()
+        self._beat_or_warn()
         self._thread.start()
 
     def stop(self) -> None:
@@ -83,15 +83,21 @@ class Heartbeat:
             return
         self._stop.set()
         self._thread.join(timeout=5)
-        with session_scope(session_factory(get_engine())) as session:
-            calls.forget_worker(session, WORKER_ID)
+        try:
+            with session_scope(session_factory(get_engine())) as session:
+                calls.forget_worker(session, WORKER_ID)
+        except Exception as exc:  # its row then simply ages out
+            log.warning("could not remove the heartbeat: %s", exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self._every):
-            try:
-                self.beat()
-            except Exception as exc:  # the database may be back at the next beat
-                log.warning("heartbeat failed: %s", exc)
+            self._beat_or_warn()
+
+    def _beat_or_warn(self) -> None:
+        try:
+            self.beat()
+        except Exception as exc:  # the database may be back at the next beat
+            log.warning("heartbeat failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 class SoleWorkerError(CampaignError):
