@@ -22,7 +22,7 @@ The limit holds where the callee is, so the dial itself is paced: the work
 before it (database, agent dispatch) takes a varying time and fits in ``lead``.
 
 Rate: virtual scheduling (GCRA without burst). Each grant reserves
-``start = max(now, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a
+``start = max(now + lead, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a
 small ``headroom``, see :data:`DEFAULT_HEADROOM`), so granted start times are at
 least ``1/cps`` apart: no window of W seconds holds more than ``ceil(cps * W)``
 starts, i.e. never more than ``cps`` in any second for a whole-number ``cps``.
