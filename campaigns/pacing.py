@@ -26,7 +26,7 @@ Rate: virtual scheduling (GCRA without burst). Each grant reserves
 small ``headroom``, see :data:`DEFAULT_HEADROOM`), so granted start times are at
 least ``1/cps`` apart: no window of W seconds holds more than ``ceil(cps * W)``
 starts, i.e. never more than ``cps`` in any second for a whole-number ``cps``.
-A grant whose start is further away than ``max_wait`` is refused without
+A grant whose start is further away than ``lead + max_wait`` is refused without
 reserving anything. A caller that wakes from its wait too late to use its start
 (more than a fifth of the headroom late: a stalled process) gives that start up and
 takes a later one, so real dial times keep within the limit as well.
