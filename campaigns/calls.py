@@ -22,7 +22,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -41,6 +41,7 @@ from campaigns.models import (
     DailyRun,
     DncSource,
     Trunk,
+    WorkerHeartbeat,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
 from campaigns.policy import Decision
@@ -393,7 +394,7 @@ def claim_due_attempts(
         session.execute(
             update(CallAttempt)
             .where(one_of(session, col(CallAttempt.id), queued))
-            .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now)
+            .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now, worker_id=None)
             .execution_options(synchronize_session=False)
         )
     if updates:
@@ -441,6 +442,15 @@ def dial_target(session: Session, attempt_id: int, default_trunk: str | None) ->
         trunk_id=trunk_id,
         calls_per_second=limits.calls_per_second if limits else DEFAULT_CPS,
         max_concurrent=limits.max_concurrent if limits else DEFAULT_MAX_CONCURRENT,
+    )
+
+
+def take_attempt(session: Session, attempt_id: int, worker_id: str) -> None:
+    """Mark a queued attempt as the worker's, so reconciliation notices if that worker dies."""
+    session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
+        .values(worker_id=worker_id)
     )
 
 
@@ -697,16 +707,22 @@ def finish_dial(
             **base,
         )
         return FinishedDial(attempt.state, None, release_slot=False)
-    if result.config_error:
-        # Nothing was dialed: the attempt goes back, the clinic stops until fixed.
+    if result.config_error or result.missed_start:
+        # Nothing was dialed: the attempt goes back; on a configuration error the
+        # clinic stops until fixed.
         attempt.state = AttemptState.SCHEDULED
         attempt.dialing_at = None
         attempt.error = result.error
-        pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        if result.config_error:
+            why = "configuration error"
+            pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        else:
+            why = "trunk at its limit"
+            attempt.due_at = now
         audit.record(
             session,
             "attempt.requeued",
-            {"why": "configuration error", "error": result.error},
+            {"why": why, "error": result.error},
             actor=WORKER,
             at=now,
             **base,
@@ -1132,24 +1148,36 @@ def stale_attempts(
     queued_timeout: timedelta,
     dialing_timeout: timedelta,
     answered_timeout: timedelta,
+    worker_lost: timedelta | None = None,
 ) -> list[StaleAttempt]:
-    """Attempts past the deadline of their state: lost tasks, killed workers, silent agents."""
-    rows = session.execute(
-        select(CallAttempt).where(
-            (
-                (col(CallAttempt.state) == AttemptState.QUEUED)
-                & (col(CallAttempt.queued_at) < now - queued_timeout)
+    """Attempts past the deadline of their state: lost tasks, killed workers, silent agents.
+
+    With ``worker_lost``, a queued or dialing attempt whose worker has not beaten
+    its heartbeat for that long is stale at once, whatever its own deadline.
+    """
+    overdue = [
+        (col(CallAttempt.state) == AttemptState.QUEUED)
+        & (col(CallAttempt.queued_at) < now - queued_timeout),
+        (col(CallAttempt.state) == AttemptState.DIALING)
+        & (col(CallAttempt.dialing_at) < now - dialing_timeout),
+        (col(CallAttempt.state) == AttemptState.ANSWERED)
+        & (col(CallAttempt.answered_at) < now - answered_timeout),
+    ]
+    if worker_lost is not None:
+        alive = (
+            select(WorkerHeartbeat.worker_id)
+            .where(
+                col(WorkerHeartbeat.worker_id) == col(CallAttempt.worker_id),
+                col(WorkerHeartbeat.seen_at) >= now - worker_lost,
             )
-            | (
-                (col(CallAttempt.state) == AttemptState.DIALING)
-                & (col(CallAttempt.dialing_at) < now - dialing_timeout)
-            )
-            | (
-                (col(CallAttempt.state) == AttemptState.ANSWERED)
-                & (col(CallAttempt.answered_at) < now - answered_timeout)
-            )
+            .exists()
         )
-    ).scalars()
+        overdue.append(
+            col(CallAttempt.state).in_((AttemptState.QUEUED, AttemptState.DIALING))
+            & col(CallAttempt.worker_id).is_not(None)
+            & ~alive
+        )
+    rows = session.execute(select(CallAttempt).where(or_(*overdue))).scalars()
     return [
         StaleAttempt(a.id or 0, a.state, a.room_name, a.participant_identity, a.trunk_id)
         for a in rows
@@ -1195,6 +1223,7 @@ def reconcile_attempt(
     if attempt.state == AttemptState.QUEUED:
         # Never dialed (dialing is a committed state before any dial): safe to queue again.
         attempt.due_at = now
+        attempt.worker_id = None
         return move(AttemptState.SCHEDULED, "rescheduled")
     if room_participants is None:
         return None
@@ -1221,6 +1250,33 @@ def reconcile_attempt(
         ambiguous=True,
     )
     return "failed"
+
+
+# --------------------------------------------------------------------------- worker heartbeats
+
+# A heartbeat row this old belongs to a worker long gone and owning nothing in flight.
+_FORGET_WORKERS_AFTER = timedelta(days=1)
+
+
+def heartbeat(session: Session, worker_id: str, now: datetime) -> None:
+    """Record that the worker is alive now."""
+    beaten = session.execute(
+        update(WorkerHeartbeat)
+        .where(col(WorkerHeartbeat.worker_id) == worker_id)
+        .values(seen_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if not beaten:
+        session.execute(
+            delete(WorkerHeartbeat).where(
+                col(WorkerHeartbeat.seen_at) < now - _FORGET_WORKERS_AFTER
+            )
+        )
+        session.add(WorkerHeartbeat(worker_id=worker_id, started_at=now, seen_at=now))
+
+
+def forget_worker(session: Session, worker_id: str) -> None:
+    """A worker's clean exit: it has finished its calls, nothing of it is in flight."""
+    session.execute(delete(WorkerHeartbeat).where(col(WorkerHeartbeat.worker_id) == worker_id))
 
 
 # --------------------------------------------------------------------------- status

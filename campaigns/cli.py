@@ -719,8 +719,14 @@ def worker(
     """Start a Celery worker that places calls."""
     _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
+    from workers.runtime import SoleWorkerError, claim_sole_worker
 
     settings = get_settings()
+    try:
+        claim_sole_worker(settings)
+    except SoleWorkerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     celery_app.worker_main(
         [
             "worker",

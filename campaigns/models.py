@@ -176,6 +176,20 @@ class CallAttempt(SQLModel, table=True):
     answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    worker_id: str | None = Field(
+        default=None, max_length=64, description="the worker process that took it from the queue"
+    )
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A worker process and when it last proved alive; the attempts of a silent
+    one are orphans for reconciliation."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker_id: str = Field(primary_key=True, max_length=64)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    seen_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class DailyRun(SQLModel, table=True):

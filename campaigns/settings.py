@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for pacing shared by all workers; in-process pacing when unset.",
+        description="Redis for pacing shared by all workers; unset: the broker when it is "
+        "Redis, else in-process pacing and a single worker process.",
     )
     report_secret: SecretStr = Field(
         default=SecretStr("change-me-report-secret"),
@@ -86,11 +87,19 @@ class Settings(BaseSettings):
     max_call_duration_seconds: int = Field(default=300, ge=30)
     tick_seconds: float = Field(default=5.0, gt=0, description="How often beat claims due calls.")
     tick_batch: int = Field(default=1000, ge=1, description="Attempts claimed per tick at most.")
-    reconcile_seconds: float = Field(default=30.0, gt=0)
+    reconcile_seconds: float = Field(
+        default=10.0, gt=0, description="How often stuck and orphaned attempts are settled."
+    )
     queued_timeout_seconds: int = Field(
-        default=300,
+        default=30,
         ge=10,
         description="A queued attempt no worker took is queued again after this.",
+    )
+    worker_lost_seconds: float = Field(
+        default=20.0,
+        ge=2,
+        description="A worker silent this long is presumed dead and its calls reconciled; "
+        "each worker beats four times as often.",
     )
     dial_grace_seconds: float = Field(
         default=90.0,
@@ -106,6 +115,15 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="A call waiting longer for its trunk goes back to the queue."
     )
     worker_concurrency: int = Field(default=200, ge=1, description="Calls in flight per worker.")
+
+    @property
+    def pacing_redis_url(self) -> str | None:
+        """The Redis that paces every worker's calls; None: in-process pacing."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
 
 @lru_cache(maxsize=1)

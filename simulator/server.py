@@ -384,13 +384,18 @@ class Simulator:
 
     # -- calls --
 
-    def start_call(self, req: pb_sip.CreateSIPParticipantRequest, request_id: str) -> Call:
+    def start_call(
+        self,
+        req: pb_sip.CreateSIPParticipantRequest,
+        request_id: str,
+        received_at: float | None = None,
+    ) -> Call:
         trunk_id = req.sip_trunk_id
         sip_number = req.sip_number
         if trunk_id:
             trunk = self.trunks.get(trunk_id)
             if trunk is None:
-                self._log_dial(req, request_id, "unknown_trunk", sip_number, "failed")
+                self._log_dial(req, request_id, "unknown_trunk", sip_number, "failed", received_at)
                 raise TwirpError(404, "not_found", "requested sip trunk does not exist")
             if not sip_number and trunk.numbers:
                 sip_number = trunk.numbers[0]
@@ -416,7 +421,9 @@ class Simulator:
             else 0.0
         )
         identity = req.participant_identity or f"sip_{req.sip_call_to}"
-        record = self._log_dial(req, request_id, result_string(behaviour), sip_number, None)
+        record = self._log_dial(
+            req, request_id, result_string(behaviour), sip_number, None, received_at
+        )
         record["participant_identity"] = identity
         call = Call(
             record=record,
@@ -458,9 +465,13 @@ class Simulator:
         result: str,
         sip_number: str,
         end: str | None,
+        received_at: float | None,
     ) -> dict[str, Any]:
+        at = time.time()
         record: dict[str, Any] = {
-            "at": time.time(),
+            "at": at,
+            # when the request reached the server, before any scripted API latency
+            "received_at": received_at or at,
             "request_id": request_id,
             "sip_trunk_id": req.sip_trunk_id,
             "sip_number": sip_number,
@@ -599,9 +610,12 @@ class Simulator:
     # -- endpoint bodies --
 
     async def create_sip_participant(
-        self, req: pb_sip.CreateSIPParticipantRequest, request_id: str
+        self,
+        req: pb_sip.CreateSIPParticipantRequest,
+        request_id: str,
+        received_at: float | None = None,
     ) -> Message:
-        call = self.start_call(req, request_id)
+        call = self.start_call(req, request_id, received_at)
         if not req.wait_until_answered:
             return call.info()
         failure = await asyncio.shield(call.answer)
@@ -773,14 +787,19 @@ SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator", Simulator)
 
 
 async def _execute(
-    sim: Simulator, method: Method, req: Any, request_id: str, as_json: bool
+    sim: Simulator,
+    method: Method,
+    req: Any,
+    request_id: str,
+    as_json: bool,
+    received_at: float | None = None,
 ) -> Reply:
     low, high = sim.scenario.latency["api"]
     if high > 0:
         await asyncio.sleep(sim.config.scaled(random.uniform(low, high)))  # noqa: S311
     try:
         if method.name == "CreateSIPParticipant":
-            result = await sim.create_sip_participant(req, request_id)
+            result = await sim.create_sip_participant(req, request_id, received_at)
         elif method.name == "CreateSIPOutboundTrunk":
             result = sim.create_outbound_trunk(req)
         elif method.name == "ListSIPOutboundTrunk":
@@ -802,6 +821,7 @@ async def _execute(
 
 
 async def twirp_handler(request: web.Request) -> web.StreamResponse:
+    received_at = time.time()
     sim = request.app[SIM_KEY]
     sim.counters["requests"] += 1
     path = f"{request.match_info['service']}/{request.match_info['method']}"
@@ -845,7 +865,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         sim.counters["rejected_5xx"] += 1
         if scenario.fail_503_after_dialing and method.name == "CreateSIPParticipant":
             # The ambiguous case: LiveKit dialled but the caller sees a 5xx.
-            task = sim.spawn(_execute(sim, method, req, request_id, as_json))
+            task = sim.spawn(_execute(sim, method, req, request_id, as_json, received_at))
             if request_id:
                 sim.remember(key, task)
         return error_reply(TwirpError(503, "unavailable", "simulated server error")).response()
@@ -856,7 +876,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         return reply.response()
     # No await between the look-up above and remember(): a concurrent duplicate
     # always finds this task.
-    task = sim.spawn(_execute(sim, method, req, request_id, as_json))
+    task = sim.spawn(_execute(sim, method, req, request_id, as_json, received_at))
     if request_id:
         sim.remember(key, task)
     reply = await asyncio.shield(task)

@@ -199,6 +199,41 @@ def test_failed_call_closes_the_room(sim: SimulatorHandle) -> None:
     assert asyncio.run(go()) == []  # room deleted, the dispatched agent gone with it
 
 
+def test_a_dial_is_held_until_pacing_lets_it_go_or_never_sent(sim: SimulatorHandle) -> None:
+    released_at: list[float] = []
+
+    async def go_ahead_later() -> bool:
+        await asyncio.sleep(0.2)
+        released_at.append(time.time())
+        return True
+
+    async def too_late() -> bool:
+        return False
+
+    async def go() -> tuple[CallResult, CallResult]:
+        async with gateway(sim) as tel:
+            return (
+                await tel.place_call(held, go_ahead_later),
+                await tel.place_call(dropped, too_late),
+            )
+
+    held, dropped = call_request(number("01")), call_request(number("01"))
+    held_result, dropped_result = asyncio.run(go())
+
+    assert held_result.outcome is Outcome.BUSY
+    [dial] = dials(sim, held.room_name)
+    assert dial["received_at"] >= released_at[0]  # the request left only when pacing said so
+    assert dropped_result.missed_start and dropped_result.outcome is None
+    assert not dropped_result.ambiguous
+    assert dials(sim, dropped.room_name) == []  # nothing dialed
+
+    async def room() -> list[str]:
+        async with gateway(sim) as tel:
+            return await tel.room_participants(dropped.room_name)
+
+    assert asyncio.run(room()) == []  # the dispatched agent's room is gone
+
+
 def test_short_ringing_timeout_is_raised_to_fifteen_seconds(sim: SimulatorHandle) -> None:
     req = call_request(number("02"), ringing_timeout=timedelta(seconds=1))
     started = time.monotonic()
