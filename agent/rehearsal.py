@@ -244,7 +244,8 @@ async def rehearse(
     agent = ConfirmationAgent(
         meta, reporter=recorder, call=call, screener=call, amd_timeout=amd_timeout
     )
-    async with AgentSession(llm=model) as session:
+    # Text in, text out: no audio, so no turn-detector model and its background stream.
+    async with AgentSession(llm=model, turn_handling={"turn_detection": "manual"}) as session:
         await session.start(agent)
         await agent.begin()
         for turn in script.turns:
