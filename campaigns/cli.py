@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import audit, calls, clinics, compliance, dnc, migrate
+from campaigns import audit, calls, clinics, dnc, migrate
+from campaigns.compliance import service as compliance
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import inert, mask_phone

@@ -1,4 +1,4 @@
-from campaigns.geography import (
+from campaigns.compliance.geography import (
     US_FALLBACK_ZONES,
     locate,
     state_for_area_code,
