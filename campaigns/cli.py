@@ -293,7 +293,7 @@ def import_file(
     as_json: JsonFlag = False,
 ) -> None:
     """Import appointments; valid rows are committed together, invalid ones reported by line."""
-    from campaigns.importer import import_appointments
+    from campaigns.importing import import_appointments
 
     if not file.is_file():
         raise InvalidInputError(f"{file}: no such file")
