@@ -36,7 +36,7 @@ from sqlmodel import col, select
 
 from campaigns import migrate
 from campaigns.db import make_engine, session_factory
-from campaigns.importer import ImportReport, import_appointments
+from campaigns.importing import ImportReport, import_appointments
 from campaigns.models import Appointment, Clinic
 
 PG_ADMIN_DSN = os.environ.get(

@@ -26,8 +26,11 @@ from sqlalchemy import delete, func, or_, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, compliance, dnc
+from campaigns import audit, dnc
 from campaigns.clinics import parse_lead_days
+from campaigns.compliance import service as compliance
+from campaigns.compliance.policy import Decision
+from campaigns.compliance.state_rules import load_state_rules
 from campaigns.db import one_of
 from campaigns.masking import mask_phone
 from campaigns.models import (
@@ -44,7 +47,6 @@ from campaigns.models import (
     WorkerHeartbeat,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
-from campaigns.policy import Decision
 from campaigns.retry import next_retry_due
 from campaigns.telephony import CallRequest, CallResult
 from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
@@ -122,7 +124,7 @@ def run_daily(
     this run date, gets nothing new (the database's unique index backs this up).
     """
     assert clinic.id is not None
-    rules = compliance.load_state_rules(session)
+    rules = load_state_rules(session)
     created = skipped = considered = 0
     for lead in parse_lead_days(clinic.lead_days):
         start, end = clinic_local_day(clinic, run_date + timedelta(days=lead))

@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import audit, calls, clinics, compliance, dnc, migrate
+from campaigns import audit, calls, clinics, dnc, migrate
+from campaigns.compliance import service as compliance
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import inert, mask_phone
@@ -315,7 +316,7 @@ def import_file(
     as_json: JsonFlag = False,
 ) -> None:
     """Import appointments; valid rows are committed together, invalid ones reported by line."""
-    from campaigns.importer import import_appointments
+    from campaigns.importing import import_appointments
 
     if not file.is_file():
         raise InvalidInputError(f"{file}: no such file")

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import time
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import holidays
 import phonenumbers
@@ -30,6 +29,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
+from campaigns.compliance.geography import zone_named
 from campaigns.db import utcnow
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.models import Clinic
@@ -111,12 +111,9 @@ class ClinicSpec(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, value: str) -> str:
-        if value not in available_timezones():
+        zone = zone_named(value)
+        if zone is None or zone.key != value:
             raise ValueError(f"unknown IANA timezone {value!r} (e.g. America/New_York)")
-        try:
-            ZoneInfo(value)
-        except ZoneInfoNotFoundError as exc:
-            raise ValueError(f"unknown IANA timezone {value!r}") from exc
         return value
 
     @field_validator("country")

@@ -32,7 +32,7 @@ from sqlmodel import col, select
 
 from campaigns import audit, calls, clinics, migrate
 from campaigns.db import make_engine, session_factory
-from campaigns.importer import import_appointments
+from campaigns.importing import import_appointments
 from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR

@@ -17,7 +17,8 @@ from sqlalchemy import Engine, func, insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, calls, compliance, dnc
+from campaigns import audit, calls, dnc
+from campaigns.compliance import service as compliance
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
     Appointment,

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import cli as cli_module
-from campaigns import clinics, compliance
+from campaigns import clinics
+from campaigns.compliance import service as compliance
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
 from tests.conftest import add_appointment

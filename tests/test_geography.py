@@ -1,12 +1,29 @@
-from campaigns.geography import (
+from campaigns.compliance.geography import (
     US_FALLBACK_ZONES,
     locate,
     state_for_area_code,
+    state_for_name,
     state_for_number,
     state_for_zip,
+    zone_named,
     zones_for_state,
     zones_for_zip,
 )
+
+
+def test_state_names_read_back_to_codes_whatever_their_spelling() -> None:
+    assert state_for_name("New York") == "NY"
+    assert state_for_name("  new-york ") == "NY"
+    assert state_for_name("District of Columbia") == "DC"
+    assert state_for_name("Puerto Rico") == "PR"
+    assert state_for_name("Atlantis") is None
+
+
+def test_zone_names_are_found_in_any_case_and_unknown_ones_are_not() -> None:
+    zone = zone_named("america/chicago")
+    assert zone is not None and zone.key == "America/Chicago"
+    assert zone_named("Mars/Olympus_Mons") is None
+    assert zone_named("") is None
 
 
 def test_area_codes_map_to_states() -> None:

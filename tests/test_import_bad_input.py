@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from campaigns.importer import (
-    MAX_START_AHEAD,
-    ImportFileError,
-    ImportReport,
-    Rejection,
-    import_appointments,
-)
+from campaigns.importing import ImportFileError, ImportReport, Rejection, import_appointments
+from campaigns.importing.rows import MAX_START_AHEAD
 from campaigns.models import Appointment, Clinic
 from tests.conftest import add_clinic
 

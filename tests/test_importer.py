@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
-from campaigns.importer import (
+from campaigns.importing import (
     FIELD_ALIASES,
     ImportFileError,
     ImportReport,
     Rejection,
-    _norm,
     import_appointments,
 )
+from campaigns.importing.columns import normalized
 from campaigns.models import (
     Appointment,
     AppointmentStatus,
@@ -265,7 +265,7 @@ def test_aliases_do_not_collide_between_fields() -> None:
     owners: dict[str, str] = {}
     for key, aliases in FIELD_ALIASES.items():
         for alias in aliases:
-            assert owners.setdefault(_norm(alias), key) == key, alias
+            assert owners.setdefault(normalized(alias), key) == key, alias
 
 
 @pytest.mark.parametrize(

@@ -4,19 +4,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from campaigns.policy import (
+from campaigns.compliance.policy import (
     TERMINAL_STATUSES,
     Callee,
-    CallingWindow,
     Decision,
     DncCheck,
     History,
-    Policy,
-    StateRule,
     decide,
-    load_seed_state_rules,
-    seed_ruleset_version,
 )
+from campaigns.compliance.state_rules import load_seed_state_rules, seed_ruleset_version
+from campaigns.compliance.windows import CallingWindow, Policy, StateRule
 
 NY = ZoneInfo("America/New_York")
 CHI = ZoneInfo("America/Chicago")

@@ -10,17 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phonenumbers import timezone as pn_timezone
 
-from campaigns.geography import US_FALLBACK_ZONES, zones_for_state, zones_for_zip
-from campaigns.policy import (
-    Callee,
-    CallingWindow,
-    Decision,
-    DncCheck,
-    History,
-    Policy,
-    decide,
-    load_seed_state_rules,
-)
+from campaigns.compliance.geography import US_FALLBACK_ZONES, zones_for_state, zones_for_zip
+from campaigns.compliance.policy import Callee, Decision, DncCheck, History, decide
+from campaigns.compliance.state_rules import load_seed_state_rules
+from campaigns.compliance.windows import CallingWindow, Policy
 
 ZONES = [
     "America/New_York",

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from campaigns import migrate
+from campaigns.compliance.state_rules import load_seed_state_rules, load_state_rules
 from campaigns.models import AttemptState, CallAttempt
 from tests.conftest import add_appointment, add_clinic
 
@@ -27,6 +28,14 @@ def _attempt(appointment_id: int, clinic_id: int, number: int, state: str) -> Ca
 
 def test_migrations_match_models(database_url: str) -> None:
     migrate.check(database_url)
+
+
+def test_migrated_database_holds_the_packaged_state_rules(session: Session) -> None:
+    # The migration seeds its own copy of the rules: editing the packaged file needs a
+    # migration too, or decisions would follow other rules than the ones shipped.
+    in_database, _version = load_state_rules(session)
+    packaged = sorted(load_seed_state_rules(), key=lambda r: (r.state, r.effective_from))
+    assert list(in_database) == packaged
 
 
 def test_database_allows_one_open_attempt_per_appointment(session: Session) -> None:

@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import campaigns.db
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -23,7 +21,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_event",
         sa.Column("seq", sa.Integer(), nullable=False),
-        sa.Column("at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("actor", sa.String(length=100), nullable=False),
         sa.Column("kind", sa.String(length=64), nullable=False),
         sa.Column("clinic_id", sa.Integer(), nullable=True),
@@ -68,8 +66,8 @@ def upgrade() -> None:
         sa.Column("daily_run_time", sa.Time(), nullable=False),
         sa.Column("lead_days", sa.String(length=40), nullable=False),
         sa.Column("paused_reason", sa.Text(), nullable=True),
-        sa.Column("created_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_clinic")),
         sa.UniqueConstraint("name", name=op.f("uq_clinic_name")),
     )
@@ -79,7 +77,7 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("registry_as_of", sa.Date(), nullable=True),
         sa.Column("entries", sa.Integer(), nullable=False),
-        sa.Column("updated_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_dnc_list")),
     )
     op.create_table(
@@ -111,7 +109,7 @@ def upgrade() -> None:
         sa.Column("numbers", sa.String(length=500), nullable=False),
         sa.Column("calls_per_second", sa.Float(), nullable=False),
         sa.Column("max_concurrent", sa.Integer(), nullable=False),
-        sa.Column("created_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("sip_trunk_id", name=op.f("pk_trunk")),
     )
     op.create_table(
@@ -127,12 +125,12 @@ def upgrade() -> None:
         sa.Column("patient_state", sa.String(length=2), nullable=True),
         sa.Column("patient_zip", sa.String(length=10), nullable=True),
         sa.Column("language", sa.String(length=16), nullable=True),
-        sa.Column("starts_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("starts_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("provider", sa.String(length=200), nullable=True),
         sa.Column("location", sa.String(length=200), nullable=True),
         sa.Column("status", sa.String(length=32), nullable=False),
-        sa.Column("created_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("updated_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["clinic_id"], ["clinic.id"], name=op.f("fk_appointment_clinic_id_clinic")
         ),
@@ -152,7 +150,7 @@ def upgrade() -> None:
         sa.Column("clinic_id", sa.Integer(), nullable=False),
         sa.Column("run_date", sa.Date(), nullable=False),
         sa.Column("attempts_created", sa.Integer(), nullable=False),
-        sa.Column("started_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["clinic_id"], ["clinic.id"], name=op.f("fk_daily_run_clinic_id_clinic")
         ),
@@ -168,7 +166,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.String(length=500), nullable=True),
         sa.Column("added_by", sa.String(length=100), nullable=False),
-        sa.Column("added_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["clinic_id"], ["clinic.id"], name=op.f("fk_dnc_entry_clinic_id_clinic")
         ),
@@ -191,7 +189,7 @@ def upgrade() -> None:
         sa.Column("attempt_number", sa.Integer(), nullable=False),
         sa.Column("run_date", sa.Date(), nullable=True),
         sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("due_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("number_called", sa.String(length=20), nullable=False),
         sa.Column("caller_id", sa.String(length=20), nullable=True),
         sa.Column("trunk_id", sa.String(length=64), nullable=True),
@@ -205,12 +203,12 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("skip_reasons", sa.Text(), nullable=True),
         sa.Column("decision", sa.Text(), nullable=True),
-        sa.Column("created_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("queued_at", campaigns.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("dialing_at", campaigns.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("answered_at", campaigns.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("ended_at", campaigns.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("updated_at", campaigns.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("queued_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("dialing_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("answered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["appointment_id"],
             ["appointment.id"],

@@ -1,120 +1,28 @@
-"""The database side of the compliance policy: builds the pure inputs of
-:func:`campaigns.policy.decide` from rows, and stores the state rule table."""
+"""The database side of the compliance policy: gathers the pure inputs of
+:func:`campaigns.compliance.policy.decide` from rows (:func:`gather`, :func:`decide_for`),
+and the helpers of ``explain`` (:func:`decision_document`, :func:`next_attempt_number`,
+:func:`find_appointment`)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, time, timedelta
-from time import monotonic
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, delete, insert
 from sqlalchemy.orm import Session
 from sqlmodel import col, func, select
 
 from campaigns import dnc
 from campaigns.clinics import parse_holidays, parse_weekdays
+from campaigns.compliance.policy import Callee, Decision, DncCheck, History, decide
+from campaigns.compliance.state_rules import load_state_rules
+from campaigns.compliance.windows import CallingWindow, Policy, StateRule
 from campaigns.db import one_of
 from campaigns.errors import NotFoundError
-from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Clinic, StateRuleRow
-from campaigns.policy import (
-    Callee,
-    CallingWindow,
-    Decision,
-    DncCheck,
-    History,
-    Policy,
-    StateRule,
-    decide,
-    load_seed_state_rules,
-)
+from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Clinic
 
 NUMBER_CAP_SPAN = timedelta(days=7)
-
-
-def _window(start: time | None, end: time | None) -> CallingWindow | None:
-    return CallingWindow(start, end) if start is not None and end is not None else None
-
-
-def _rule_from_row(row: StateRuleRow) -> StateRule:
-    window = _window(row.window_start, row.window_end)
-    assert window is not None
-    return StateRule(
-        state=row.state,
-        effective_from=row.effective_from,
-        effective_to=row.effective_to,
-        window=window,
-        sunday_window=_window(row.sunday_start, row.sunday_end),
-        saturday_window=_window(row.saturday_start, row.saturday_end),
-        sunday_banned=row.sunday_banned,
-        holiday_banned=row.holiday_banned,
-        extra_holidays=tuple(
-            datetime.fromisoformat(d).date() for d in json.loads(row.extra_holidays)
-        ),
-        max_calls_per_24h=row.max_calls_per_24h,
-        citation=row.citation,
-    )
-
-
-def _row_values(rule: StateRule) -> dict[str, Any]:
-    return {
-        "state": rule.state,
-        "effective_from": rule.effective_from,
-        "effective_to": rule.effective_to,
-        "window_start": rule.window.start,
-        "window_end": rule.window.end,
-        "saturday_start": rule.saturday_window.start if rule.saturday_window else None,
-        "saturday_end": rule.saturday_window.end if rule.saturday_window else None,
-        "sunday_start": rule.sunday_window.start if rule.sunday_window else None,
-        "sunday_end": rule.sunday_window.end if rule.sunday_window else None,
-        "sunday_banned": rule.sunday_banned,
-        "holiday_banned": rule.holiday_banned,
-        "extra_holidays": json.dumps([d.isoformat() for d in rule.extra_holidays]),
-        "max_calls_per_24h": rule.max_calls_per_24h,
-        "citation": rule.citation,
-    }
-
-
-def sync_seed_state_rules(connection: Connection) -> None:
-    """Replace the state rule table with the packaged one (run by migrations)."""
-    connection.execute(delete(StateRuleRow))
-    connection.execute(insert(StateRuleRow), [_row_values(r) for r in load_seed_state_rules()])
-
-
-# Workers re-check the policy at every dial; the table changes rarely (a new holiday),
-# so each process re-reads it at most this often.
-RULES_MAX_AGE_SECONDS = 30.0
-_rules_cache: dict[str, tuple[float, tuple[tuple[StateRule, ...], str]]] = {}
-_rules_lock = threading.Lock()
-
-
-def load_state_rules(session: Session) -> tuple[tuple[StateRule, ...], str]:
-    """The rules in force and their version (a digest of the table, so any change shows),
-    read at most every :data:`RULES_MAX_AGE_SECONDS` per database."""
-    key = session.get_bind().engine.url.render_as_string(hide_password=True)
-    with _rules_lock:
-        cached = _rules_cache.get(key)
-    if cached is not None and monotonic() - cached[0] < RULES_MAX_AGE_SECONDS:
-        return cached[1]
-    loaded = _read_state_rules(session)
-    with _rules_lock:
-        _rules_cache[key] = (monotonic(), loaded)
-    return loaded
-
-
-def _read_state_rules(session: Session) -> tuple[tuple[StateRule, ...], str]:
-    rows = session.execute(
-        select(StateRuleRow).order_by(col(StateRuleRow.state), col(StateRuleRow.effective_from))
-    ).scalars()
-    rules = tuple(_rule_from_row(r) for r in rows)
-    digest = hashlib.sha256(
-        json.dumps([asdict(r) for r in rules], default=str, sort_keys=True).encode()
-    ).hexdigest()
-    return rules, f"rules-{digest[:12]}"
 
 
 def policy_for(clinic: Clinic, rules: Sequence[StateRule], ruleset_version: str) -> Policy:

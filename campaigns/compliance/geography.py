@@ -18,6 +18,10 @@ Pure lookups, no I/O: the tables below ship with the code.
 - States: the union of the address state, the ZIP3 state and the area-code state
   (calls to e.g. Florida area codes are presumed to reach Florida residents).
 
+Names: :data:`US_STATES` is the one table of US state and territory names
+(:func:`state_for_name` reads a name back to its code); :func:`zone_named` is the
+one check of an IANA zone name.
+
 The area-code table was generated from phonenumbers' English geocoder (area-code
 level description, else the majority of its exchanges) for numbers whose region is
 US; an area code missing from it is looked up in the geocoder at run time.
@@ -37,12 +41,15 @@ from phonenumbers import timezone as pn_timezone
 
 __all__ = [
     "US_FALLBACK_ZONES",
+    "US_STATES",
     "US_STATE_ZONES",
     "Location",
     "locate",
     "state_for_area_code",
+    "state_for_name",
     "state_for_number",
     "state_for_zip",
+    "zone_named",
     "zones_for_number",
     "zones_for_state",
     "zones_for_zip",
@@ -324,61 +331,37 @@ _STATE_BY_NPA: dict[str, str] = {
     npa: state for state, npas in _NPA_BY_STATE.items() for npa in npas.split()
 }
 
-_STATE_NAMES: dict[str, str] = {
-    "Alabama": "AL",
-    "Alaska": "AK",
-    "Arizona": "AZ",
-    "Arkansas": "AR",
-    "California": "CA",
-    "Colorado": "CO",
-    "Connecticut": "CT",
-    "Delaware": "DE",
-    "Florida": "FL",
-    "Georgia": "GA",
-    "Hawaii": "HI",
-    "Idaho": "ID",
-    "Illinois": "IL",
-    "Indiana": "IN",
-    "Iowa": "IA",
-    "Kansas": "KS",
-    "Kentucky": "KY",
-    "Louisiana": "LA",
-    "Maine": "ME",
-    "Maryland": "MD",
-    "Massachusetts": "MA",
-    "Michigan": "MI",
-    "Minnesota": "MN",
-    "Mississippi": "MS",
-    "Missouri": "MO",
-    "Montana": "MT",
-    "Nebraska": "NE",
-    "Nevada": "NV",
-    "New Hampshire": "NH",
-    "New Jersey": "NJ",
-    "New Mexico": "NM",
-    "New York": "NY",
-    "North Carolina": "NC",
-    "North Dakota": "ND",
-    "Ohio": "OH",
-    "Oklahoma": "OK",
-    "Oregon": "OR",
-    "Pennsylvania": "PA",
-    "Rhode Island": "RI",
-    "South Carolina": "SC",
-    "South Dakota": "SD",
-    "Tennessee": "TN",
-    "Texas": "TX",
-    "Utah": "UT",
-    "Vermont": "VT",
-    "Virginia": "VA",
-    "Washington": "WA",
-    "Washington State": "WA",
-    "Washington D.C.": "DC",
-    "District of Columbia": "DC",
-    "West Virginia": "WV",
-    "Wisconsin": "WI",
-    "Wyoming": "WY",
-}
+
+def _code_table(text: str) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for item in text.split("|"):
+        code, _, name = item.partition("=")
+        table[code] = name
+    return table
+
+
+#: USPS code -> name of every US state, DC and territory with a code.
+US_STATES: dict[str, str] = _code_table(
+    "AL=Alabama|AK=Alaska|AZ=Arizona|AR=Arkansas|CA=California|CO=Colorado|"
+    "CT=Connecticut|DE=Delaware|DC=District of Columbia|FL=Florida|GA=Georgia|HI=Hawaii|"
+    "ID=Idaho|IL=Illinois|IN=Indiana|IA=Iowa|KS=Kansas|KY=Kentucky|LA=Louisiana|ME=Maine|"
+    "MD=Maryland|MA=Massachusetts|MI=Michigan|MN=Minnesota|MS=Mississippi|MO=Missouri|"
+    "MT=Montana|NE=Nebraska|NV=Nevada|NH=New Hampshire|NJ=New Jersey|NM=New Mexico|"
+    "NY=New York|NC=North Carolina|ND=North Dakota|OH=Ohio|OK=Oklahoma|OR=Oregon|"
+    "PA=Pennsylvania|RI=Rhode Island|SC=South Carolina|SD=South Dakota|TN=Tennessee|"
+    "TX=Texas|UT=Utah|VT=Vermont|VA=Virginia|WA=Washington|WV=West Virginia|WI=Wisconsin|"
+    "WY=Wyoming|PR=Puerto Rico|GU=Guam|VI=U.S. Virgin Islands|AS=American Samoa|"
+    "MP=Northern Mariana Islands"
+)
+
+
+def _name_key(name: str) -> str:
+    return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+
+_STATE_BY_NAME: dict[str, str] = {_name_key(name): code for code, name in US_STATES.items()}
+# How phonenumbers' geocoder spells two of them.
+_GEOCODER_NAMES: dict[str, str] = {"Washington State": "WA", "Washington D.C.": "DC"}
 
 # A US number's phonenumbers zones longer than this (e.g. toll-free: every NANP zone)
 # say nothing about where the callee is.
@@ -405,18 +388,32 @@ def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
-def _available() -> frozenset[str]:
-    return frozenset(available_timezones())
+def _zone_names() -> dict[str, str]:
+    return {name.casefold(): name for name in available_timezones()}
+
+
+@lru_cache(maxsize=512)
+def zone_named(name: str) -> ZoneInfo | None:
+    """The IANA zone named ``name`` (case-insensitively), or None: the one check of a
+    zone name, wherever one is given (clinic settings, an import's timezone column)."""
+    canonical = _zone_names().get(name.casefold())
+    if canonical is None:
+        return None
+    try:
+        return ZoneInfo(canonical)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def _valid_zone(name: str) -> bool:
-    if name not in _available():
-        return False
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    zone = zone_named(name)
+    return zone is not None and zone.key == name
+
+
+def state_for_name(name: str) -> str | None:
+    """USPS code of a US state or territory by its name (case, spaces and punctuation
+    ignored, e.g. ``new york`` -> NY); None when unknown."""
+    return _STATE_BY_NAME.get(_name_key(name))
 
 
 def zones_for_state(state: str) -> tuple[str, ...]:
@@ -449,8 +446,9 @@ def _parse(phone_e164: str, country: str) -> phonenumbers.PhoneNumber | None:
 
 
 def _state_from_description(description: str) -> str | None:
-    if description in _STATE_NAMES:
-        return _STATE_NAMES[description]
+    state = _GEOCODER_NAMES.get(description) or state_for_name(description)
+    if state is not None:
+        return state
     match = re.search(r", ([A-Z]{2})$", description)
     if match and match.group(1) in US_STATE_ZONES:
         return match.group(1)
