@@ -20,9 +20,9 @@ from celery import Celery
 
 from campaigns import migrate
 from campaigns.db import make_engine, session_factory
-from campaigns.pacing import LocalPacer
 from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
+from campaigns.telephony.pacing.local_pacer import LocalPacer
 from demo.daytime import daytime_zone, local_number
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

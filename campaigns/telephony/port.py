@@ -1,6 +1,6 @@
 """The telephony port: what the calling pipeline needs from a telephony provider.
 
-Nothing here knows LiveKit; :mod:`campaigns.livekit_gateway` is the LiveKit
+Nothing here knows LiveKit; :mod:`campaigns.telephony.livekit_gateway` is the LiveKit
 adapter. The pipeline depends only on :class:`Telephony`, so tests and a
 dry-run can plug in another implementation.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from campaigns.outcomes import Outcome
+from campaigns.telephony.outcomes import Outcome
 
 
 class TelephonyError(Exception):
