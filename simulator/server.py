@@ -8,7 +8,7 @@ The engine's real ``livekit.api.LiveKitAPI`` talks to this server over HTTP:
 Calls are asyncio tasks (no thread per call): a ringing call is a sleep, so
 thousands can ring at once. After an answered call has lasted its simulated
 duration the scripted agent reports its outcome through a pluggable
-:data:`Reporter` (by default the Celery task ``campaigns.record_outcome``).
+:data:`Reporter` (by default the Celery task :data:`~workers.task_names.RECORD_OUTCOME`).
 
 Test endpoints: ``GET /_sim/calls``, ``GET /_sim/reports``,
 ``GET /_sim/dispatches``, ``GET /_sim/stats``, ``POST /_sim/reset``,
@@ -52,10 +52,10 @@ from simulator.scenario import (
     SipFailure,
     result_string,
 )
+from workers.task_names import RECORD_OUTCOME
 
 logger = logging.getLogger("simulator")
 
-REPORT_TASK = "campaigns.record_outcome"
 REQUEST_ID_HEADER = "X-Livekit-Request-Id"
 # Rooms that got a dispatch but never a call are dropped after this (real seconds).
 EMPTY_ROOM_TIMEOUT = 300.0
@@ -78,7 +78,7 @@ Reporter = Callable[[OutcomeReport], Awaitable[None]]
 
 
 class CeleryReporter:
-    """Sends ``campaigns.record_outcome`` by name, as the real agent does.
+    """Sends the outcome report task (``RECORD_OUTCOME``) by name, as the real agent does.
 
     The blocking ``send_task`` runs in a one-thread executor so the event loop
     never blocks and sends are serialised on one broker connection.
@@ -93,7 +93,7 @@ class CeleryReporter:
     async def __call__(self, report: OutcomeReport) -> None:
         send = functools.partial(
             self._app.send_task,
-            REPORT_TASK,
+            RECORD_OUTCOME,
             kwargs={
                 "attempt_id": report.attempt_id,
                 "outcome": report.outcome,
