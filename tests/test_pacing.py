@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import os
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ import pytest
 import redis
 
 from campaigns.settings import Settings
+from campaigns.telephony.pacing import pacer as pacing
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from campaigns.telephony.pacing.pacer import Pacer, Slot, interval_us, wait_for_start
 from campaigns.telephony.pacing.redis_pacer import RedisPacer
@@ -422,8 +422,7 @@ def test_a_start_granted_ahead_leaves_time_to_prepare(pacer: Pacer) -> None:
 
 def test_late_waker_gives_its_start_up(pacer: Pacer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that oversleeps its start takes a later one rather than crowd the next."""
-    implementation = sys.modules[type(pacer).__module__]
-    real_sleep_until = implementation.sleep_until
+    real_sleep_until = pacing.sleep_until
     stalls = [0.05]
 
     def stalled_sleep_until(deadline: float) -> None:
@@ -432,7 +431,7 @@ def test_late_waker_gives_its_start_up(pacer: Pacer, monkeypatch: pytest.MonkeyP
     kwargs: dict[str, Any] = {"cps": 10, "max_concurrent": 5, "lease": LONG, "max_wait": LONG}
     first = pacer.acquire("trunk-o", 1, **kwargs)
     assert first is not None
-    monkeypatch.setattr(implementation, "sleep_until", stalled_sleep_until)
+    monkeypatch.setattr(pacing, "sleep_until", stalled_sleep_until)
     second = pacer.acquire("trunk-o", 2, **kwargs)
     assert second is not None
     assert us(second) - us(first) == 2 * interval_us(10)  # the overslept start is skipped

@@ -12,18 +12,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from campaigns.telephony.pacing.pacer import (
-    DEFAULT_HEADROOM,
-    US_PER_S,
-    Slot,
-    check_acquire,
-    check_headroom,
-    interval_us,
-    sleep_until,
-    to_us,
-    tolerance,
-    utc_from_us,
-)
+from campaigns.telephony.pacing import pacer
+from campaigns.telephony.pacing.pacer import DEFAULT_HEADROOM, Limits, Pacer, Slot
 
 
 @dataclass
@@ -37,7 +27,7 @@ class _Trunk:
                 del self.slots[attempt]
 
 
-class LocalPacer:
+class LocalPacer(Pacer):
     """In-process pacing for the embedded mode: one worker process, its threads.
 
     Same semantics as :class:`~campaigns.telephony.pacing.redis_pacer.RedisPacer`,
@@ -46,38 +36,26 @@ class LocalPacer:
     """
 
     def __init__(self, *, headroom: float = DEFAULT_HEADROOM) -> None:
-        self._headroom = check_headroom(headroom)
-        self._tolerance = tolerance(headroom)
+        super().__init__(headroom=headroom)
         self._cond = threading.Condition()
         self._trunks: dict[str, _Trunk] = {}
         self._wall_offset_us = time.time_ns() // 1000 - time.monotonic_ns() // 1000
 
     def _slot(self, trunk_id: str, attempt_id: int, start: int, expires: int) -> Slot:
         offset = self._wall_offset_us
-        due = start / US_PER_S
+        due = start / pacer.US_PER_S
         return Slot(
             trunk_id,
             attempt_id,
-            utc_from_us(start + offset),
-            utc_from_us(expires + offset),
+            pacer.utc_from_us(start + offset),
+            pacer.utc_from_us(expires + offset),
             due=due,
             latest=due + self._tolerance,
         )
 
-    def acquire(
-        self,
-        trunk_id: str,
-        attempt_id: int,
-        *,
-        cps: float,
-        max_concurrent: int,
-        lease: timedelta,
-        max_wait: timedelta,
-        lead: timedelta = timedelta(0),
-    ) -> Slot | None:
-        check_acquire(max_concurrent, lease, max_wait, lead)
-        step = interval_us(cps, self._headroom)
-        deadline = time.monotonic_ns() // 1000 + to_us(max_wait)
+    def _take(self, trunk_id: str, attempt_id: int, step: int, limits: Limits) -> Slot | None:
+        max_concurrent, lease, max_wait, lead = limits
+        deadline = time.monotonic_ns() // 1000 + pacer.to_us(max_wait)
         while True:
             reserved = self._reserve(
                 trunk_id,
@@ -85,14 +63,14 @@ class LocalPacer:
                 step=step,
                 max_concurrent=max_concurrent,
                 lease=lease,
-                lead=to_us(lead),
+                lead=pacer.to_us(lead),
                 deadline=deadline,
             )
             if reserved is None:
                 return None
             start, expires, fresh = reserved
-            wake = (start - to_us(lead)) / US_PER_S
-            sleep_until(wake)
+            wake = (start - pacer.to_us(lead)) / pacer.US_PER_S
+            pacer.sleep_until(wake)
             if not fresh or time.monotonic() - wake <= self._tolerance:
                 return self._slot(trunk_id, attempt_id, start, expires)
             self.release(trunk_id, attempt_id)
@@ -116,7 +94,7 @@ class LocalPacer:
                 trunk.purge(now)
                 if attempt_id in trunk.slots:
                     start, expires = trunk.slots[attempt_id]
-                    expires = max(expires, start + to_us(lease))
+                    expires = max(expires, start + pacer.to_us(lease))
                     trunk.slots[attempt_id] = (start, expires)
                     return start, expires, False
                 if len(trunk.slots) < max_concurrent:
@@ -124,13 +102,13 @@ class LocalPacer:
                     if start - lead > deadline:
                         return None
                     trunk.next_start = start + step
-                    expires = start + to_us(lease)
+                    expires = start + pacer.to_us(lease)
                     trunk.slots[attempt_id] = (start, expires)
                     return start, expires, True
                 if now >= deadline:
                     return None
                 first_expiry = min(expires for _, expires in trunk.slots.values())
-                self._cond.wait((min(deadline, first_expiry) - now) / US_PER_S)
+                self._cond.wait((min(deadline, first_expiry) - now) / pacer.US_PER_S)
 
     def release(self, trunk_id: str, attempt_id: int) -> None:
         with self._cond:

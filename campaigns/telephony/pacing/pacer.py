@@ -51,16 +51,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple
 
 US_PER_S = 1_000_000
 # Granted starts are spaced 15% wider than 1/cps. A dial reaches the callee's side
 # a little after its granted start, late by a varying amount (timer slack, GIL, a
 # busy CPU, the HTTP request's way to LiveKit); exact spacing would then put
 # cps + 1 arrivals in some second. 15% absorbs up to 150 ms of such spread within
-# any one-second window, a fifth of it at the sender (see tolerance), and still
+# any one-second window, a fifth of it at the sender (see _tolerance), and still
 # runs at 87% of the limit. Measured with bench/pacing_bench.py at the simulator,
 # two worker processes on a loaded 2-core machine: at 20 cps dials were sent at
 # most 29 ms after their start and received at most 136 ms after it (p99 72 ms).
@@ -85,7 +86,26 @@ class Slot:
     latest: float = field(default=math.inf, compare=False)
 
 
-class Pacer(Protocol):
+class Limits(NamedTuple):
+    """The limits of one :meth:`Pacer.acquire`, checked."""
+
+    max_concurrent: int
+    lease: timedelta
+    max_wait: timedelta
+    lead: timedelta
+
+
+class Pacer(ABC):
+    """Asked by every worker before each dial; see the module docstring.
+
+    :meth:`acquire` checks its arguments and an implementation takes the slot
+    (:meth:`_take`).
+    """
+
+    def __init__(self, *, headroom: float = DEFAULT_HEADROOM) -> None:
+        self._headroom = _check_headroom(headroom)
+        self._tolerance = _tolerance(headroom)
+
     def acquire(
         self,
         trunk_id: str,
@@ -101,15 +121,21 @@ class Pacer(Protocol):
         time within the rate at least ``lead`` ahead, then until ``lead`` before
         that start (time to prepare the call; :func:`wait_for_start` waits out
         the rest). ``None``: nothing was reserved; requeue the call."""
-        ...
+        limits = Limits(max_concurrent, lease, max_wait, lead)
+        _check(limits)
+        return self._take(trunk_id, attempt_id, interval_us(cps, self._headroom), limits)
 
+    @abstractmethod
+    def _take(self, trunk_id: str, attempt_id: int, step: int, limits: Limits) -> Slot | None:
+        """:meth:`acquire`, ``step`` µs between two granted starts."""
+
+    @abstractmethod
     def release(self, trunk_id: str, attempt_id: int) -> None:
         """Free the attempt's concurrency slot; a no-op if it holds none."""
-        ...
 
+    @abstractmethod
     def in_flight(self, trunk_id: str) -> int:
         """Attempts holding an unexpired slot on the trunk."""
-        ...
 
 
 def interval_us(cps: float, headroom: float = DEFAULT_HEADROOM) -> int:
@@ -120,15 +146,14 @@ def interval_us(cps: float, headroom: float = DEFAULT_HEADROOM) -> int:
     return max(1, math.ceil(US_PER_S * (1 + headroom) / cps))
 
 
-def check_headroom(headroom: float) -> float:
+def _check_headroom(headroom: float) -> float:
     if not 0 <= headroom < 1:
         raise ValueError(f"headroom must be in [0, 1), got {headroom!r}")
     return headroom
 
 
-def check_acquire(
-    max_concurrent: int, lease: timedelta, max_wait: timedelta, lead: timedelta
-) -> None:
+def _check(limits: Limits) -> None:
+    max_concurrent, lease, max_wait, lead = limits
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     if lease <= timedelta(0):
@@ -152,7 +177,7 @@ def sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
-def tolerance(headroom: float) -> float:
+def _tolerance(headroom: float) -> float:
     """Seconds a caller may start after its granted start.
 
     Starts are ``headroom`` seconds per second further apart than the limit needs,

@@ -11,23 +11,12 @@ from __future__ import annotations
 import math
 import random
 import time
-from datetime import timedelta
 from typing import Any
 
 import redis
 
-from campaigns.telephony.pacing.pacer import (
-    DEFAULT_HEADROOM,
-    US_PER_S,
-    Slot,
-    check_acquire,
-    check_headroom,
-    interval_us,
-    sleep_until,
-    to_us,
-    tolerance,
-    utc_from_us,
-)
+from campaigns.telephony.pacing import pacer
+from campaigns.telephony.pacing.pacer import DEFAULT_HEADROOM, Limits, Pacer, Slot
 
 # How long a refused caller sleeps before asking again while every slot is taken.
 _POLL_SECONDS = 0.05
@@ -95,7 +84,7 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
 
 
-class RedisPacer:
+class RedisPacer(Pacer):
     """Pacing shared through Redis by every worker process and host.
 
     Keys per trunk (hash-tagged on the trunk so they share a cluster slot):
@@ -112,9 +101,8 @@ class RedisPacer:
         prefix: str = "campaigns:pacing",
         headroom: float = DEFAULT_HEADROOM,
     ) -> None:
+        super().__init__(headroom=headroom)
         self._client = client
-        self._headroom = check_headroom(headroom)
-        self._tolerance = tolerance(headroom)
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -124,24 +112,20 @@ class RedisPacer:
         base = f"{self._prefix}:{{{trunk_id}}}"
         return [f"{base}:next", f"{base}:slots", f"{base}:starts"]
 
-    def acquire(
-        self,
-        trunk_id: str,
-        attempt_id: int,
-        *,
-        cps: float,
-        max_concurrent: int,
-        lease: timedelta,
-        max_wait: timedelta,
-        lead: timedelta = timedelta(0),
-    ) -> Slot | None:
-        check_acquire(max_concurrent, lease, max_wait, lead)
-        step = interval_us(cps, self._headroom)
+    def _take(self, trunk_id: str, attempt_id: int, step: int, limits: Limits) -> Slot | None:
+        max_concurrent, lease, max_wait, lead = limits
         keys = self._keys(trunk_id)
         deadline = time.monotonic() + max_wait.total_seconds()
         while True:
-            wait_us = max(0, math.floor((deadline - time.monotonic()) * US_PER_S))
-            args = [attempt_id, step, max_concurrent, to_us(lease), wait_us, to_us(lead)]
+            wait_us = max(0, math.floor((deadline - time.monotonic()) * pacer.US_PER_S))
+            args = [
+                attempt_id,
+                step,
+                max_concurrent,
+                pacer.to_us(lease),
+                wait_us,
+                pacer.to_us(lead),
+            ]
             asked = time.monotonic()
             reply: list[Any] = self._acquire(keys=keys, args=args)
             received = time.monotonic()
@@ -152,17 +136,17 @@ class RedisPacer:
                 # counted from the reply's arrival: a call never starts early. Judge
                 # lateness counted from the question: a slow reply (a busy process)
                 # cannot hide how late the call really is.
-                ahead = (start - now) / US_PER_S
+                ahead = (start - now) / pacer.US_PER_S
                 due = received + ahead
                 latest = asked + ahead + self._tolerance
                 wake = due - lead.total_seconds()
-                sleep_until(wake)
+                pacer.sleep_until(wake)
                 if granted == 2 or time.monotonic() - lead.total_seconds() <= latest:
                     return Slot(
                         trunk_id,
                         attempt_id,
-                        utc_from_us(start),
-                        utc_from_us(expires),
+                        pacer.utc_from_us(start),
+                        pacer.utc_from_us(expires),
                         due=due,
                         latest=latest,
                     )
@@ -175,7 +159,7 @@ class RedisPacer:
                 return None
             # Every slot is taken: sleep until the first lease expires or a poll
             # interval passes (a release frees a slot early), whichever is sooner.
-            first_expiry = (float(reply[3]) - now) / US_PER_S
+            first_expiry = (float(reply[3]) - now) / pacer.US_PER_S
             poll = _POLL_SECONDS * random.uniform(0.5, 1.5)  # noqa: S311 (jitter, not secrets)
             time.sleep(min(left, max(0.001, first_expiry), poll))
 
