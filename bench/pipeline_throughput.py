@@ -63,7 +63,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # Every callee answers and confirms: the full path (dial, answer, agent report).
     "confirm": {"suffixes": {f"{n:02d}": "confirmed" for n in range(100)}},
     # The simulator's default weights (55% confirmed, 15% no answer, ...), no suffix map.
-    "mix": {"suffixes": {f"{n:02d}": None for n in range(11)}},
+    "mix": {"suffixes": {f"{n:02d}": None for n in range(12)}},
 }
 
 
@@ -502,9 +502,14 @@ def print_table(results: list[RunResult]) -> None:
         )
     for r in results:
         outcomes = ", ".join(f"{k}={v}" for k, v in sorted(r.outcomes.items()))
+        # The real agent plays every answered call inside the simulator: its CPU per call.
+        sim_cpu = sum(cpu for name, cpu, _ in r.procs if name == "simulator")
+        reports = r.sim.get("reports") or 0
+        per_call = f"{1000 * sim_cpu / reports:.1f} ms" if reports else "-"
         print(
             f"  {r.config}: states {dict(sorted(r.states.items()))}; outcomes {outcomes}; "
-            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}"
+            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}, "
+            f"cpu {per_call} per answered call"
         )
     best = max(results, key=lambda r: r.rate if r.finished else 0.0)
     print(f"best: {best.config} (workers x threads) at {best.rate:.1f} calls/s")

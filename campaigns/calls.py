@@ -64,6 +64,7 @@ _STATUS_FOR_OUTCOME = {
     Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
     Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
     Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
 }
 
 
@@ -551,9 +552,6 @@ def begin_dial(
     attempt.caller_id = clinic.caller_id
     attempt.room_name = f"appt-{attempt.id}-{secrets.token_hex(4)}"
     attempt.participant_identity = f"callee-{attempt.id}-{secrets.token_hex(4)}"
-    local_start = appointment.starts_at.astimezone(
-        ZoneInfo(appointment.patient_timezone or clinic.timezone)
-    )
     audit.record(
         session,
         "attempt.dialing",
@@ -582,27 +580,66 @@ def begin_dial(
         call_to=attempt.number_called,
         caller_id=clinic.caller_id,
         agent_name=clinic.agent_name or config.default_agent,
-        agent_metadata={
-            "attempt_id": attempt.id,
-            "report_token": sign_report_token(
-                attempt.id,
-                attempt.room_name,
-                now + config.ringing_timeout + config.max_call_duration + config.report_grace,
-                config.report_secret,
-            ),
-            "clinic_name": clinic.name,
-            "patient_first_name": appointment.patient_name.split()[0],
-            "appointment_local_time": local_start.isoformat(),
-            "appointment_timezone": str(local_start.tzinfo),
-            "provider": appointment.provider,
-            "location": appointment.location,
-            "callback_number": clinic.caller_id,
-            "language": appointment.language,
-            "script_version": config.agent_script_version,
-        },
+        agent_metadata=agent_metadata(
+            attempt.id,
+            attempt.room_name,
+            attempt.participant_identity,
+            now + config.ringing_timeout + config.max_call_duration + config.report_grace,
+            appointment,
+            clinic,
+            config.report_secret,
+            config.agent_script_version,
+        ),
         ringing_timeout=config.ringing_timeout,
         max_call_duration=config.max_call_duration,
     )
+
+
+def agent_metadata(
+    attempt_id: int,
+    room_name: str,
+    participant_identity: str,
+    token_expires_at: datetime,
+    appointment: Appointment,
+    clinic: Clinic,
+    report_secret: str,
+    script_version: str,
+) -> dict[str, Any]:
+    """What the agent is dispatched with, and no more: the patient's first name (never
+    the full name), the appointment in the patient's zone, the clinic's numbers, the
+    callee's identity in the room, and the report token signed for the attempt and its
+    room (``agent.metadata``)."""
+    local_start = appointment.starts_at.astimezone(
+        ZoneInfo(appointment.patient_timezone or clinic.timezone)
+    )
+    return {
+        "attempt_id": attempt_id,
+        "report_token": sign_report_token(attempt_id, room_name, token_expires_at, report_secret),
+        "participant_identity": participant_identity,
+        "clinic_name": clinic.name,
+        "callback_number": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
+        "patient_first_name": appointment.patient_name.split()[0],
+        "appointment_local_time": local_start.isoformat(),
+        "appointment_timezone": str(local_start.tzinfo),
+        "provider": appointment.provider,
+        "location": appointment.location,
+        "language": appointment.language,
+        "script_version": script_version,
+    }
+
+
+def next_attempt_id(session: Session, appointment: Appointment) -> int:
+    """The id of the appointment's open attempt, else the id its next attempt would get."""
+    open_attempt = session.execute(
+        select(CallAttempt.id).where(
+            col(CallAttempt.appointment_id) == appointment.id,
+            col(CallAttempt.state).in_(OPEN_ATTEMPT_STATES),
+        )
+    ).scalar_one_or_none()
+    if open_attempt is not None:
+        return int(open_attempt)
+    return int(session.execute(select(func.max(CallAttempt.id))).scalar_one() or 0) + 1
 
 
 def pause_clinic(session: Session, clinic: Clinic, reason: str, now: datetime) -> None:

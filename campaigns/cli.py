@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
@@ -81,11 +81,13 @@ clinic_app = _typer("Clinics and their calling rules.")
 dnc_app = _typer("Do-not-call lists.")
 audit_app = _typer("The tamper-evident audit log.")
 trunk_app = _typer("LiveKit SIP outbound trunks and their calling limits.")
+agent_app = _typer("The appointment-confirmation voice agent.")
 app.add_typer(db_app, name="db")
 app.add_typer(trunk_app, name="trunk")
 app.add_typer(clinic_app, name="clinic")
 app.add_typer(dnc_app, name="dnc")
 app.add_typer(audit_app, name="audit")
+app.add_typer(agent_app, name="agent")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 MaxPerDay = Annotated[
@@ -172,6 +174,9 @@ def clinic_add(
         str | None, typer.Option(help="No calls on these holidays: US or US-NY")
     ] = None,
     caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
     trunk: Annotated[str | None, typer.Option(help="LiveKit SIP outbound trunk id")] = None,
     agent_name: Annotated[str | None, typer.Option(help="LiveKit agent to dispatch")] = None,
     max_attempts: Annotated[int, typer.Option(help="Calls per appointment at most")] = 4,
@@ -194,6 +199,7 @@ def clinic_add(
             "days": days,
             "holidays": holidays,
             "caller_id": caller_id,
+            "transfer_number": transfer_number,
             "trunk_id": trunk,
             "agent_name": agent_name,
             "max_attempts": max_attempts,
@@ -213,6 +219,13 @@ def clinic_add(
 @clinic_app.command("update")
 def clinic_update(
     name: str,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
+    caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Calling hours in the callee's local time, HH:MM-HH:MM")
+    ] = None,
     max_per_day: MaxPerDay = None,
     max_per_week: MaxPerWeek = None,
     healthcare_exemption: HealthcareExemption = False,
@@ -220,9 +233,19 @@ def clinic_update(
 ) -> None:
     """Change a clinic's settings (audited with their values before and after)."""
     changes: dict[str, Any] = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
+    changes |= {
+        key: value
+        for key, value in {
+            "transfer_number": transfer_number,
+            "caller_id": caller_id,
+            "window": window,
+        }.items()
+        if value is not None
+    }
     if not changes:
         raise InvalidInputError(
-            "nothing to update: give --max-per-day, --max-per-week or --healthcare-exemption"
+            "nothing to update: give --transfer-number, --caller-id, --window, "
+            "--max-per-day, --max-per-week or --healthcare-exemption"
         )
     with unit_of_work() as session:
         changed = clinics.update_clinic(
@@ -740,7 +763,7 @@ def simulator(
         bool, typer.Option(help="Do not send agent reports to the engine")
     ] = False,
 ) -> None:
-    """Serve the LiveKit simulator (Twirp API, scripted callees, simulated agent)."""
+    """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
     from simulator.server import run
 
     settings = get_settings()
@@ -859,6 +882,117 @@ def trunk_list(as_json: JsonFlag = False) -> None:
         },
         [row | {"numbers": ",".join(row["numbers"])} for row in rows],
     )
+
+
+# --- agent ------------------------------------------------------------------
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _agent_cli(command: str, ctx: typer.Context) -> None:
+    from agent.worker import run
+
+    run(command, list(ctx.args))
+
+
+@agent_app.command("start", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_start(ctx: typer.Context) -> None:
+    """Run the agent worker in production mode (the framework's `start`)."""
+    _agent_cli("start", ctx)
+
+
+@agent_app.command("dev", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_dev(ctx: typer.Context) -> None:
+    """Run the agent worker with reload and debug logs (the framework's `dev`)."""
+    _agent_cli("dev", ctx)
+
+
+@agent_app.command("console", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_console(ctx: typer.Context) -> None:
+    """Talk to the agent in the terminal (the framework's `console`)."""
+    _agent_cli("console", ctx)
+
+
+@agent_app.command("rehearse")
+def agent_rehearse(
+    script: Annotated[Path, typer.Option(dir_okay=False, help="Rehearsal script (JSON)")],
+    metadata: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Job metadata (JSON) to rehearse with")
+    ] = None,
+    clinic: Annotated[str | None, typer.Option(help="Clinic name (with --appointment)")] = None,
+    appointment: Annotated[
+        str | None, typer.Option(help="The clinic's appointment id: its next call's metadata")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the real agent offline on a scripted call; nothing is dialed, reported or stored."""
+    from agent.metadata import MetadataError, parse_metadata
+    from agent.rehearsal import Script, ScriptError, rehearse
+
+    if (metadata is None) == (clinic is None or appointment is None) or (
+        metadata is not None and (clinic or appointment)
+    ):
+        _usage_error("give either --metadata FILE or --clinic C --appointment ID")
+    try:
+        rehearsal_script = Script.load(script)
+        if metadata is not None:
+            try:
+                raw = metadata.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise MetadataError(f"cannot read metadata {metadata}: {exc}", None, None) from None
+            meta = parse_metadata(raw)
+        else:
+            assert clinic is not None and appointment is not None
+            meta = parse_metadata(_next_call_metadata(clinic, appointment))
+    except (ScriptError, MetadataError) as exc:
+        _usage_error(str(exc))
+    result = asyncio.run(rehearse(meta, rehearsal_script))
+    if as_json:
+        emit_json(result.to_json())
+        return
+    for line in result.transcript:
+        out.print(f"{line['role']:>6}: {line['text']}", markup=False, highlight=False)
+    for call in result.tool_calls:
+        out.print(f"  tool: {call['name']} {json.dumps(call['args'])}", markup=False)
+    for report in result.reports:
+        out.print(f"report: {report.outcome} {json.dumps(report.detail)}", markup=False)
+    ending = (
+        f"transferred to {result.transferred_to}"
+        if result.transferred_to
+        else ("hung up" if result.hung_up else "call still open at the end of the script")
+    )
+    out.print(ending, markup=False)
+
+
+def _usage_error(message: str) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _next_call_metadata(clinic: str, appointment: str) -> dict[str, Any]:
+    """The metadata the engine would dispatch for the appointment's next call; read only."""
+    settings = get_settings()
+    with unit_of_work() as session:
+        found_clinic = clinics.get_clinic(session, clinic)
+        found = compliance.find_appointment(session, found_clinic, appointment)
+        attempt_id = calls.next_attempt_id(session, found)
+        longest_call = (
+            settings.ringing_timeout_seconds
+            + settings.max_call_duration_seconds
+            + settings.report_grace_seconds
+        )
+        document = calls.agent_metadata(
+            attempt_id,
+            f"appt-{attempt_id}-rehearsal",
+            f"callee-{attempt_id}-rehearsal",
+            datetime.now(UTC) + timedelta(seconds=longest_call),
+            found,
+            found_clinic,
+            settings.report_secret.get_secret_value(),
+            settings.agent_script_version,
+        )
+        session.rollback()
+    return document
 
 
 @app.command("demo")

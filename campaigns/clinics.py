@@ -92,6 +92,7 @@ class ClinicSpec(BaseModel):
     days: str = "mon,tue,wed,thu,fri"
     holidays: str | None = None
     caller_id: str | None = None
+    transfer_number: str | None = None
     trunk_id: str | None = None
     agent_name: str | None = None
     max_attempts: int = Field(default=4, ge=1, le=20)
@@ -192,11 +193,13 @@ def validate_spec(values: dict[str, Any]) -> ClinicSpec:
         field = ".".join(str(p) for p in first["loc"]) or "clinic"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidInputError(f"{field}: {message}") from exc
-    if spec.caller_id is not None:
-        try:
-            to_e164(spec.caller_id, spec.country)
-        except InvalidInputError as exc:
-            raise InvalidInputError(f"caller_id: {exc}") from exc
+    for number_field in ("caller_id", "transfer_number"):
+        number = getattr(spec, number_field)
+        if number is not None:
+            try:
+                to_e164(number, spec.country)
+            except InvalidInputError as exc:
+                raise InvalidInputError(f"{number_field}: {exc}") from exc
     return spec
 
 
@@ -212,6 +215,9 @@ def _columns(spec: ClinicSpec) -> dict[str, Any]:
         "weekdays": spec.days,
         "holidays": spec.holidays,
         "caller_id": to_e164(spec.caller_id, spec.country) if spec.caller_id else None,
+        "transfer_number": (
+            to_e164(spec.transfer_number, spec.country) if spec.transfer_number else None
+        ),
         "trunk_id": spec.trunk_id,
         "agent_name": spec.agent_name,
         "max_attempts": spec.max_attempts,
@@ -232,6 +238,7 @@ def _spec_values(clinic: Clinic) -> dict[str, Any]:
         "days": clinic.weekdays,
         "holidays": clinic.holidays,
         "caller_id": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
         "trunk_id": clinic.trunk_id,
         "agent_name": clinic.agent_name,
         "max_attempts": clinic.max_attempts,
@@ -319,6 +326,7 @@ def describe(clinic: Clinic) -> dict[str, Any]:
         "days": clinic.weekdays,
         "holidays": clinic.holidays,
         "caller_id": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
         "trunk_id": clinic.trunk_id,
         "agent_name": clinic.agent_name,
         "max_attempts": clinic.max_attempts,

@@ -31,6 +31,7 @@ class AppointmentStatus(StrEnum):
     WRONG_NUMBER = "wrong_number"
     INVALID_NUMBER = "invalid_number"
     OPTED_OUT = "opted_out"
+    TRANSFERRED = "transferred"
     UNREACHED = "unreached"
 
 
@@ -72,6 +73,9 @@ class Clinic(SQLModel, table=True):
     weekdays: str = Field(default="mon,tue,wed,thu,fri", max_length=40)
     holidays: str | None = Field(default=None, max_length=16, description="e.g. US or US-NY")
     caller_id: str | None = Field(default=None, max_length=20)
+    transfer_number: str | None = Field(
+        default=None, max_length=20, description="E.164 of the staff line callers are handed to"
+    )
     trunk_id: str | None = Field(default=None, max_length=64)
     agent_name: str | None = Field(default=None, max_length=100)
     max_attempts: int = Field(default=4)

@@ -89,6 +89,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset(
         "opted_out",
         "wrong_number",
         "invalid_number",
+        "transferred",
     }
 )
 

@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         default="appointment-confirmer", description="Agent dispatched per call."
     )
     agent_script_version: str = Field(default="confirm-v1", description="Recorded with every dial.")
+    agent_llm: str = Field(
+        default="openai/gpt-4.1-mini", description="The agent's LLM (LiveKit Inference model)."
+    )
+    agent_stt: str = Field(
+        default="deepgram/nova-3", description="The agent's speech-to-text model."
+    )
+    agent_tts: str = Field(
+        default="cartesia/sonic-2", description="The agent's text-to-speech model."
+    )
+    agent_amd_llm: str | None = Field(
+        default=None, description="Answering-machine classifier model; unset: the agent's LLM."
+    )
+    agent_amd_timeout_seconds: float = Field(
+        default=8.0, gt=0, description="No AMD verdict by then: the agent talks as to a person."
+    )
     ringing_timeout_seconds: int = Field(default=30, ge=15, description="Calls ring 15 s or more.")
     max_call_duration_seconds: int = Field(default=300, ge=30)
     tick_seconds: float = Field(default=5.0, gt=0, description="How often beat claims due calls.")

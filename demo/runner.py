@@ -3,7 +3,9 @@
 SQLite for the data, Celery's SQLAlchemy transport on a SQLite file as the
 broker, and the LiveKit simulator; worker, beat and simulator run as the same
 `campaigns` subprocesses an operator would start. The sample appointments are
-placed where it is early afternoon now, so every calling rule stays on.
+placed where it is early afternoon now, so every calling rule stays on. Answered
+calls are played by the real confirmation agent (``agent/``) inside the simulator,
+so every outcome after an answer, the transfer to staff included, is the agent's.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
                 "days": "mon,tue,wed,thu,fri,sat,sun",
                 "trunk_id": TRUNK_ID,
                 "caller_id": "+12125550199",
+                "transfer_number": "+12125550123",
                 "max_attempts": 3,
                 "lead_days": "1",
             }
@@ -187,7 +190,8 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             result = calls.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
             session.commit()
         console.print(
-            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator..."
+            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator, "
+            "where the confirmation agent talks to each scripted patient..."
         )
         finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
     with sessions() as session:

@@ -478,6 +478,9 @@ def test_begin_dial_dials_a_queued_attempt_once_with_what_the_agent_needs(
     assert len({request.room_name, other.room_name}) == 2
     assert len({request.participant_identity, other.participant_identity}) == 2
     metadata = json.loads(json.dumps(request.agent_metadata))
+    assert metadata["participant_identity"] == request.participant_identity
+    assert metadata["callback_number"] == "+12125550199"
+    assert "Lovelace" not in json.dumps(metadata)  # the first name only
     assert metadata["provider"] == "Dr. Who"
     assert metadata["patient_first_name"] == "Ada"
     assert metadata["script_version"] == "script-v7"
@@ -786,6 +789,23 @@ def test_a_voicemail_schedules_the_next_attempt(session: Session) -> None:
     assert retry.due_at == at + timedelta(seconds=clinic.retry_base_seconds)
     session.refresh(appointment)
     assert appointment.status == AppointmentStatus.SCHEDULED
+
+
+def test_a_transfer_to_staff_is_final_and_shows_in_status(session: Session) -> None:
+    clinic = _clinic(session, retry_voicemail=True)
+    appointment = _appointment(session, clinic)
+    attempt, request = _answered(session, clinic, appointment)
+    assert attempt.id is not None
+    token = request.agent_metadata["report_token"]
+
+    result = _report(session, attempt.id, "transferred", token, NOW + timedelta(minutes=1))
+
+    assert result.accepted and result.release_slot
+    (only,) = _attempts(session, appointment)  # no retry: a person took the call over
+    assert (only.state, only.outcome) == (AttemptState.COMPLETED, Outcome.TRANSFERRED)
+    session.refresh(appointment)
+    assert appointment.status == AppointmentStatus.TRANSFERRED
+    assert calls.status_counts(session, clinic.id)["outcomes"]["transferred"] == 1
 
 
 # --------------------------------------------------------------------------- reconciliation

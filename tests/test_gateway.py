@@ -28,6 +28,7 @@ from campaigns.telephony.port import (
 )
 from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
 from simulator.testing import SimulatorHandle, running_simulator
+from tests.agent_helpers import call_metadata
 
 TRUNK = "ST_gateway_test"
 CALLER_ID = "+15550100000"
@@ -51,14 +52,13 @@ def call_request(to: str, attempt_id: int | None = None, **overrides: Any) -> Ca
         "call_to": to,
         "caller_id": CALLER_ID,
         "agent_name": "appointment-confirmer",
+        # What the engine dispatches; the gateway adds the attempt id and callee identity.
         "agent_metadata": {
-            "report_token": sign_report_token(attempt_id, room_name, TOKEN_EXPIRY, SECRET),
-            "patient_first_name": "Ada",
-            "clinic_name": "Lakeside Clinic",
-            "appointment_local": "Tuesday, March 3 at 9:30 AM",
-            "provider": "Dr. Hopper",
-            "language": "en",
-        },
+            key: value
+            for key, value in call_metadata(attempt_id, patient_first_name="Ada").items()
+            if key not in ("attempt_id", "participant_identity")
+        }
+        | {"report_token": sign_report_token(attempt_id, room_name, TOKEN_EXPIRY, SECRET)},
         "ringing_timeout": timedelta(seconds=15),
         "max_call_duration": timedelta(minutes=5),
     }
@@ -175,7 +175,7 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     )
     for key, value in req.agent_metadata.items():
         assert meta[key] == value
-    # The simulated agent reports through the real path, with that token.
+    # The agent plays the call in the simulator and reports through the real path.
     report = wait_for(
         lambda: next((r for r in sim.reports() if r["room_name"] == req.room_name), None)
     )
@@ -184,6 +184,7 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     # The token comes back unchanged.
     assert report["token"] == meta["report_token"]
     assert check_report_token(report["token"], 4242, req.room_name, now, SECRET) is TokenCheck.VALID
+    assert report["detail"] == {"script_version": "confirm-v1"}
     assert report["sip_call_id"] == result.sip_call_id
 
 
