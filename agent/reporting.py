@@ -1,8 +1,9 @@
 """The reporter adapter in use today: the Celery task ``campaigns.record_outcome``.
 
-The task is sent by name, so the agent's process needs the broker, not the
-engine's code or database. A later HTTP adapter (``POST /api/v1/reports``)
-implements the same :class:`~agent.ports.Reporter` call.
+The task is sent by name (:data:`workers.task_names.RECORD_OUTCOME`), so the
+agent's process needs the broker, not the engine's Celery app or database. A
+later HTTP adapter (``POST /api/v1/reports``) implements the same
+:class:`~agent.ports.Reporter` call.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from celery import Celery
 
 from agent.ports import Report
-
-REPORT_TASK = "campaigns.record_outcome"
+from workers.task_names import RECORD_OUTCOME
 
 
 class CeleryReporter:
@@ -32,7 +32,7 @@ class CeleryReporter:
     async def __call__(self, report: Report) -> None:
         send = functools.partial(
             self._app.send_task,
-            REPORT_TASK,
+            RECORD_OUTCOME,
             kwargs={
                 "attempt_id": report.attempt_id,
                 "outcome": report.outcome,

@@ -36,10 +36,11 @@ from urllib.parse import urlparse
 
 import redis
 
-from campaigns.livekit_gateway import LiveKitTelephony
-from campaigns.pacing import RedisPacer, Slot, wait_for_start
 from campaigns.pipeline import PACING_LEAD
-from campaigns.telephony import CallRequest
+from campaigns.telephony.livekit_gateway import LiveKitTelephony
+from campaigns.telephony.pacing.pacer import Slot, wait_for_start
+from campaigns.telephony.pacing.redis_pacer import RedisPacer
+from campaigns.telephony.port import CallRequest
 from simulator.scenario import DEFAULT_SUFFIXES
 from simulator.testing import running_simulator
 from workers.runtime import EventLoopThread

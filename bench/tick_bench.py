@@ -20,10 +20,11 @@ from celery import Celery
 
 from campaigns import migrate
 from campaigns.db import make_engine, session_factory
-from campaigns.pacing import LocalPacer
 from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
+from campaigns.telephony.pacing.local_pacer import LocalPacer
 from demo.daytime import daytime_zone, local_number
+from workers import task_names
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DB = "campaigns_tick_bench"
@@ -119,7 +120,7 @@ def main() -> None:
             claimed = time.perf_counter()
             with producer.batch(max_size=batch):
                 for attempt_id in sent:
-                    sender.send_task("campaigns.place_call", args=[attempt_id], producer=producer)
+                    sender.send_task(task_names.PLACE_CALL, args=[attempt_id], producer=producer)
             finished = time.perf_counter()
             assert len(result.queued) == batch, (len(result.queued), result)
             claim_times.append((claimed - started) * 1000)

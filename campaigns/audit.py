@@ -21,7 +21,9 @@ log first and is itself an audited event; so is every export.
 Events recorded in a transaction are chained and written when it commits, after
 its other changes are flushed: every writer in every worker takes the append
 lock, so it is held for the last moment of a transaction only. Events recorded
-inside a savepoint that rolls back are dropped with it.
+inside a savepoint that rolls back are dropped with it. These commit hooks listen
+on the engine's own sessions (:class:`~campaigns.db.EngineSession`, what
+:func:`~campaigns.db.session_factory` opens), not on other sessions in the process.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from sqlalchemy import func, insert, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
-from campaigns.db import utcnow
+from campaigns.db import EngineSession, utcnow
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
@@ -57,7 +59,7 @@ _SAVEPOINT_MARKS = "campaigns.audit.savepoint_marks"
 _AUDIT_LOCK_KEY = 0x0A0D17
 
 
-@orm_event.listens_for(Session, "before_commit")
+@orm_event.listens_for(EngineSession, "before_commit")
 def _write_at_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return  # a savepoint's release: its events wait for the real commit
@@ -65,14 +67,14 @@ def _write_at_commit(session: Session) -> None:
     write_pending(session)
 
 
-@orm_event.listens_for(Session, "after_transaction_create")
+@orm_event.listens_for(EngineSession, "after_transaction_create")
 def _mark_savepoint(session: Session, transaction: SessionTransaction) -> None:
     if transaction.nested:
         marks = session.info.setdefault(_SAVEPOINT_MARKS, {})
         marks[transaction] = len(session.info.get(_PENDING, ()))
 
 
-@orm_event.listens_for(Session, "after_soft_rollback")
+@orm_event.listens_for(EngineSession, "after_soft_rollback")
 def _drop_rolled_back(session: Session, previous_transaction: SessionTransaction) -> None:
     if previous_transaction.nested:
         mark = session.info.get(_SAVEPOINT_MARKS, {}).pop(previous_transaction, None)

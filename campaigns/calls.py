@@ -46,11 +46,11 @@ from campaigns.models import (
     Trunk,
     WorkerHeartbeat,
 )
-from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
-from campaigns.retry import next_retry_due
-from campaigns.telephony import CallRequest, CallResult
+from campaigns.telephony.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
+from campaigns.telephony.port import CallRequest, CallResult
+from campaigns.telephony.retry import next_retry_due
+from campaigns.telephony.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
 from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
-from campaigns.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
 
 log = logging.getLogger(__name__)
 

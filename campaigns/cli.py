@@ -836,8 +836,8 @@ def trunk_create(
     """Create a LiveKit SIP outbound trunk and store its calling limits.
 
     The password is never printed or logged."""
-    from campaigns import trunks
-    from campaigns.livekit_gateway import LiveKitTelephony
+    from campaigns.telephony import trunks
+    from campaigns.telephony.livekit_gateway import LiveKitTelephony
 
     password = _trunk_password(auth_username, auth_password, auth_password_file)
     spec = trunks.trunk_spec(name, address, numbers, auth_username, password, destination_country)
@@ -859,8 +859,8 @@ def trunk_create(
 @trunk_app.command("list")
 def trunk_list(as_json: JsonFlag = False) -> None:
     """Outbound trunks at LiveKit, with the engine's limits for each."""
-    from campaigns import trunks
-    from campaigns.livekit_gateway import LiveKitTelephony
+    from campaigns.telephony import trunks
+    from campaigns.telephony.livekit_gateway import LiveKitTelephony
 
     async def listing() -> list[Any]:
         async with LiveKitTelephony.from_settings(get_settings()) as telephony:

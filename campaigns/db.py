@@ -2,6 +2,9 @@
 
 Sessions are opened at the edges (CLI command, task, request) with
 :func:`session_scope` and passed down; service functions never commit.
+Every session the engine opens is an :class:`EngineSession`: the audit log's
+commit hooks listen on that class only, never on every SQLAlchemy session in the
+process (Celery's broker transport opens its own).
 """
 
 from __future__ import annotations
@@ -119,8 +122,13 @@ def get_engine(url: str | None = None) -> Engine:
     return make_engine(url or get_settings().database_url)
 
 
+class EngineSession(Session):
+    """A session of the engine's own; :mod:`campaigns.audit` writes the events
+    recorded in its transactions when they commit."""
+
+
 def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
+    return sessionmaker(bind=engine or get_engine(), class_=EngineSession, expire_on_commit=False)
 
 
 @contextmanager

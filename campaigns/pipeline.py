@@ -24,10 +24,10 @@ from campaigns import calls
 from campaigns.db import session_scope
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
-from campaigns.outcomes import Outcome
-from campaigns.pacing import Pacer, wait_for_start
 from campaigns.settings import Settings
-from campaigns.telephony import CallResult, Telephony
+from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.pacing.pacer import Pacer, wait_for_start
+from campaigns.telephony.port import CallResult, Telephony
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Runner(Protocol):
 # How soon a call that found its trunk full is due again.
 PACING_RETRY_DELAY = timedelta(seconds=1)
 # A trunk's start is granted this long ahead: time for the dialing state's commit
-# and the agent's dispatch, so the dial itself leaves on time (see campaigns.pacing).
+# and the agent's dispatch, so the dial itself leaves on time (see campaigns.telephony.pacing).
 PACING_LEAD = timedelta(seconds=1)
 # Seconds a room request (hang-up, who is in it) may take.
 ROOM_REQUEST_TIME_LIMIT = 15.0

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from campaigns.settings import Settings
+from workers import task_names
 
 DAILY_RUN_CHECK_SECONDS = 60.0
 
@@ -16,7 +17,7 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         return {"task": task, "schedule": every, "options": {"expires": every * 0.9}}
 
     return {
-        "tick": entry("campaigns.tick", settings.tick_seconds),
-        "reconcile": entry("campaigns.reconcile", settings.reconcile_seconds),
-        "daily-runs": entry("campaigns.daily_runs", DAILY_RUN_CHECK_SECONDS),
+        "tick": entry(task_names.TICK, settings.tick_seconds),
+        "reconcile": entry(task_names.RECONCILE, settings.reconcile_seconds),
+        "daily-runs": entry(task_names.DAILY_RUNS, DAILY_RUN_CHECK_SECONDS),
     }

@@ -209,6 +209,23 @@ def test_several_transactions_of_one_session_keep_one_chain(session: Session) ->
     assert audit.verify(session).ok
 
 
+def test_sessions_the_engine_did_not_open_get_no_audit_hooks(database_url: str) -> None:
+    """Another library's session in the same process (Celery's broker transport
+    opens its own) commits untouched: the audit log's hooks are the engine's only."""
+    other_engine = make_engine(database_url)
+    try:
+        with Session(other_engine) as other:
+            audit.record(other, "not.written", {"n": 1}, actor="t")
+            other.commit()
+        with session_factory(other_engine)() as own:
+            assert own.execute(select(AuditEvent)).scalars().all() == []
+            audit.record(own, "written", {"n": 2}, actor="t")
+            own.commit()
+            assert [e.kind for e in own.execute(select(AuditEvent)).scalars()] == ["written"]
+    finally:
+        other_engine.dispose()
+
+
 # --------------------------------------------------------------------------- keyed chain
 
 

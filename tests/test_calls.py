@@ -30,11 +30,11 @@ from campaigns.models import (
     DncSource,
     Trunk,
 )
-from campaigns.outcomes import Outcome
-from campaigns.pacing import LocalPacer
 from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
-from campaigns.telephony import CallRequest, CallResult
+from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.pacing.local_pacer import LocalPacer
+from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.tokens import check_report_token
 from tests.conftest import add_appointment, add_clinic
 

@@ -26,8 +26,8 @@ from campaigns import audit
 from campaigns.cli import actor, app
 from campaigns.db import get_engine, make_engine, session_factory
 from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
-from campaigns.outcomes import Outcome
 from campaigns.settings import get_settings
+from campaigns.telephony.outcomes import Outcome
 from tests.conftest import add_appointment
 from tests.test_audit import _lift_append_only_guard
 

@@ -16,9 +16,9 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 
-from campaigns.livekit_gateway import LiveKitTelephony
-from campaigns.outcomes import Outcome
-from campaigns.telephony import (
+from campaigns.telephony.livekit_gateway import LiveKitTelephony
+from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.port import (
     CallRequest,
     CallResult,
     ConfigurationError,

@@ -26,8 +26,8 @@ from campaigns.models import (
     AuditEvent,
     CallAttempt,
 )
-from campaigns.outcomes import AGENT_OUTCOMES, Outcome
-from campaigns.telephony import CallResult
+from campaigns.telephony.outcomes import AGENT_OUTCOMES, Outcome
+from campaigns.telephony.port import CallResult
 from campaigns.tokens import sign_report_token
 from tests.conftest import add_appointment, add_clinic
 

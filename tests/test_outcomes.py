@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from campaigns.outcomes import (
+from campaigns.telephony.outcomes import (
     AGENT_OUTCOMES,
     RETRYABLE_OUTCOMES,
     TERMINAL_OUTCOMES,

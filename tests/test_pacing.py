@@ -20,17 +20,12 @@ from typing import Any
 import pytest
 import redis
 
-from campaigns import pacing
-from campaigns.pacing import (
-    LocalPacer,
-    Pacer,
-    RedisPacer,
-    Slot,
-    interval_us,
-    pacer_from_settings,
-    wait_for_start,
-)
 from campaigns.settings import Settings
+from campaigns.telephony.pacing import pacer as pacing
+from campaigns.telephony.pacing.local_pacer import LocalPacer
+from campaigns.telephony.pacing.pacer import Pacer, Slot, interval_us, wait_for_start
+from campaigns.telephony.pacing.redis_pacer import RedisPacer
+from workers.runtime import pacer_from_settings
 
 REDIS_URL = os.environ.get("CAMPAIGNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LONG = timedelta(seconds=30)
@@ -427,7 +422,7 @@ def test_a_start_granted_ahead_leaves_time_to_prepare(pacer: Pacer) -> None:
 
 def test_late_waker_gives_its_start_up(pacer: Pacer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A caller that oversleeps its start takes a later one rather than crowd the next."""
-    real_sleep_until = pacing._sleep_until
+    real_sleep_until = pacing.sleep_until
     stalls = [0.05]
 
     def stalled_sleep_until(deadline: float) -> None:
@@ -436,7 +431,7 @@ def test_late_waker_gives_its_start_up(pacer: Pacer, monkeypatch: pytest.MonkeyP
     kwargs: dict[str, Any] = {"cps": 10, "max_concurrent": 5, "lease": LONG, "max_wait": LONG}
     first = pacer.acquire("trunk-o", 1, **kwargs)
     assert first is not None
-    monkeypatch.setattr(pacing, "_sleep_until", stalled_sleep_until)
+    monkeypatch.setattr(pacing, "sleep_until", stalled_sleep_until)
     second = pacer.acquire("trunk-o", 2, **kwargs)
     assert second is not None
     assert us(second) - us(first) == 2 * interval_us(10)  # the overslept start is skipped

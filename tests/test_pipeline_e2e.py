@@ -44,6 +44,7 @@ from demo.daytime import daytime_zone, local_number
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
 from tests.pipeline_harness import Processes, processes, wait_until
+from workers import task_names
 
 TRUNK = "ST_pipeline"
 _ROOM_ATTEMPT = re.compile(r"^appt-(\d+)-")
@@ -320,7 +321,7 @@ def test_a_change_between_enqueue_and_dial_stops_the_call(stack: Stack, change: 
         s.commit()
         attempt_id = attempt.id
     stack.procs.worker()
-    stack.send("campaigns.place_call", attempt_id)
+    stack.send(task_names.PLACE_CALL, attempt_id)
 
     def settled() -> bool:
         with stack.session() as s:

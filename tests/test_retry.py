@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.outcomes import TERMINAL_OUTCOMES, Outcome
-from campaigns.retry import JITTER_SPREAD, next_retry_due, retry_delay
+from campaigns.telephony.outcomes import TERMINAL_OUTCOMES, Outcome
+from campaigns.telephony.retry import JITTER_SPREAD, next_retry_due, retry_delay
 
 ENDED = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
 BASE = timedelta(minutes=60)

@@ -91,8 +91,27 @@ def test_bad_credentials_are_one_clear_line(
     get_settings.cache_clear()
     result = runner.invoke(app, ["trunk", "list"])
     assert result.exit_code == 1
-    assert "LIVEKIT_API" in result.stderr
+    assert result.stderr.startswith("error: LiveKit rejected the API credentials")
+    assert "LIVEKIT_API_SECRET" in result.stderr
+    assert "unexpected" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+def test_livekit_down_is_one_clear_line(app_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with running_simulator(speed=100, scenario={"down": True}) as sim:
+        monkeypatch.setenv("LIVEKIT_URL", sim.url)
+        monkeypatch.setenv("LIVEKIT_API_KEY", sim.api_key)
+        monkeypatch.setenv("LIVEKIT_API_SECRET", sim.api_secret)
+        get_settings.cache_clear()
+        try:
+            result = runner.invoke(app, ["trunk", "list"])
+        finally:
+            get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ListSIPOutboundTrunk failed: 503")
+    assert "unexpected" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_invalid_trunk_input_is_refused_before_calling_livekit(simulator: SimulatorHandle) -> None:

@@ -22,18 +22,22 @@ import socket
 import threading
 from collections.abc import Awaitable
 from concurrent.futures import Future
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import redis
 from sqlalchemy import Connection, make_url, text
 
 from campaigns import calls
 from campaigns.db import get_engine, is_sqlite, session_factory, session_scope
 from campaigns.errors import CampaignError
-from campaigns.livekit_gateway import LiveKitTelephony
-from campaigns.pacing import pacer_from_settings
 from campaigns.pipeline import Pipeline, utc_clock
 from campaigns.settings import Settings, get_settings
+from campaigns.telephony.livekit_gateway import LiveKitTelephony
+from campaigns.telephony.pacing.local_pacer import LocalPacer
+from campaigns.telephony.pacing.pacer import Pacer
+from campaigns.telephony.pacing.redis_pacer import RedisPacer
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,20 @@ def claim_sole_worker(settings: Settings) -> None:
         raise SoleWorkerError(_SOLE_WORKER_ERROR)
     connection.commit()
     _sole_worker_hold.append(connection)
+
+
+@cache
+def pacer_from_settings(redis_url: str | None) -> Pacer:
+    """The process's pacer: shared through Redis when a URL is set, else in-process.
+
+    Cached, so every task in a process shares one pacer (and one connection pool).
+    """
+    if redis_url is None:
+        return LocalPacer()
+    client = redis.Redis.from_url(
+        redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
+    )
+    return RedisPacer(client)
 
 
 _lock = threading.Lock()

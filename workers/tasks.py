@@ -8,6 +8,7 @@ from celery.signals import worker_init, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from campaigns.settings import get_settings
+from workers import task_names
 from workers.celery_app import app
 from workers.runtime import Heartbeat, get_pipeline
 
@@ -24,7 +25,7 @@ def _stop_heartbeat(**_: Any) -> None:
     _heartbeat.stop()
 
 
-@app.task(name="campaigns.tick", acks_late=False, ignore_result=True)
+@app.task(name=task_names.TICK, acks_late=False, ignore_result=True)
 def tick() -> int:
     # One producer, and the sends of each batch pipelined to the broker in one round trip.
     with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
@@ -34,7 +35,7 @@ def tick() -> int:
     return len(result.queued)
 
 
-@app.task(name="campaigns.place_call", acks_late=True)
+@app.task(name=task_names.PLACE_CALL, acks_late=True)
 def place_call(attempt_id: int) -> str:
     # Not retried by Celery: a second run of a dialed attempt is a no-op by its state,
     # and an undialed one is put back in the database queue by the step itself.
@@ -43,7 +44,7 @@ def place_call(attempt_id: int) -> str:
 
 
 @app.task(
-    name="campaigns.record_outcome",
+    name=task_names.RECORD_OUTCOME,
     acks_late=True,
     autoretry_for=(OperationalError,),
     retry_backoff=True,
@@ -56,11 +57,11 @@ def record_outcome(
     return get_pipeline().record_outcome(int(attempt_id), outcome, token, detail).accepted
 
 
-@app.task(name="campaigns.reconcile", acks_late=False)
+@app.task(name=task_names.RECONCILE, acks_late=False)
 def reconcile() -> dict[str, int]:
     return get_pipeline().reconcile()
 
 
-@app.task(name="campaigns.daily_runs", acks_late=False)
+@app.task(name=task_names.DAILY_RUNS, acks_late=False)
 def daily_runs() -> int:
     return sum(r.created for r in get_pipeline().daily_runs())

@@ -24,7 +24,7 @@ unknown trunk id, a trunk whose credentials the carrier rejects) are returned by
 :meth:`LiveKitTelephony.place_call` as ``CallResult(config_error=True)`` with a
 message naming the setting, so the pipeline records the attempt as not dialed
 and pauses instead of retrying; the admin methods raise
-:class:`~campaigns.telephony.ConfigurationError`.
+:class:`~campaigns.telephony.port.ConfigurationError`.
 
 After any failed ``place_call`` the room is deleted (best effort): the dispatched
 agent must not linger, and an ambiguous call that may still be ringing is hung up
@@ -65,9 +65,9 @@ from tenacity import (
 )
 
 from campaigns.masking import mask_phone
-from campaigns.outcomes import Outcome, classify_dial_error
 from campaigns.settings import Settings
-from campaigns.telephony import (
+from campaigns.telephony.outcomes import Outcome, classify_dial_error
+from campaigns.telephony.port import (
     BeforeDial,
     CallRequest,
     CallResult,
@@ -124,7 +124,7 @@ def _duration(value: timedelta) -> Duration:
 
 
 class LiveKitTelephony:
-    """:class:`~campaigns.telephony.Telephony` on a LiveKit server (or the simulator)."""
+    """:class:`~campaigns.telephony.port.Telephony` on a LiveKit server (or the simulator)."""
 
     def __init__(
         self,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from campaigns.outcomes import Outcome, is_retryable
+from campaigns.telephony.outcomes import Outcome, is_retryable
 
 # Fraction by which a delay is spread either side of base * 2**(n-1).
 JITTER_SPREAD = 0.2

@@ -1,6 +1,6 @@
 """The telephony port: what the calling pipeline needs from a telephony provider.
 
-Nothing here knows LiveKit; :mod:`campaigns.livekit_gateway` is the LiveKit
+Nothing here knows LiveKit; :mod:`campaigns.telephony.livekit_gateway` is the LiveKit
 adapter. The pipeline depends only on :class:`Telephony`, so tests and a
 dry-run can plug in another implementation.
 
@@ -16,7 +16,9 @@ Contract of :meth:`Telephony.place_call` (one call per attempt, never two dials)
   ``error`` names the setting to fix. Pause and alert; do not retry.
 
 Admin operations (trunks, hang-up, participants) raise :class:`ConfigurationError`
-for the same causes and :class:`TelephonyError` for anything else.
+for the same causes and :class:`TelephonyError` for anything else. Both are
+:class:`~campaigns.errors.CampaignError`: their message is meant for the operator
+(the CLI prints it as one line).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
-from campaigns.outcomes import Outcome
+from campaigns.errors import CampaignError
+from campaigns.telephony.outcomes import Outcome
 
 
-class TelephonyError(Exception):
+class TelephonyError(CampaignError):
     """The provider could not carry out a request (unreachable, server error, ...)."""
 
 

@@ -12,7 +12,7 @@ from campaigns import audit
 from campaigns.errors import InvalidInputError
 from campaigns.models import Trunk
 from campaigns.phones import to_e164
-from campaigns.telephony import TrunkInfo, TrunkSpec
+from campaigns.telephony.port import TrunkInfo, TrunkSpec
 
 DEFAULT_CPS = 1.0
 DEFAULT_MAX_CONCURRENT = 10
