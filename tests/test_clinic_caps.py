@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import cli as cli_module
 from campaigns import clinics, compliance
+from campaigns.cli import common as cli_module
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
 from tests.conftest import add_appointment
