@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 
 from campaigns import calls
-from campaigns.cli.common import JsonFlag, command_group, emit_json, fail, out, unit_of_work
+from campaigns.cli import common
 from campaigns.settings import get_settings
 
-app = command_group("The appointment-confirmation voice agent.")
+app = common.command_group("The appointment-confirmation voice agent.")
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
@@ -56,7 +56,7 @@ def agent_rehearse(
     appointment: Annotated[
         str | None, typer.Option(help="The clinic's appointment id: its next call's metadata")
     ] = None,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Run the real agent offline on a scripted call; nothing is dialed, reported or stored."""
     from agent.metadata import MetadataError, parse_metadata
@@ -65,7 +65,7 @@ def agent_rehearse(
     if (metadata is None) == (clinic is None or appointment is None) or (
         metadata is not None and (clinic or appointment)
     ):
-        fail("give either --metadata FILE or --clinic C --appointment ID", 2)
+        common.fail("give either --metadata FILE or --clinic C --appointment ID", 2)
     try:
         rehearsal_script = Script.load(script)
         if metadata is not None:
@@ -76,27 +76,27 @@ def agent_rehearse(
             meta = parse_metadata(raw)
         else:
             assert clinic is not None and appointment is not None
-            with unit_of_work() as session:
+            with common.unit_of_work() as session:
                 document = calls.rehearsal_metadata(
                     session, clinic, appointment, datetime.now(UTC), get_settings()
                 )
                 session.rollback()  # read only
             meta = parse_metadata(document)
     except (ScriptError, MetadataError) as exc:
-        fail(str(exc), 2)
+        common.fail(str(exc), 2)
     result = asyncio.run(rehearse(meta, rehearsal_script))
     if as_json:
-        emit_json(result.to_json())
+        common.emit_json(result.to_json())
         return
     for line in result.transcript:
-        out.print(f"{line['role']:>6}: {line['text']}", markup=False, highlight=False)
+        common.out.print(f"{line['role']:>6}: {line['text']}", markup=False, highlight=False)
     for call in result.tool_calls:
-        out.print(f"  tool: {call['name']} {json.dumps(call['args'])}", markup=False)
+        common.out.print(f"  tool: {call['name']} {json.dumps(call['args'])}", markup=False)
     for report in result.reports:
-        out.print(f"report: {report.outcome} {json.dumps(report.detail)}", markup=False)
+        common.out.print(f"report: {report.outcome} {json.dumps(report.detail)}", markup=False)
     ending = (
         f"transferred to {result.transferred_to}"
         if result.transferred_to
         else ("hung up" if result.hung_up else "call still open at the end of the script")
     )
-    out.print(ending, markup=False)
+    common.out.print(ending, markup=False)

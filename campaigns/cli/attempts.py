@@ -8,19 +8,11 @@ from typing import Annotated
 import typer
 
 from campaigns import calls, clinics
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    out,
-    print_table,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import inert
 
-app = command_group()
+app = common.command_group()
 
 
 @app.command("run-daily")
@@ -29,21 +21,21 @@ def run_daily(
     run_date: Annotated[
         str | None, typer.Option("--date", help="Clinic-local run date YYYY-MM-DD (default today)")
     ] = None,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Create first call attempts for appointments lead-days ahead; running twice adds nothing."""
     try:
         day = date.fromisoformat(run_date) if run_date else None
     except ValueError as exc:
         raise InvalidInputError(f"--date: {run_date!r} is not YYYY-MM-DD") from exc
-    with unit_of_work() as session:
-        results = calls.run_daily_for(session, clinic, day, datetime.now(UTC), actor=actor())
+    with common.unit_of_work() as session:
+        results = calls.run_daily_for(session, clinic, day, datetime.now(UTC), actor=common.actor())
     documents = [result.to_json() for result in results]
     if as_json:
-        emit_json(documents)
+        common.emit_json(documents)
         return
     for d in documents:
-        out.print(
+        common.out.print(
             inert(
                 f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
                 f"{d['skipped']} not callable"
@@ -52,19 +44,21 @@ def run_daily(
 
 
 @app.command("status")
-def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False) -> None:
+def status(
+    clinic: Annotated[str | None, typer.Option()] = None, as_json: common.JsonFlag = False
+) -> None:
     """Appointments, call attempts by state, and outcomes."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         counts = calls.status_counts(session, clinics.clinic_id(session, clinic))
     if as_json:
-        emit_json(counts)
+        common.emit_json(counts)
         return
-    out.print(f"appointments: {counts['appointments']}   retries: {counts['retries']}")
-    print_table(
+    common.out.print(f"appointments: {counts['appointments']}   retries: {counts['retries']}")
+    common.print_table(
         {"attempt state": "state", "count": "count"},
         [{"state": k, "count": v} for k, v in counts["attempts"].items()],
     )
-    print_table(
+    common.print_table(
         {"outcome": "outcome", "count": "count"},
         [{"outcome": k, "count": v} for k, v in counts["outcomes"].items()],
     )

@@ -12,20 +12,10 @@ from typing import Annotated, Any
 import typer
 
 from campaigns import audit
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    err,
-    fail,
-    out,
-    parse_instant,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 
-app = command_group("The tamper-evident audit log.")
+app = common.command_group("The tamper-evident audit log.")
 
 CheckpointOption = Annotated[
     Path | None,
@@ -41,19 +31,21 @@ def _read_checkpoint(path: Path) -> audit.Checkpoint:
     try:
         return audit.Checkpoint.parse(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"--checkpoint: cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 2)
+        common.fail(f"--checkpoint: cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 2)
     except audit.InvalidCheckpointError as exc:
-        fail(f"--checkpoint: {path} is not a checkpoint ({exc})", 2)
+        common.fail(f"--checkpoint: {path} is not a checkpoint ({exc})", 2)
 
 
 @app.command("verify")
-def audit_verify(checkpoint_file: CheckpointOption = None, as_json: JsonFlag = False) -> None:
+def audit_verify(
+    checkpoint_file: CheckpointOption = None, as_json: common.JsonFlag = False
+) -> None:
     """Re-walk the keyed chain; exit 1 naming the first event that does not hold."""
     checkpoint = _read_checkpoint(checkpoint_file) if checkpoint_file else None
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         result = audit.verify(session, checkpoint)
     if as_json:
-        emit_json(
+        common.emit_json(
             {
                 "ok": result.ok,
                 "events": result.events,
@@ -63,10 +55,10 @@ def audit_verify(checkpoint_file: CheckpointOption = None, as_json: JsonFlag = F
             }
         )
     if not result.ok:
-        fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
+        common.fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
     if not as_json:
         anchored = f"; checkpoint at event {checkpoint.seq} holds" if checkpoint else ""
-        out.print(f"audit log intact: {result.events} events{anchored}")
+        common.out.print(f"audit log intact: {result.events} events{anchored}")
 
 
 @app.command("checkpoint")
@@ -78,8 +70,8 @@ def audit_checkpoint(
 ) -> None:
     """Verify the log and print its head as {"seq", "hash", "at", "count"}; keep it elsewhere."""
     if out_file is None:
-        with unit_of_work() as session:
-            checkpoint = audit.take_checkpoint(session, actor=actor(), out="stdout")
+        with common.unit_of_work() as session:
+            checkpoint = audit.take_checkpoint(session, actor=common.actor(), out="stdout")
         sys.stdout.write(checkpoint.model_dump_json() + "\n")
         return
     if out_file.is_dir():
@@ -92,14 +84,14 @@ def audit_checkpoint(
         raise InvalidInputError(f"--out: cannot write {out_file}: {exc.strerror}") from exc
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as staging:
-            with unit_of_work() as session:
-                checkpoint = audit.take_checkpoint(session, actor=actor(), out=str(out_file))
+            with common.unit_of_work() as session:
+                checkpoint = audit.take_checkpoint(session, actor=common.actor(), out=str(out_file))
             staging.write(checkpoint.model_dump_json() + "\n")
         os.replace(staged, out_file)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
-    err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
+    common.err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
 
 
 @app.command("export")
@@ -114,7 +106,7 @@ def audit_export(
     }
     if fmt not in writers:
         raise InvalidInputError("--format must be csv or jsonl")
-    start = parse_instant(since, "--since") if since else None
+    start = common.parse_instant(since, "--since") if since else None
     exported = 0
     complete = False
 
@@ -125,14 +117,19 @@ def audit_export(
             yield event
 
     try:
-        with unit_of_work() as session:
+        with common.unit_of_work() as session:
             for chunk in writers[fmt](counted(audit.iter_events(session, start))):
                 sys.stdout.write(chunk)
         complete = True
     finally:
         # Its own transaction: an export cut short (a closed pipe) still left data.
         if complete or exported:
-            with unit_of_work() as session:
+            with common.unit_of_work() as session:
                 audit.record_export(
-                    session, actor=actor(), fmt=fmt, since=start, count=exported, complete=complete
+                    session,
+                    actor=common.actor(),
+                    fmt=fmt,
+                    since=start,
+                    count=exported,
+                    complete=complete,
                 )

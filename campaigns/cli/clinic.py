@@ -7,20 +7,11 @@ from typing import Annotated, Any
 import typer
 
 from campaigns import calls, clinics
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    err,
-    out,
-    print_table,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import inert
 
-app = command_group("Clinics and their calling rules.")
+app = common.command_group("Clinics and their calling rules.")
 
 CallerId = Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")]
 TransferNumber = Annotated[
@@ -60,7 +51,7 @@ def clinic_add(
     max_per_day: MaxPerDay = None,
     max_per_week: MaxPerWeek = None,
     healthcare_exemption: HealthcareExemption = False,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Create a clinic."""
     caps = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
@@ -82,13 +73,13 @@ def clinic_add(
             "daily_run_time": daily_run_time,
         }
     )
-    with unit_of_work() as session:
-        clinic = clinics.create_clinic(session, spec, actor=actor())
+    with common.unit_of_work() as session:
+        clinic = clinics.create_clinic(session, spec, actor=common.actor())
         described = clinics.describe(clinic)
     if as_json:
-        emit_json(described)
+        common.emit_json(described)
     else:
-        out.print(inert(f"clinic {clinic.name!r} created (id {clinic.id})"))
+        common.out.print(inert(f"clinic {clinic.name!r} created (id {clinic.id})"))
 
 
 @app.command("update")
@@ -102,7 +93,7 @@ def clinic_update(
     max_per_day: MaxPerDay = None,
     max_per_week: MaxPerWeek = None,
     healthcare_exemption: HealthcareExemption = False,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Change a clinic's settings (audited with their values before and after)."""
     changes: dict[str, Any] = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
@@ -120,28 +111,28 @@ def clinic_update(
             "nothing to update: give --transfer-number, --caller-id, --window, "
             "--max-per-day, --max-per-week or --healthcare-exemption"
         )
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         changed = clinics.update_clinic(
-            session, clinics.get_clinic(session, name), changes, actor=actor()
+            session, clinics.get_clinic(session, name), changes, actor=common.actor()
         )
     if as_json:
-        emit_json(changed)
+        common.emit_json(changed)
         return
     if not changed:
-        out.print(inert(f"clinic {name!r}: nothing changed"))
+        common.out.print(inert(f"clinic {name!r}: nothing changed"))
     for key, change in changed.items():
-        out.print(inert(f"{key}: {change['before']} -> {change['after']}"))
+        common.out.print(inert(f"{key}: {change['before']} -> {change['after']}"))
 
 
 @app.command("list")
-def clinic_list(as_json: JsonFlag = False) -> None:
+def clinic_list(as_json: common.JsonFlag = False) -> None:
     """List clinics."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         rows = [clinics.describe(c) for c in clinics.list_clinics(session)]
     if as_json:
-        emit_json(rows)
+        common.emit_json(rows)
         return
-    print_table(
+    common.print_table(
         {
             "name": "name",
             "timezone": "timezone",
@@ -156,14 +147,14 @@ def clinic_list(as_json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def clinic_show(name: str, as_json: JsonFlag = False) -> None:
+def clinic_show(name: str, as_json: common.JsonFlag = False) -> None:
     """Show one clinic's settings."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         described = clinics.describe(clinics.get_clinic(session, name))
     if as_json:
-        emit_json(described)
+        common.emit_json(described)
         return
-    print_table(
+    common.print_table(
         {"setting": "setting", "value": "value"},
         [{"setting": key, "value": value} for key, value in described.items()],
         show_header=False,
@@ -173,6 +164,8 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
 @app.command("resume")
 def clinic_resume(name: str) -> None:
     """Resume calling for a clinic paused by a configuration error."""
-    with unit_of_work() as session:
-        resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
-    err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))
+    with common.unit_of_work() as session:
+        resumed = calls.resume_clinic(
+            session, clinics.get_clinic(session, name), actor=common.actor()
+        )
+    common.err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))

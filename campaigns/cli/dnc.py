@@ -10,22 +10,13 @@ import typer
 from sqlalchemy.orm import Session
 
 from campaigns import clinics, dnc
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    err,
-    out,
-    print_table,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
 
-app = command_group("Do-not-call lists.")
+app = common.command_group("Do-not-call lists.")
 
 
 def _dnc_scope(session: Session, phone: str, clinic: str | None) -> tuple[str, int | None]:
@@ -45,7 +36,7 @@ def dnc_add(
     reason: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Never call this number again (for one clinic or all)."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         number, clinic_id = _dnc_scope(session, phone, clinic)
         dnc.add(
             session,
@@ -53,27 +44,27 @@ def dnc_add(
             clinic_id=clinic_id,
             source=DncSource.INTERNAL,
             reason=reason,
-            actor=actor(),
+            actor=common.actor(),
         )
-    err.print(f"{mask_phone(number)} is on the do-not-call list")
+    common.err.print(f"{mask_phone(number)} is on the do-not-call list")
 
 
 @app.command("remove")
 def dnc_remove(phone: str, clinic: Annotated[str | None, typer.Option()] = None) -> None:
     """Take a number off an internal list."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         number, clinic_id = _dnc_scope(session, phone, clinic)
-        if not dnc.remove(session, number, clinic_id=clinic_id, actor=actor()):
+        if not dnc.remove(session, number, clinic_id=clinic_id, actor=common.actor()):
             raise InvalidInputError(f"{mask_phone(number)} is not on that list")
-    err.print(f"{mask_phone(number)} removed")
+    common.err.print(f"{mask_phone(number)} removed")
 
 
 @app.command("list")
 def dnc_list(
-    clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFlag = False
+    clinic: Annotated[str | None, typer.Option()] = None, as_json: common.JsonFlag = False
 ) -> None:
     """Internal do-not-call entries (numbers shown in full: this list is for staff)."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         rows = [
             {
                 "phone": e.phone_e164,
@@ -86,9 +77,9 @@ def dnc_list(
             for e in dnc.entries(session, clinic_id=clinics.clinic_id(session, clinic))
         ]
     if as_json:
-        emit_json(rows)
+        common.emit_json(rows)
         return
-    print_table(
+    common.print_table(
         {
             "phone": "phone",
             "list": "list",
@@ -110,7 +101,7 @@ def dnc_import(
     as_of: Annotated[
         str | None, typer.Option(help="Data date of the registry file (default today)")
     ] = None,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Load a registry flat file: one number per line, or areacode,number."""
     try:
@@ -118,8 +109,10 @@ def dnc_import(
     except ValueError as exc:
         raise InvalidInputError(f"--as-of: {as_of!r} is not YYYY-MM-DD") from exc
     try:
-        with file.open(encoding="utf-8-sig") as lines, unit_of_work() as session:
-            result = dnc.import_file(session, lines, source=source, as_of=data_date, actor=actor())
+        with file.open(encoding="utf-8-sig") as lines, common.unit_of_work() as session:
+            result = dnc.import_file(
+                session, lines, source=source, as_of=data_date, actor=common.actor()
+            )
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"{file.name} is not UTF-8 text") from exc
     document = {
@@ -129,9 +122,9 @@ def dnc_import(
         "rejected_lines": list(result.rejected_lines),
     }
     if as_json:
-        emit_json(document)
+        common.emit_json(document)
     else:
-        out.print(
+        common.out.print(
             f"{result.list_name}: {result.entries} numbers (version {result.version}), "
             f"{len(result.rejected_lines)} lines rejected"
         )

@@ -8,17 +8,10 @@ from typing import Annotated
 import typer
 
 from campaigns import compliance
-from campaigns.cli.common import (
-    JsonFlag,
-    command_group,
-    emit_json,
-    out,
-    parse_instant,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.masking import inert
 
-app = command_group()
+app = common.command_group()
 
 
 @app.command("explain")
@@ -28,25 +21,27 @@ def explain(
     at: Annotated[
         str | None, typer.Option(help="ISO 8601 instant with offset (default now)")
     ] = None,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Why this patient may or may not be called at that time, and when next."""
-    now = parse_instant(at, "--at") if at else datetime.now(UTC)
-    with unit_of_work() as session:
+    now = common.parse_instant(at, "--at") if at else datetime.now(UTC)
+    with common.unit_of_work() as session:
         document = compliance.explain(session, clinic, appointment, now)
     if as_json:
-        emit_json(document)
+        common.emit_json(document)
         return
     verdict = "[green]may be called[/]" if document["allowed"] else "[red]may not be called[/]"
-    out.print(
+    common.out.print(
         inert(f"appointment {appointment} (attempt {document['attempt_number']}) "),
         verdict,
         inert(f" at {document['at']}"),
         sep="",
     )
     for reason in document["reasons"]:
-        out.print(inert(f"  - {reason}"))
+        common.out.print(inert(f"  - {reason}"))
     for zone, local in document["callee_local_times"].items():
         sources = ", ".join(document["zone_sources"].get(zone, ()))
-        out.print(inert(f"  callee local time in {zone} (from {sources}): {local}"))
-    out.print(inert(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}"))
+        common.out.print(inert(f"  callee local time in {zone} (from {sources}): {local}"))
+    common.out.print(
+        inert(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}")
+    )

@@ -13,27 +13,18 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from campaigns import clinics
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    err,
-    fail,
-    out,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import inert
 
-app = command_group()
+app = common.command_group()
 
 
 @app.command("import")
 def import_file(
     file: Annotated[Path, typer.Argument(dir_okay=False, help="CSV of appointments")],
     clinic: Annotated[str, typer.Option(help="Clinic name")],
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Import appointments; valid rows are committed together, invalid ones reported by line."""
     from campaigns.importer import import_appointments
@@ -41,7 +32,7 @@ def import_file(
     if not file.is_file():
         raise InvalidInputError(f"{file}: no such file")
     show_progress = sys.stdout.isatty() and not as_json
-    with unit_of_work() as session, _import_progress(show_progress, file.name) as progress:
+    with common.unit_of_work() as session, _import_progress(show_progress, file.name) as progress:
         found = clinics.get_clinic(session, clinic)
         report = import_appointments(
             session,
@@ -49,7 +40,7 @@ def import_file(
             file,
             filename=file.name,
             now=datetime.now(UTC),
-            actor=actor(),
+            actor=common.actor(),
             progress=progress,
         )
         if report.usable_rows == 0:
@@ -57,20 +48,22 @@ def import_file(
             session.rollback()
     document = report.to_json()
     if as_json:
-        emit_json(document)
+        common.emit_json(document)
     else:
-        out.print(
+        common.out.print(
             inert(
                 f"{file.name}: {report.imported} imported, {report.updated} updated, "
                 f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
             )
         )
         for rejection in report.rejected[:50]:
-            out.print(inert(f"  line {rejection.line}, {rejection.column}: {rejection.reason}"))
+            common.out.print(
+                inert(f"  line {rejection.line}, {rejection.column}: {rejection.reason}")
+            )
         if len(report.rejected) > 50:
-            out.print(f"  ... and {len(report.rejected) - 50} more (use --json for all)")
+            common.out.print(f"  ... and {len(report.rejected) - 50} more (use --json for all)")
     if report.usable_rows == 0:
-        fail(f"{file.name} has no usable row; nothing was imported")
+        common.fail(f"{file.name} has no usable row; nothing was imported")
 
 
 @contextmanager
@@ -84,6 +77,6 @@ def _import_progress(enabled: bool, name: str) -> Iterator[Callable[[int], None]
         TextColumn("{task.completed} rows"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=common.err, transient=True) as bar:
         task = bar.add_task(f"importing {name}", total=None)
         yield lambda rows: bar.update(task, completed=rows)

@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from campaigns.cli.common import command_group, fail, out, refuse_insecure_secrets
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.settings import DATA_DIR, get_settings
 
-app = command_group()
+app = common.command_group()
 
 
 @app.command("worker")
@@ -22,7 +22,7 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker that places calls."""
-    refuse_insecure_secrets()
+    common.refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
     from workers.runtime import SoleWorkerError, claim_sole_worker
 
@@ -30,7 +30,7 @@ def worker(
     try:
         claim_sole_worker(settings)
     except SoleWorkerError as exc:
-        fail(str(exc), 2)
+        common.fail(str(exc), 2)
     celery_app.worker_main(
         [
             "worker",
@@ -46,7 +46,7 @@ def worker(
 @app.command("beat")
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Start the scheduler: the tick, reconciliation and daily runs (run one)."""
-    refuse_insecure_secrets()
+    common.refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
 
     schedule = DATA_DIR / "beat-schedule"
@@ -91,4 +91,4 @@ def demo(speed: Annotated[float, typer.Option(help="Simulated call speed-up")] =
     """Run a whole campaign on the embedded default against the LiveKit simulator."""
     from demo.runner import run_demo
 
-    raise typer.Exit(run_demo(out, speed=speed))
+    raise typer.Exit(run_demo(common.out, speed=speed))

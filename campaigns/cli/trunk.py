@@ -15,20 +15,12 @@ from typing import Annotated, TypeVar
 import typer
 
 from campaigns import trunks
-from campaigns.cli.common import (
-    JsonFlag,
-    actor,
-    command_group,
-    emit_json,
-    out,
-    print_table,
-    unit_of_work,
-)
+from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.settings import get_settings
 from campaigns.telephony import Telephony
 
-app = command_group("LiveKit SIP outbound trunks and their calling limits.")
+app = common.command_group("LiveKit SIP outbound trunks and their calling limits.")
 
 TRUNK_PASSWORD_VARIABLE = "CAMPAIGNS_TRUNK_AUTH_PASSWORD"  # noqa: S105 - a variable name
 
@@ -88,7 +80,7 @@ def trunk_create(
     destination_country: Annotated[str | None, typer.Option(help="Region pinning, e.g. US")] = None,
     cps: Annotated[float, typer.Option(help="Calls started per second at most")] = 1.0,
     max_concurrent: Annotated[int, typer.Option(help="Calls in progress at most")] = 10,
-    as_json: JsonFlag = False,
+    as_json: common.JsonFlag = False,
 ) -> None:
     """Create a LiveKit SIP outbound trunk and store its calling limits.
 
@@ -96,27 +88,27 @@ def trunk_create(
     password = _trunk_password(auth_username, auth_password, auth_password_file)
     spec = trunks.trunk_spec(name, address, numbers, auth_username, password, destination_country)
     trunks.check_limits(cps, max_concurrent)
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         trunk_id = _on_livekit(
             lambda telephony: trunks.create_trunk(
-                session, telephony, spec, cps, max_concurrent, actor=actor()
+                session, telephony, spec, cps, max_concurrent, actor=common.actor()
             )
         )
     if as_json:
-        emit_json({"sip_trunk_id": trunk_id})
+        common.emit_json({"sip_trunk_id": trunk_id})
     else:
-        out.print(f"trunk created: {trunk_id}")
+        common.out.print(f"trunk created: {trunk_id}")
 
 
 @app.command("list")
-def trunk_list(as_json: JsonFlag = False) -> None:
+def trunk_list(as_json: common.JsonFlag = False) -> None:
     """Outbound trunks at LiveKit, with the engine's limits for each."""
-    with unit_of_work() as session:
+    with common.unit_of_work() as session:
         rows = _on_livekit(lambda telephony: trunks.list_trunks(session, telephony))
     if as_json:
-        emit_json(rows)
+        common.emit_json(rows)
         return
-    print_table(
+    common.print_table(
         {
             "sip_trunk_id": "sip_trunk_id",
             "name": "name",
