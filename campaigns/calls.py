@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit, dnc
-from campaigns.clinics import parse_lead_days
+from campaigns.clinics import get_clinic, list_clinics, parse_lead_days
 from campaigns.compliance import service as compliance
 from campaigns.compliance.policy import Decision
 from campaigns.compliance.state_rules import load_state_rules
@@ -46,6 +46,7 @@ from campaigns.models import (
     Trunk,
     WorkerHeartbeat,
 )
+from campaigns.settings import Settings
 from campaigns.telephony.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.telephony.retry import next_retry_due
@@ -88,6 +89,15 @@ class DailyRunResult:
     created: int
     skipped: int
     appointments_considered: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clinic": self.clinic,
+            "date": self.run_date.isoformat(),
+            "created": self.created,
+            "skipped": self.skipped,
+            "appointments_considered": self.appointments_considered,
+        }
 
 
 def clinic_local_day(clinic: Clinic, day: date) -> tuple[datetime, datetime]:
@@ -191,6 +201,24 @@ def run_daily(
         clinic_id=clinic.id,
     )
     return DailyRunResult(clinic.name, run_date, created, skipped, considered)
+
+
+def run_daily_for(
+    session: Session, clinic_name: str | None, run_date: date | None, now: datetime, *, actor: str
+) -> list[DailyRunResult]:
+    """The daily run of the clinic named, or of every clinic, on ``run_date`` or else on
+    each clinic's own local date at ``now``."""
+    targets = [get_clinic(session, clinic_name)] if clinic_name else list_clinics(session)
+    return [
+        run_daily(
+            session,
+            clinic,
+            run_date or now.astimezone(ZoneInfo(clinic.timezone)).date(),
+            now,
+            actor=actor,
+        )
+        for clinic in targets
+    ]
 
 
 def _record_daily_run(session: Session, clinic_id: int, run_date: date, created: int) -> None:
@@ -642,6 +670,30 @@ def next_attempt_id(session: Session, appointment: Appointment) -> int:
     if open_attempt is not None:
         return int(open_attempt)
     return int(session.execute(select(func.max(CallAttempt.id))).scalar_one() or 0) + 1
+
+
+def rehearsal_metadata(
+    session: Session, clinic_name: str, external_id: str, now: datetime, settings: Settings
+) -> dict[str, Any]:
+    """The metadata the engine would dispatch for the appointment's next call; writes nothing."""
+    clinic = get_clinic(session, clinic_name)
+    appointment = compliance.find_appointment(session, clinic, external_id)
+    attempt_id = next_attempt_id(session, appointment)
+    longest_call = (
+        settings.ringing_timeout_seconds
+        + settings.max_call_duration_seconds
+        + settings.report_grace_seconds
+    )
+    return agent_metadata(
+        attempt_id,
+        f"appt-{attempt_id}-rehearsal",
+        f"callee-{attempt_id}-rehearsal",
+        now + timedelta(seconds=longest_call),
+        appointment,
+        clinic,
+        settings.report_secret.get_secret_value(),
+        settings.agent_script_version,
+    )
 
 
 def pause_clinic(session: Session, clinic: Clinic, reason: str, now: datetime) -> None:

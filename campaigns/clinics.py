@@ -309,6 +309,11 @@ def get_clinic(session: Session, name: str) -> Clinic:
     return clinic
 
 
+def clinic_id(session: Session, name: str | None) -> int | None:
+    """The id of the clinic named, or None (every clinic) without a name."""
+    return get_clinic(session, name).id if name else None
+
+
 def list_clinics(session: Session) -> list[Clinic]:
     return list(session.execute(select(Clinic).order_by(col(Clinic.name))).scalars())
 

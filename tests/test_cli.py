@@ -23,7 +23,8 @@ from sqlmodel import col, select
 from typer.testing import CliRunner, Result
 
 from campaigns import audit
-from campaigns.cli import actor, app
+from campaigns.cli import app
+from campaigns.cli.common import actor
 from campaigns.db import get_engine, make_engine, session_factory
 from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.settings import get_settings

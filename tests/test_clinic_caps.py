@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import cli as cli_module
 from campaigns import clinics
+from campaigns.cli import common as cli_module
 from campaigns.compliance import service as compliance
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, func, select
 
 from campaigns import dnc
-from campaigns.clinics import parse_holidays, parse_weekdays
+from campaigns.clinics import get_clinic, parse_holidays, parse_weekdays
 from campaigns.compliance.policy import Callee, Decision, DncCheck, History, decide
 from campaigns.compliance.state_rules import load_state_rules
 from campaigns.compliance.windows import CallingWindow, Policy, StateRule
@@ -183,6 +183,17 @@ def decision_document(decision: Decision) -> dict[str, Any]:
         "ruleset_version": decision.ruleset_version,
         "dnc_list_versions": dict(decision.dnc_list_versions),
     }
+
+
+def explain(session: Session, clinic_name: str, external_id: str, now: datetime) -> dict[str, Any]:
+    """Why the appointment's next attempt may or may not be called at ``now``, and when
+    next: the document ``explain`` prints (``decision_document`` plus the question)."""
+    clinic = get_clinic(session, clinic_name)
+    appointment = find_appointment(session, clinic, external_id)
+    number = next_attempt_number(session, appointment)
+    decision = decide_for(session, appointment, clinic, number, now)
+    document = {"appointment": external_id, "attempt_number": number, "at": now.isoformat()}
+    return document | decision_document(decision)
 
 
 def next_attempt_number(session: Session, appointment: Appointment) -> int:

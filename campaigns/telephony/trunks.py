@@ -1,4 +1,7 @@
-"""Outbound trunks: validated specs for LiveKit and the engine's per-trunk limits."""
+"""Outbound trunks: validated specs for LiveKit and the engine's per-trunk limits.
+
+Creating a trunk asks the provider first and stores its limits only once the
+provider has it: a failed create leaves no row behind."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from campaigns import audit
 from campaigns.errors import InvalidInputError
 from campaigns.models import Trunk
 from campaigns.phones import to_e164
-from campaigns.telephony.port import TrunkInfo, TrunkSpec
+from campaigns.telephony.port import Telephony, TrunkInfo, TrunkSpec
 
 DEFAULT_CPS = 1.0
 DEFAULT_MAX_CONCURRENT = 10
@@ -77,6 +80,26 @@ def save_limits(
         actor=actor,
     )
     return trunk
+
+
+async def create_trunk(
+    session: Session,
+    telephony: Telephony,
+    spec: TrunkSpec,
+    cps: float,
+    max_concurrent: int,
+    *,
+    actor: str,
+) -> str:
+    """Create the outbound trunk at the provider and store its calling limits; its id."""
+    trunk_id = await telephony.create_outbound_trunk(spec)
+    save_limits(session, trunk_id, spec, cps, max_concurrent, actor=actor)
+    return trunk_id
+
+
+async def list_trunks(session: Session, telephony: Telephony) -> list[dict[str, Any]]:
+    """The provider's outbound trunks, each with the engine's limits for it."""
+    return describe(session, await telephony.list_outbound_trunks())
 
 
 def describe(session: Session, found: Sequence[TrunkInfo]) -> list[dict[str, Any]]:
