@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,7 @@ from campaigns.db import UTCDateTime, make_engine, session_factory
 from campaigns.errors import CampaignError
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
-from tests.conftest import PG_HOST_URL, _pg_admin
+from harness.databases import scratch_postgres, scratch_sqlite
 
 Seal = Callable[[bytes], str]
 
@@ -431,17 +430,10 @@ def test_a_malformed_checkpoint_is_refused_naming_the_field(document: str, named
 def unkeyed_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database at the revision before the chain was keyed."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'unkeyed.db'}"
-        migrate.upgrade(url, "0002")
-        yield url
+        yield scratch_sqlite(tmp_path / "unkeyed.db", revision="0002")
         return
-    name = f"campaigns_unkeyed_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        migrate.upgrade(f"{PG_HOST_URL}/{name}", "0002")
-        yield f"{PG_HOST_URL}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("campaigns_unkeyed", revision="0002") as url:
+        yield url
 
 
 def _write_unkeyed_chain(url: str, seqs: list[int], *, edit_seq: int | None = None) -> None:

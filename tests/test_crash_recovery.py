@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import col, select
 
 from campaigns.models import AttemptState, CallAttempt, Trunk
-from tests.pipeline_harness import wait_until
+from harness.processes import wait_until
 from tests.test_pipeline_e2e import TRUNK, Stack, _setup_clinic, _stack
 
 # Every recovery setting at its default: the stack's own shortcuts are dropped.

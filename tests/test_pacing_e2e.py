@@ -13,8 +13,8 @@ import redis
 from sqlmodel import select
 
 from campaigns.models import CallAttempt, Trunk, WorkerHeartbeat
-from tests.pipeline_harness import CAMPAIGNS, wait_until
-from tests.test_pacing import max_in_window
+from harness.measure import max_in_window
+from harness.processes import CAMPAIGNS, wait_until
 from tests.test_pipeline_e2e import TRUNK, Stack, _setup_clinic, _stack
 
 CALLS = 60

@@ -41,9 +41,9 @@ from campaigns.models import (
 )
 from campaigns.settings import get_settings
 from demo.daytime import daytime_zone, local_number
+from harness.processes import ProcessGroup, processes, wait_until
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
-from tests.pipeline_harness import Processes, processes, wait_until
 
 TRUNK = "ST_pipeline"
 _ROOM_ATTEMPT = re.compile(r"^appt-(\d+)-")
@@ -54,7 +54,7 @@ class Stack:
     engine: Engine
     env: dict[str, str]
     sim: SimulatorHandle
-    procs: Processes
+    procs: ProcessGroup
     broker_url: str
     zone: str
 
