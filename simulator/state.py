@@ -127,24 +127,22 @@ class Simulator:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def shutdown(self) -> None:
+    async def _end_everything(self, why: str) -> None:
         for room in list(self.rooms.values()):
-            self.drop_room(room, "shutdown")
+            self.drop_room(room, why)
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        await self._end_everything("shutdown")
         close = getattr(self.reporter, "close", None)
         if callable(close):
             await asyncio.get_running_loop().run_in_executor(None, close)
 
     async def reset(self) -> None:
-        for room in list(self.rooms.values()):
-            self.drop_room(room, "reset")
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._end_everything("reset")
         self.trunks.clear()
         self._install_default_trunk()
         self.calls.clear()
