@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from campaigns.db import get_engine, make_engine, session_factory
-from campaigns.models import Appointment, Clinic
 from campaigns.settings import get_settings
 from harness.databases import (
     drop_postgres,
@@ -87,32 +83,3 @@ def app_env(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     get_engine().dispose()  # the CLI's pooled connections, before the database is dropped
     get_engine.cache_clear()
     get_settings.cache_clear()
-
-
-def add_clinic(session: Session, **overrides: Any) -> Clinic:
-    values: dict[str, Any] = {
-        "name": "Lakeside Clinic",
-        "timezone": "America/New_York",
-        "country": "US",
-    }
-    values.update(overrides)
-    clinic = Clinic(**values)
-    session.add(clinic)
-    session.flush()
-    return clinic
-
-
-def add_appointment(session: Session, clinic: Clinic, **overrides: Any) -> Appointment:
-    assert clinic.id is not None
-    values: dict[str, Any] = {
-        "clinic_id": clinic.id,
-        "external_id": f"A-{uuid.uuid4().hex[:8]}",
-        "patient_name": "Ada Lovelace",
-        "phone_e164": "+12125550100",
-        "starts_at": datetime.now(UTC) + timedelta(days=2),
-    }
-    values.update(overrides)
-    appointment = Appointment(**values)
-    session.add(appointment)
-    session.flush()
-    return appointment

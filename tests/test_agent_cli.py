@@ -15,7 +15,7 @@ from typer.testing import Result
 from campaigns.models import AuditEvent, CallAttempt
 from campaigns.tokens import TokenCheck, check_report_token
 from tests.agent_helpers import call_metadata
-from tests.test_cli import (
+from tests.cli_helpers import (
     CLINIC,
     SQLITE_ONLY,
     add_clinic_cli,

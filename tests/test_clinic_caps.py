@@ -15,8 +15,7 @@ from campaigns import cli as cli_module
 from campaigns import clinics, compliance
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
-from tests.conftest import add_appointment
-from tests.test_cli import (
+from tests.cli_helpers import (
     APPOINTMENT_START,
     CLINIC,
     SQLITE_ONLY,
@@ -27,6 +26,7 @@ from tests.test_cli import (
     cli_json,
     database,
 )
+from tests.factories import add_appointment
 
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 in New York
 

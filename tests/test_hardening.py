@@ -24,7 +24,7 @@ from campaigns.db import make_engine, session_factory
 from campaigns.models import AttemptState, CallAttempt
 from campaigns.settings import InsecureSecretError, Settings, get_settings, require_secrets
 from harness.processes import CAMPAIGNS
-from tests.conftest import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic
 
 runner = CliRunner()
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/campaigns_production"

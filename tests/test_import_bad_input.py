@@ -21,7 +21,7 @@ from campaigns.importer import (
     import_appointments,
 )
 from campaigns.models import Appointment, Clinic
-from tests.conftest import add_clinic
+from tests.factories import add_clinic
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HEADER = ["Appointment ID", "Patient Name", "Phone", "Start", "Provider"]

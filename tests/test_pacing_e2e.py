@@ -15,7 +15,7 @@ from sqlmodel import select
 from campaigns.models import CallAttempt, Trunk, WorkerHeartbeat
 from harness.measure import max_in_window
 from harness.processes import CAMPAIGNS, wait_until
-from tests.test_pipeline_e2e import TRUNK, Stack, _setup_clinic, _stack
+from tests.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
 
 CALLS = 60
 CPS = 5
@@ -23,19 +23,19 @@ MAX_CONCURRENT = 8
 
 
 @pytest.fixture
-def redis_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def redispipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     # Real-time calls: answered within a second, a second or two long, so both
     # the rate and the concurrency cap bind.
     scenario = {
         "latency": {"answer": [0.2, 1.0], "call": [1.0, 2.0]},
         "suffixes": {f"{n:02d}": "confirmed" for n in range(CALLS)},
     }
-    yield from _stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
+    yield from pipeline_stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
 
 
 @pytest.fixture
-def embedded_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    yield from _stack(request, tmp_path, "sqlite+embedded-broker", speed=30.0)
+def embeddedpipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    yield from pipeline_stack(request, tmp_path, "sqlite+embedded-broker", speed=30.0)
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_two_workers_on_a_redis_broker_keep_the_trunks_limits_at_the_callee(
 ) -> None:
     stack = redis_stack
     stack.env.pop("CAMPAIGNS_REDIS_URL")  # no setting: pacing shares the broker's Redis
-    _setup_clinic(stack, count=CALLS, max_attempts=1)
+    setup_clinic(stack, count=CALLS, max_attempts=1)
     with stack.session() as s:
         trunk = s.get(Trunk, TRUNK)
         assert trunk is not None

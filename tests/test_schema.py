@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from campaigns import migrate
 from campaigns.models import AttemptState, CallAttempt
-from tests.conftest import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic
 
 
 def _attempt(appointment_id: int, clinic_id: int, number: int, state: str) -> CallAttempt:
