@@ -15,7 +15,7 @@ from sqlmodel import col, select
 
 from campaigns.models import AttemptState, CallAttempt, Trunk
 from harness.processes import wait_until
-from tests.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
+from tests.e2e.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
 
 # Every recovery setting at its default: the stack's own shortcuts are dropped.
 _SHORTCUTS = (

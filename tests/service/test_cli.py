@@ -24,7 +24,8 @@ from campaigns.db import get_engine
 from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.outcomes import Outcome
 from campaigns.settings import get_settings
-from tests.cli_helpers import (
+from tests.factories import lift_append_only_guard
+from tests.service.cli_helpers import (
     CLINIC,
     SQLITE_ONLY,
     add_clinic_cli,
@@ -35,7 +36,6 @@ from tests.cli_helpers import (
     database,
     stored_appointments,
 )
-from tests.factories import lift_append_only_guard
 
 # --------------------------------------------------------------------------- clinics
 

@@ -15,7 +15,7 @@ from sqlmodel import select
 from campaigns.models import CallAttempt, Trunk, WorkerHeartbeat
 from harness.measure import max_in_window
 from harness.processes import CAMPAIGNS, wait_until
-from tests.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
+from tests.e2e.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
 
 CALLS = 60
 CPS = 5

@@ -31,7 +31,7 @@ from campaigns.models import (
 )
 from demo.daytime import local_number
 from harness.processes import wait_until
-from tests.pipeline_stack import Stack, pipeline_stack, setup_clinic
+from tests.e2e.pipeline_stack import Stack, pipeline_stack, setup_clinic
 
 
 @pytest.fixture(params=["postgresql+redis", pytest.param("sqlite+embedded-broker", id="embedded")])

@@ -170,7 +170,7 @@ def test_the_cli_creates_its_data_folder_and_files_owner_only(tmp_path: Path) ->
 def test_the_simulator_is_reachable_from_this_host_only() -> None:
     help_text = runner.invoke(app, ["simulator", "--help"], env={"COLUMNS": "200"}).output
     assert "127.0.0.1" in help_text
-    compose = (Path(__file__).parent.parent / "docker-compose.yml").read_text()
+    compose = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
     published = [
         port.strip().strip("\"'")
         for ports in re.findall(r"^\s*ports:\s*\[(.*)\]", compose, re.MULTILINE)

@@ -15,7 +15,8 @@ from campaigns import cli as cli_module
 from campaigns import clinics, compliance
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
-from tests.cli_helpers import (
+from tests.factories import add_appointment
+from tests.service.cli_helpers import (
     APPOINTMENT_START,
     CLINIC,
     SQLITE_ONLY,
@@ -26,7 +27,6 @@ from tests.cli_helpers import (
     cli_json,
     database,
 )
-from tests.factories import add_appointment
 
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 in New York
 
