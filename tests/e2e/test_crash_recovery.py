@@ -28,7 +28,7 @@ RECOVERY_LIMIT = 60.0
 
 
 @pytest.fixture(params=["postgresql+redis", pytest.param("sqlite+embedded-broker", id="embedded")])
-def ringingpipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def ringing_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     # Real-time calls that ring 6 s then talk 1 s: a kill lands while calls ring.
     scenario = {
         "latency": {"answer": [6, 6], "call": [1, 1]},
@@ -84,7 +84,7 @@ def test_a_killed_workers_calls_are_back_in_play_within_a_minute(ringing_stack: 
 
 
 @pytest.fixture
-def unresponsivepipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def unresponsive_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     # Every LiveKit request hangs for ten minutes: the dial never gets an answer.
     scenario = {"latency": {"api": [600, 600]}}
     yield from pipeline_stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)

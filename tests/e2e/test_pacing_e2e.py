@@ -23,7 +23,7 @@ MAX_CONCURRENT = 8
 
 
 @pytest.fixture
-def redispipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def redis_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     # Real-time calls: answered within a second, a second or two long, so both
     # the rate and the concurrency cap bind.
     scenario = {
@@ -34,7 +34,7 @@ def redispipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
 
 
 @pytest.fixture
-def embeddedpipeline_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+def embedded_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     yield from pipeline_stack(request, tmp_path, "sqlite+embedded-broker", speed=30.0)
 
 
