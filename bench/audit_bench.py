@@ -13,13 +13,9 @@ import argparse
 import tempfile
 import time
 
-import psycopg
-
 from campaigns import audit, migrate
 from campaigns.db import make_engine, session_factory
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-DB = "campaigns_audit_bench"
+from harness.databases import scratch_postgres
 
 
 def run(url: str, batches: int, singles: int) -> None:
@@ -60,14 +56,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         run(f"sqlite:///{folder}/bench.db", args.batches, args.singles)
-    with psycopg.connect(ADMIN, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        admin.execute(f"CREATE DATABASE {DB}")
-    try:
-        run(f"postgresql+psycopg://postgres@127.0.0.1:5432/{DB}", args.batches, args.singles)
-    finally:
-        with psycopg.connect(ADMIN, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_postgres("campaigns_audit_bench") as url:
+        run(url, args.batches, args.singles)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from campaigns.telephony.livekit_gateway import LiveKitTelephony
 from campaigns.telephony.pacing.pacer import Slot, wait_for_start
 from campaigns.telephony.pacing.redis_pacer import RedisPacer
 from campaigns.telephony.port import CallRequest
+from harness.measure import max_in_window, max_overlap
 from simulator.scenario import DEFAULT_SUFFIXES
 from simulator.testing import running_simulator
 from workers.runtime import EventLoopThread
@@ -50,25 +51,6 @@ TRUNK = "bench-trunk"
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def max_in_window(times_us: list[int], window_us: int = 1_000_000) -> int:
-    times = sorted(times_us)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window_us:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
-def max_overlap(intervals: list[tuple[int, int]]) -> int:
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    best = current = 0
-    for _, delta in events:
-        current += delta
-        best = max(best, current)
-    return best
 
 
 def _request(call: int, run_id: str) -> CallRequest:

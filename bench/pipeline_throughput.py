@@ -23,14 +23,9 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -41,19 +36,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psutil
-import psycopg
 import redis
 from sqlalchemy import Engine, func, insert
 from sqlmodel import col, select
 
-from campaigns import calls, clinics, migrate
+from campaigns import calls, clinics
 from campaigns.db import make_engine, session_factory
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt, Trunk
 from demo.daytime import daytime_zone, local_number
+from harness.databases import scratch_postgres
+from harness.processes import Process, ProcessGroup, free_port, http_ok, wait_until
 
-CAMPAIGNS = str(Path(sys.executable).with_name("campaigns"))
-PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-PG_HOST_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 REDIS_HOST_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 TRUNK = "ST_bench"
 API_KEY = "benchkey"
@@ -67,17 +60,6 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pg_admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.encode())
-
-
 @contextmanager
 def workspace(keep: bool) -> Iterator[Path]:
     """A scratch directory for the processes' logs; kept (and named) with ``--keep``."""
@@ -89,19 +71,6 @@ def workspace(keep: bool) -> Iterator[Path]:
             print(f"logs kept in {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
-
-
-@contextmanager
-def fresh_database(tag: str) -> Iterator[str]:
-    """A freshly created and migrated PostgreSQL database, dropped afterwards."""
-    name = f"campaigns_bench_{tag}_{uuid.uuid4().hex[:10]}"
-    pg_admin(f'CREATE DATABASE "{name}"')
-    url = f"{PG_HOST_URL}/{name}"
-    try:
-        migrate.upgrade(url)
-        yield url
-    finally:
-        pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def seed(
@@ -199,17 +168,21 @@ def open_count(states: Counter[str]) -> int:
 
 @dataclass
 class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
+    """A started process and its resource use, sampled with psutil."""
+
+    process: Process
     ps: psutil.Process | None = None
     peak_rss: int = 0
     cpu: float = 0.0  # user + system seconds, last sample
 
+    @property
+    def name(self) -> str:
+        return self.process.name
+
     def sample(self) -> None:
         try:
             if self.ps is None:
-                self.ps = psutil.Process(self.popen.pid)
+                self.ps = psutil.Process(self.process.pid)
             procs = [self.ps, *self.ps.children(recursive=True)]
             rss = cpu = 0.0
             for p in procs:
@@ -224,33 +197,24 @@ class Proc:
 
     def rss_now(self) -> int:
         try:
-            return int(psutil.Process(self.popen.pid).memory_info().rss)
+            return int(psutil.Process(self.process.pid).memory_info().rss)
         except psutil.NoSuchProcess:
             return 0
 
 
 @dataclass
 class Stack:
-    env: dict[str, str]
-    workdir: Path
+    group: ProcessGroup
     procs: list[Proc] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _sampler: threading.Thread | None = None
 
+    @property
+    def env(self) -> dict[str, str]:
+        return self.group.env
+
     def start(self, name: str, *args: str) -> Proc:
-        cwd = self.workdir / name
-        cwd.mkdir(exist_ok=True)
-        log = self.workdir / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                [CAMPAIGNS, *args],
-                env=self.env,
-                cwd=cwd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        proc = Proc(name, popen, log)
+        proc = Proc(self.group.start(name, *args))
         self.procs.append(proc)
         return proc
 
@@ -269,41 +233,10 @@ class Stack:
             self._sampler.join(timeout=5)
         for proc in self.procs:
             proc.sample()
-        # Newest first: beat and the workers stop before the simulator they dial.
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
-                proc.popen.wait(timeout=5)
+        self.group.stop_all()
 
     def tail(self, name: str, chars: int = 3000) -> str:
-        path = self.workdir / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-def wait_for(check: Any, *, timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def http_ok(url: str) -> bool:
-    import urllib.request
-
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
+        return self.group.tail(name, chars)
 
 
 def sim_stats(url: str) -> dict[str, Any]:
@@ -352,7 +285,7 @@ def running_stack(
     }
     scenario_path = workdir / "scenario.json"
     scenario_path.write_text(json.dumps(scenario))
-    stack = Stack(env, workdir)
+    stack = Stack(ProcessGroup(env, workdir))
     try:
         stack.start(
             "simulator",
@@ -362,7 +295,9 @@ def running_stack(
             f"--trunk={TRUNK}",
             f"--scenario={scenario_path}",
         )
-        wait_for(lambda: http_ok(sim_url + "/_sim/stats"), timeout=30, what="the simulator")
+        wait_until(
+            lambda: http_ok(sim_url + "/_sim/stats"), timeout=30, what="the simulator", every=0.1
+        )
         stack.start_sampling()
         yield stack, sim_url
     finally:
@@ -406,7 +341,7 @@ def outcome_counts(engine: Engine) -> Counter[str]:
 def run_once(args: argparse.Namespace, workers: int, concurrency: int) -> RunResult:
     config = f"{workers}x{concurrency}"
     zone = daytime_zone(datetime.now(UTC))
-    with workspace(args.keep) as workdir, fresh_database("tput") as url:
+    with workspace(args.keep) as workdir, scratch_postgres("campaigns_bench_tput") as url:
         engine = make_engine(url)
         try:
             setup_s = seed(
@@ -434,10 +369,11 @@ def run_once(args: argparse.Namespace, workers: int, concurrency: int) -> RunRes
                         f"--concurrency={concurrency}",
                         f"--loglevel={args.loglevel}",
                     )
-                wait_for(
+                wait_until(
                     lambda: consumers(stack.env["CAMPAIGNS_BROKER_URL"]) >= workers,
                     timeout=60,
                     what="the workers to consume",
+                    every=0.1,
                 )
                 baseline = {p.name: p.cpu for p in stack.procs}
                 t0 = time.monotonic()

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,9 @@ import aiohttp
 from livekit import api
 from livekit.protocol.sip import CreateSIPParticipantRequest
 
+from harness.processes import free_port
+
 SECRET = "bench-secret-0123456789abcdef0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:

@@ -24,17 +24,17 @@ from pipeline_throughput import (
     Stack,
     attempt_states,
     consumers,
-    fresh_database,
     open_count,
     running_stack,
     seed,
     sim_stats,
-    wait_for,
     workspace,
 )
 
 from campaigns.db import make_engine
 from demo.daytime import daytime_zone
+from harness.databases import scratch_postgres
+from harness.processes import wait_until
 
 NO_ANSWER = {"suffixes": {f"{n:02d}": "no_answer" for n in range(100)}}
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the logs directory")
     args = parser.parse_args()
     zone = daytime_zone(datetime.now(UTC))
-    with workspace(args.keep) as workdir, fresh_database("conc") as url:
+    with workspace(args.keep) as workdir, scratch_postgres("campaigns_bench_conc") as url:
         engine = make_engine(url)
         try:
             seed(
@@ -90,7 +90,7 @@ def main() -> None:
                     f"--concurrency={args.concurrency}",
                     f"--loglevel={args.loglevel}",
                 )
-                wait_for(
+                wait_until(
                     lambda: consumers(stack.env["CAMPAIGNS_BROKER_URL"]) >= 1,
                     timeout=60,
                     what="the worker to consume",

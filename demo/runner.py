@@ -13,10 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,18 +33,12 @@ from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR
 from demo.daytime import country_of, daytime_zone, local_number
+from harness.processes import free_port, port_open, processes, wait_until
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
 TRUNK_ID = "ST_demo"
 CLINIC = "Lakeside Clinic (demo)"
 DEADLINE = timedelta(minutes=2, seconds=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
@@ -68,55 +58,17 @@ def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
 
 @contextmanager
 def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> Iterator[None]:
-    campaigns = str(Path(sys.executable).with_name("campaigns"))
-    commands = {
-        "simulator": [
-            campaigns,
-            "simulator",
-            "--port",
-            str(port),
-            "--speed",
-            str(speed),
-            "--trunk",
-            TRUNK_ID,
-        ],
-        "worker": [campaigns, "worker", "--concurrency", "50", "--loglevel", "WARNING"],
-        "beat": [campaigns, "beat", "--loglevel", "WARNING"],
-    }
-    running = []
-    try:
-        for name, command in commands.items():
-            with (workdir / f"{name}.log").open("ab") as log:
-                running.append(
-                    subprocess.Popen(
-                        command,
-                        env=env,
-                        cwd=workdir,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
+    with processes(env, workdir, grace=15.0) as group:
+        group.start(
+            "simulator", "simulator", f"--port={port}", f"--speed={speed}", f"--trunk={TRUNK_ID}"
+        )
+        group.worker(loglevel="WARNING")
+        group.beat(loglevel="WARNING")
+        try:
+            wait_until(lambda: port_open(port), timeout=20.0, what="the LiveKit simulator")
+        except TimeoutError:
+            raise RuntimeError("the LiveKit simulator did not start (see simulator.log)") from None
         yield
-    finally:
-        for process in running:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in running:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-def _wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("the LiveKit simulator did not start (see simulator.log)")
 
 
 def run_demo(console: Console, *, speed: float = 10.0) -> int:
@@ -124,7 +76,7 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
     workdir = DATA_DIR / f"demo-{now:%Y%m%d-%H%M%S}"
     workdir.mkdir(parents=True)
     database_url = f"sqlite:///{workdir / 'campaigns.db'}"
-    port = _free_port()
+    port = free_port()
     zone = daytime_zone(now)
     env = dict(os.environ) | {
         "CAMPAIGNS_DATABASE_URL": database_url,
@@ -183,7 +135,6 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             f"{len(report.rejected_lines)} rejected"
         )
     with _services(env, workdir, port, speed):
-        _wait_for_port(port)
         with sessions() as session:
             clinic = clinics.get_clinic(session, CLINIC)
             local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()

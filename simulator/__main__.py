@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from simulator.server import run
+from simulator.app import run
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,7 +2,7 @@
 
 Everything here is pure: which behaviour a dialled number gets, and how long
 each simulated phase lasts, are functions of the number, the room and the
-scenario, so a run is reproducible. The server (``simulator.server``) only
+scenario, so a run is reproducible. The server (``simulator.app``) only
 sleeps for the durations computed here.
 
 Scenario file (JSON, every key optional)::

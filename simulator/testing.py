@@ -18,8 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
+from simulator.app import bound_port, create_app, serve
 from simulator.scenario import SimulatorConfig, coerce_config
-from simulator.server import Reporter, bound_port, create_app, serve
+from simulator.state import Reporter
 
 # At least 32 bytes: PyJWT warns about shorter HMAC keys, fatal under
 # ``filterwarnings = error`` when the livekit client signs its tokens.

@@ -3,69 +3,50 @@
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from campaigns import migrate
 from campaigns.db import get_engine, make_engine, session_factory
-from campaigns.models import Appointment, Clinic
 from campaigns.settings import get_settings
+from harness.databases import (
+    drop_postgres,
+    migrated_postgres_template,
+    scratch_postgres,
+    scratch_sqlite,
+)
 
-PG_ADMIN_DSN = os.environ.get(
-    "CAMPAIGNS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
-)
-PG_HOST_URL = os.environ.get(
-    "CAMPAIGNS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432"
-)
 _TEMPLATE_DB = f"campaigns_tpl_{os.getpid()}"
-
-
-def _pg_admin(sql: str) -> None:
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(sql.encode())
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tpl") / "template.db"
-    migrate.upgrade(f"sqlite:///{path}")
+    scratch_sqlite(path)
     return path
 
 
 @pytest.fixture(scope="session")
 def postgres_template() -> Iterator[str]:
-    _pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_DB}"')
-    _pg_admin(f'CREATE DATABASE "{_TEMPLATE_DB}"')
-    migrate.upgrade(f"{PG_HOST_URL}/{_TEMPLATE_DB}")
-    yield _TEMPLATE_DB
-    _pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_DB}" WITH (FORCE)')
+    yield migrated_postgres_template(_TEMPLATE_DB)
+    drop_postgres(_TEMPLATE_DB)
 
 
 def fresh_database(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of the given kind; dropped after the test."""
     if kind == "sqlite":
         template: Path = request.getfixturevalue("sqlite_template")
-        path = tmp_path / "campaigns.db"
-        shutil.copy(template, path)
-        yield f"sqlite:///{path}"
+        yield scratch_sqlite(tmp_path / "campaigns.db", template=template)
         return
     template_name: str = request.getfixturevalue("postgres_template")
-    name = f"campaigns_t_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
     try:
-        yield f"{PG_HOST_URL}/{name}"
+        with scratch_postgres("campaigns_t", template=template_name) as url:
+            yield url
     finally:
         get_engine.cache_clear()
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -102,32 +83,3 @@ def app_env(database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     get_engine().dispose()  # the CLI's pooled connections, before the database is dropped
     get_engine.cache_clear()
     get_settings.cache_clear()
-
-
-def add_clinic(session: Session, **overrides: Any) -> Clinic:
-    values: dict[str, Any] = {
-        "name": "Lakeside Clinic",
-        "timezone": "America/New_York",
-        "country": "US",
-    }
-    values.update(overrides)
-    clinic = Clinic(**values)
-    session.add(clinic)
-    session.flush()
-    return clinic
-
-
-def add_appointment(session: Session, clinic: Clinic, **overrides: Any) -> Appointment:
-    assert clinic.id is not None
-    values: dict[str, Any] = {
-        "clinic_id": clinic.id,
-        "external_id": f"A-{uuid.uuid4().hex[:8]}",
-        "patient_name": "Ada Lovelace",
-        "phone_e164": "+12125550100",
-        "starts_at": datetime.now(UTC) + timedelta(days=2),
-    }
-    values.update(overrides)
-    appointment = Appointment(**values)
-    session.add(appointment)
-    session.flush()
-    return appointment

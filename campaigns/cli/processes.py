@@ -68,7 +68,7 @@ def simulator(
     ] = False,
 ) -> None:
     """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
-    from simulator.server import run
+    from simulator.app import run
 
     settings = get_settings()
     if speed <= 0:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from campaigns import dnc
 from campaigns.errors import InvalidInputError
 from campaigns.models import DncSource
-from tests.conftest import add_clinic
+from tests.factories import add_clinic
 
 
 def test_clinic_entry_blocks_only_that_clinic(session: Session) -> None:

@@ -36,7 +36,7 @@ from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.tokens import check_report_token
-from tests.conftest import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic
 
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 EDT
 RUN_DATE = date(2026, 5, 12)

@@ -30,7 +30,7 @@ from campaigns.models import (
     CallAttempt,
     Clinic,
 )
-from tests.conftest import add_clinic
+from tests.factories import add_attempt, add_clinic
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HEADER = "Appointment ID,Patient Name,Phone,Start,Provider,Location,Timezone,State,ZIP,Status"
@@ -63,22 +63,6 @@ def appointments(session: Session) -> dict[str, Appointment]:
 
 def count(session: Session) -> int:
     return session.execute(select(func.count()).select_from(Appointment)).scalar_one()
-
-
-def add_attempt(session: Session, appointment: Appointment, state: str, number: int = 1) -> int:
-    assert appointment.id is not None
-    attempt = CallAttempt(
-        appointment_id=appointment.id,
-        clinic_id=appointment.clinic_id,
-        attempt_number=number,
-        state=state,
-        due_at=NOW + timedelta(days=1),
-        number_called=appointment.phone_e164,
-    )
-    session.add(attempt)
-    session.flush()
-    assert attempt.id is not None
-    return attempt.id
 
 
 @pytest.fixture
@@ -323,9 +307,15 @@ def test_reimport_updates_by_appointment_id(session: Session, clinic: Clinic) ->
     run(session, clinic, first)
     session.commit()
     before = appointments(session)
-    rescheduled_attempt = add_attempt(session, before["U-1"], AttemptState.SCHEDULED)
-    untouched_attempt = add_attempt(session, before["U-2"], AttemptState.SCHEDULED)
-    queued_attempt = add_attempt(session, before["U-3"], AttemptState.QUEUED)
+    rescheduled_attempt = add_attempt(
+        session, before["U-1"], AttemptState.SCHEDULED, due_at=NOW + timedelta(days=1)
+    )
+    untouched_attempt = add_attempt(
+        session, before["U-2"], AttemptState.SCHEDULED, due_at=NOW + timedelta(days=1)
+    )
+    queued_attempt = add_attempt(
+        session, before["U-3"], AttemptState.QUEUED, due_at=NOW + timedelta(days=1)
+    )
     session.commit()
 
     again = run(session, clinic, first, filename="again.csv")

@@ -16,8 +16,8 @@ from campaigns.cli import common as cli_module
 from campaigns.compliance import service as compliance
 from campaigns.errors import InvalidInputError
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
-from tests.conftest import add_appointment
-from tests.test_cli import (
+from tests.factories import add_appointment
+from tests.service.cli_helpers import (
     APPOINTMENT_START,
     CLINIC,
     SQLITE_ONLY,

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +28,8 @@ from campaigns.db import UTCDateTime, make_engine, session_factory
 from campaigns.errors import CampaignError
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
-from tests.conftest import PG_HOST_URL, _pg_admin
+from harness.databases import scratch_postgres, scratch_sqlite
+from tests.factories import lift_append_only_guard
 
 Seal = Callable[[bytes], str]
 
@@ -54,21 +54,12 @@ def _write_events(session: Session, count: int = 5) -> None:
     session.commit()
 
 
-def _lift_append_only_guard(session: Session) -> None:
-    # A tamperer with database access can drop the trigger; the chain must still tell.
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only"))
-    else:
-        session.execute(text("DROP TRIGGER IF EXISTS audit_event_no_update"))
-        session.execute(text("DROP TRIGGER IF EXISTS audit_event_no_delete"))
-
-
 def _rechain(session: Session, seal: Seal, *, from_seq: int = 1, renumber: bool = True) -> None:
     """Re-link every event from ``from_seq`` on to its predecessor, hashed with ``seal``.
 
     With ``renumber`` the events are numbered on from their predecessor, closing any gap.
     """
-    _lift_append_only_guard(session)
+    lift_append_only_guard(session)
     rows = session.execute(select(AuditEvent).order_by(col(AuditEvent.seq))).scalars().all()
     prev_hash, prev_seq = audit.GENESIS_HASH, 0
     updates = []
@@ -105,7 +96,7 @@ def _rechain(session: Session, seal: Seal, *, from_seq: int = 1, renumber: bool 
 
 
 def _tamper(session: Session, statement: str, **params: object) -> None:
-    _lift_append_only_guard(session)
+    lift_append_only_guard(session)
     session.execute(text(statement), params)
     session.commit()
     session.expire_all()
@@ -141,7 +132,7 @@ def test_editing_any_field_of_an_event_breaks_the_chain_there(
     session: Session, column: str, value: str
 ) -> None:
     _write_events(session)
-    _lift_append_only_guard(session)
+    lift_append_only_guard(session)
     session.execute(
         text(f"UPDATE audit_event SET {column} = :value WHERE seq = 3"), {"value": value}
     )
@@ -154,7 +145,7 @@ def test_editing_any_field_of_an_event_breaks_the_chain_there(
 
 def test_deleting_an_event_is_detected(session: Session) -> None:
     _write_events(session)
-    _lift_append_only_guard(session)
+    lift_append_only_guard(session)
     session.execute(text("DELETE FROM audit_event WHERE seq = 2"))
     session.commit()
     result = audit.verify(session)
@@ -164,7 +155,7 @@ def test_deleting_an_event_is_detected(session: Session) -> None:
 
 def test_rewriting_an_event_with_a_fresh_hash_is_still_detected(session: Session) -> None:
     _write_events(session)
-    _lift_append_only_guard(session)
+    lift_append_only_guard(session)
     session.execute(text("UPDATE audit_event SET hash = :h WHERE seq = 2"), {"h": "f" * 64})
     session.commit()
     result = audit.verify(session)
@@ -448,17 +439,10 @@ def test_a_malformed_checkpoint_is_refused_naming_the_field(document: str, named
 def unkeyed_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database at the revision before the chain was keyed."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'unkeyed.db'}"
-        migrate.upgrade(url, "0002")
-        yield url
+        yield scratch_sqlite(tmp_path / "unkeyed.db", revision="0002")
         return
-    name = f"campaigns_unkeyed_{uuid.uuid4().hex[:12]}"
-    _pg_admin(f'CREATE DATABASE "{name}"')
-    try:
-        migrate.upgrade(f"{PG_HOST_URL}/{name}", "0002")
-        yield f"{PG_HOST_URL}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_postgres("campaigns_unkeyed", revision="0002") as url:
+        yield url
 
 
 def _write_unkeyed_chain(url: str, seqs: list[int], *, edit_seq: int | None = None) -> None:

@@ -13,9 +13,9 @@ import redis
 from sqlmodel import select
 
 from campaigns.models import CallAttempt, Trunk, WorkerHeartbeat
-from tests.pipeline_harness import CAMPAIGNS, wait_until
-from tests.test_pacing import max_in_window
-from tests.test_pipeline_e2e import TRUNK, Stack, _setup_clinic, _stack
+from harness.measure import max_in_window
+from harness.processes import CAMPAIGNS, wait_until
+from tests.e2e.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
 
 CALLS = 60
 CPS = 5
@@ -30,12 +30,12 @@ def redis_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stac
         "latency": {"answer": [0.2, 1.0], "call": [1.0, 2.0]},
         "suffixes": {f"{n:02d}": "confirmed" for n in range(CALLS)},
     }
-    yield from _stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
+    yield from pipeline_stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
 
 
 @pytest.fixture
 def embedded_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    yield from _stack(request, tmp_path, "sqlite+embedded-broker", speed=30.0)
+    yield from pipeline_stack(request, tmp_path, "sqlite+embedded-broker", speed=30.0)
 
 
 @pytest.mark.slow
@@ -45,7 +45,7 @@ def test_two_workers_on_a_redis_broker_keep_the_trunks_limits_at_the_callee(
 ) -> None:
     stack = redis_stack
     stack.env.pop("CAMPAIGNS_REDIS_URL")  # no setting: pacing shares the broker's Redis
-    _setup_clinic(stack, count=CALLS, max_attempts=1)
+    setup_clinic(stack, count=CALLS, max_attempts=1)
     with stack.session() as s:
         trunk = s.get(Trunk, TRUNK)
         assert trunk is not None

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from campaigns.importing import ImportFileError, ImportReport, Rejection, import_appointments
 from campaigns.importing.rows import MAX_START_AHEAD
 from campaigns.models import Appointment, Clinic
-from tests.conftest import add_clinic
+from tests.factories import add_clinic
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HEADER = ["Appointment ID", "Patient Name", "Phone", "Start", "Provider"]

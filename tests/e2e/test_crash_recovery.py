@@ -14,8 +14,8 @@ import pytest
 from sqlmodel import col, select
 
 from campaigns.models import AttemptState, CallAttempt, Trunk
-from tests.pipeline_harness import wait_until
-from tests.test_pipeline_e2e import TRUNK, Stack, _setup_clinic, _stack
+from harness.processes import wait_until
+from tests.e2e.pipeline_stack import TRUNK, Stack, pipeline_stack, setup_clinic
 
 # Every recovery setting at its default: the stack's own shortcuts are dropped.
 _SHORTCUTS = (
@@ -34,7 +34,7 @@ def ringing_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         "latency": {"answer": [6, 6], "call": [1, 1]},
         "suffixes": {f"{n:02d}": "confirmed" for n in range(10)},
     }
-    yield from _stack(request, tmp_path, request.param, speed=1.0, scenario=scenario)
+    yield from pipeline_stack(request, tmp_path, request.param, speed=1.0, scenario=scenario)
 
 
 def _in_flight(stack: Stack) -> dict[int, tuple[str, str | None, datetime | None]]:
@@ -52,7 +52,7 @@ def test_a_killed_workers_calls_are_back_in_play_within_a_minute(ringing_stack: 
     stack = ringing_stack
     for name in _SHORTCUTS:
         stack.env.pop(name)
-    _setup_clinic(stack, count=10, max_attempts=2)
+    setup_clinic(stack, count=10, max_attempts=2)
     with stack.session() as s:
         # One call a second: at the kill some calls ring, others wait for the trunk.
         trunk = s.get(Trunk, TRUNK)
@@ -87,7 +87,7 @@ def test_a_killed_workers_calls_are_back_in_play_within_a_minute(ringing_stack: 
 def unresponsive_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     # Every LiveKit request hangs for ten minutes: the dial never gets an answer.
     scenario = {"latency": {"api": [600, 600]}}
-    yield from _stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
+    yield from pipeline_stack(request, tmp_path, "postgresql+redis", speed=1.0, scenario=scenario)
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_a_hanging_dial_ends_within_its_limit_and_is_never_redialed(
     stack = unresponsive_stack
     stack.env["CAMPAIGNS_RINGING_TIMEOUT_SECONDS"] = "15"
     limit = 15 + 3 / 2  # ringing timeout + half the dial grace (3 s in this stack)
-    _setup_clinic(stack, count=1, max_attempts=1)
+    setup_clinic(stack, count=1, max_attempts=1)
     stack.procs.worker()
     stack.procs.beat()
 

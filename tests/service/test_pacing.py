@@ -25,6 +25,7 @@ from campaigns.telephony.pacing import pacer as pacing
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from campaigns.telephony.pacing.pacer import Pacer, Slot, interval_us, wait_for_start
 from campaigns.telephony.pacing.redis_pacer import RedisPacer
+from harness.measure import max_in_window, max_overlap
 from workers.runtime import pacer_from_settings
 
 REDIS_URL = os.environ.get("CAMPAIGNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -34,26 +35,6 @@ SPAWN = mp.get_context("spawn")
 
 def us(slot: Slot) -> int:
     return int(slot.start.timestamp() * 1_000_000 + 0.5)
-
-
-def max_in_window(times_us: list[int], window_us: int = 1_000_000) -> int:
-    """Most events in any half-open window [t, t + window)."""
-    times = sorted(times_us)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - window_us:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
-
-
-def max_overlap(intervals: list[tuple[int, int]]) -> int:
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    best = current = 0
-    for _, delta in events:  # at equal times a release (-1) sorts before a start
-        current += delta
-        best = max(best, current)
-    return best
 
 
 @pytest.fixture

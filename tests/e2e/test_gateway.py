@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from campaigns.telephony.port import (
     TrunkSpec,
 )
 from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
+from harness.processes import free_port
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.agent_helpers import call_metadata
 
@@ -314,9 +314,7 @@ def test_livekit_down_dials_nothing(mode: str) -> None:
 
 
 def test_connection_refused_is_a_clean_failure() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     # Nothing listens on the port now: every connection is refused.
 
     async def go() -> CallResult:

@@ -23,8 +23,8 @@ from campaigns.cli import app
 from campaigns.db import make_engine, session_factory
 from campaigns.models import AttemptState, CallAttempt
 from campaigns.settings import InsecureSecretError, Settings, get_settings, require_secrets
-from tests.conftest import add_appointment, add_clinic
-from tests.pipeline_harness import CAMPAIGNS
+from harness.processes import CAMPAIGNS
+from tests.factories import add_appointment, add_clinic
 
 runner = CliRunner()
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/campaigns_production"
@@ -170,7 +170,7 @@ def test_the_cli_creates_its_data_folder_and_files_owner_only(tmp_path: Path) ->
 def test_the_simulator_is_reachable_from_this_host_only() -> None:
     help_text = runner.invoke(app, ["simulator", "--help"], env={"COLUMNS": "200"}).output
     assert "127.0.0.1" in help_text
-    compose = (Path(__file__).parent.parent / "docker-compose.yml").read_text()
+    compose = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
     published = [
         port.strip().strip("\"'")
         for ports in re.findall(r"^\s*ports:\s*\[(.*)\]", compose, re.MULTILINE)

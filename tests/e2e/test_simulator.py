@@ -27,7 +27,7 @@ from livekit.protocol.sip import (
 )
 
 from simulator.scenario import DEFAULT_WEIGHTS, Scenario, ScenarioError
-from simulator.server import OutcomeReport
+from simulator.state import OutcomeReport
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.agent_helpers import metadata_json, token_verifies
 

@@ -10,94 +10,32 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 from sqlmodel import col, select
-from typer.testing import CliRunner, Result
 
 from campaigns import audit
-from campaigns.cli import app
 from campaigns.cli.common import actor
-from campaigns.db import get_engine, make_engine, session_factory
+from campaigns.db import get_engine
 from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.settings import get_settings
 from campaigns.telephony.outcomes import Outcome
-from tests.conftest import add_appointment
-from tests.test_audit import _lift_append_only_guard
-
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-CLINIC = "Lakeside"
-APPOINTMENT_START = datetime(2026, 5, 14, 15, 0, tzinfo=UTC)  # Thursday 11:00 EDT
-
-runner = CliRunner()
-
-
-def cli(*args: str) -> Result:
-    return runner.invoke(app, list(args))
-
-
-def cli_json(*args: str) -> Any:
-    result = cli(*args, "--json")
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    """Exit 1, no traceback, exactly one ``error: ...`` line on stderr; returns that line."""
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("error: ")
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
-
-
-@contextmanager
-def database(url: str) -> Iterator[Session]:
-    """Direct access to the test database, committed at the end."""
-    engine = make_engine(url)
-    try:
-        with session_factory(engine)() as session:
-            yield session
-            session.commit()
-    finally:
-        engine.dispose()
-
-
-def stored_appointments(url: str) -> int:
-    with database(url) as session:
-        return len(session.execute(select(Appointment.id)).all())
-
-
-def add_clinic_cli(*extra: str) -> dict[str, Any]:
-    document: dict[str, Any] = cli_json(
-        "clinic", "add", CLINIC, "--timezone", "America/New_York", *extra
-    )
-    return document
-
-
-def add_patient(url: str, external_id: str = "A-1", **overrides: Any) -> None:
-    with database(url) as session:
-        clinic = session.execute(select(Clinic).where(col(Clinic.name) == CLINIC)).scalar_one()
-        values: dict[str, Any] = {
-            "external_id": external_id,
-            "phone_e164": "+12125550100",
-            "starts_at": APPOINTMENT_START,
-            "patient_timezone": "America/New_York",
-        }
-        values.update(overrides)
-        add_appointment(session, clinic, **values)
-
+from tests.factories import lift_append_only_guard
+from tests.service.cli_helpers import (
+    CLINIC,
+    SQLITE_ONLY,
+    add_clinic_cli,
+    add_patient,
+    assert_one_line_error,
+    cli,
+    cli_json,
+    database,
+    stored_appointments,
+)
 
 # --------------------------------------------------------------------------- clinics
 
@@ -322,7 +260,7 @@ def test_audit_verify_names_the_tampered_event(app_env: str) -> None:
     assert (verified["ok"], verified["first_bad_seq"]) == (True, None)
     assert verified["events"] >= 2
     with database(app_env) as session:
-        _lift_append_only_guard(session)
+        lift_append_only_guard(session)
         session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 2"))
 
     result = cli("audit", "verify")
@@ -377,7 +315,7 @@ def test_audit_checkpoint_anchors_the_log_until_events_are_removed(
     assert verified["checkpoint"] == checkpoint
 
     with database(app_env) as session:
-        _lift_append_only_guard(session)
+        lift_append_only_guard(session)
         session.execute(text("DELETE FROM audit_event WHERE seq >= 2"))
     assert cli("audit", "verify").exit_code == 0  # what is left still chains
     result = cli("audit", "verify", "--checkpoint", str(anchor))
@@ -401,7 +339,7 @@ def test_a_refused_checkpoint_leaves_the_last_one_and_the_log_as_they_were(
     assert len(_audit_events(app_env, "audit.checkpoint")) == 1
 
     with database(app_env) as session:
-        _lift_append_only_guard(session)
+        lift_append_only_guard(session)
         session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 1"))
     broken = cli("audit", "checkpoint", "--out", str(anchor))
 

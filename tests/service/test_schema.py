@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from campaigns import migrate
 from campaigns.compliance.state_rules import load_seed_state_rules, load_state_rules
 from campaigns.models import AttemptState, CallAttempt
-from tests.conftest import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic
 
 
 def _attempt(appointment_id: int, clinic_id: int, number: int, state: str) -> CallAttempt:

@@ -15,7 +15,7 @@ from typer.testing import Result
 from campaigns.models import AuditEvent, CallAttempt
 from campaigns.tokens import TokenCheck, check_report_token
 from tests.agent_helpers import call_metadata
-from tests.test_cli import (
+from tests.service.cli_helpers import (
     CLINIC,
     SQLITE_ONLY,
     add_clinic_cli,
@@ -26,7 +26,7 @@ from tests.test_cli import (
     database,
 )
 
-CONFIRM_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "rehearse-confirm.json"
+CONFIRM_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "rehearse-confirm.json"
 
 
 # --------------------------------------------------------------------------- clinic update

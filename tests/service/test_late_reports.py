@@ -29,7 +29,7 @@ from campaigns.models import (
 from campaigns.telephony.outcomes import AGENT_OUTCOMES, Outcome
 from campaigns.telephony.port import CallResult
 from campaigns.tokens import sign_report_token
-from tests.conftest import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic
 
 SECRET = "late-report-test-secret-0123456789abcdef"
 NOW = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)  # a Tuesday, 11:00 in New York

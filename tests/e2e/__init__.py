@@ -1,0 +1,1 @@
+"""Real processes: workers, beat and the LiveKit simulator over HTTP."""
