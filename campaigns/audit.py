@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as orm_event
-from sqlalchemy import insert, text
+from sqlalchemy import func, insert, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
@@ -270,3 +270,61 @@ def export_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
         buffer.truncate()
     if buffer.getvalue():
         yield buffer.getvalue()
+
+
+EVENTS_PAGE_SIZE = 100
+
+
+def list_events(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    kind: str | None = None,
+    actor: str | None = None,
+    page: int = 1,
+) -> dict[str, Any]:
+    """One page of events, newest first, filtered by time, kind (prefix) and actor."""
+    if page < 1:
+        raise ValueError("page starts at 1")
+    filters = []
+    if since is not None:
+        filters.append(col(AuditEvent.at) >= since)
+    if until is not None:
+        filters.append(col(AuditEvent.at) < until)
+    if kind:
+        filters.append(col(AuditEvent.kind).startswith(kind, autoescape=True))
+    if actor:
+        filters.append(col(AuditEvent.actor) == actor)
+    total = session.execute(
+        select(func.count()).select_from(AuditEvent).where(*filters)
+    ).scalar_one()
+    events = session.execute(
+        select(AuditEvent)
+        .where(*filters)
+        .order_by(col(AuditEvent.seq).desc())
+        .offset((page - 1) * EVENTS_PAGE_SIZE)
+        .limit(EVENTS_PAGE_SIZE)
+    ).scalars()
+    items = []
+    for event in events:
+        row = _as_row(event)
+        row["payload"] = json.loads(event.payload)
+        items.append(row)
+    return {"page": page, "page_size": EVENTS_PAGE_SIZE, "total": total, "items": items}
+
+
+def checkpoint(session: Session) -> dict[str, Any]:
+    """The head of the chain, to be kept outside the database: any later rewrite of the
+    events up to ``seq`` no longer ends in ``hash``."""
+    write_pending(session)
+    head = session.execute(
+        select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
+    ).scalar_one_or_none()
+    count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+    return {
+        "seq": head.seq if head else 0,
+        "hash": head.hash if head else GENESIS_HASH,
+        "at": head.at.isoformat() if head else None,
+        "count": count,
+    }

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
@@ -28,13 +28,13 @@ from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import audit, calls, clinics, compliance, dnc, migrate
+from campaigns import appointments, audit, calls, clinics, compliance, dnc, migrate, users
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
-from campaigns.settings import DATA_DIR, get_settings
+from campaigns.settings import DATA_DIR, get_settings, insecure_secret_settings
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -80,11 +80,13 @@ clinic_app = _typer("Clinics and their calling rules.")
 dnc_app = _typer("Do-not-call lists.")
 audit_app = _typer("The tamper-evident audit log.")
 trunk_app = _typer("LiveKit SIP outbound trunks and their calling limits.")
+user_app = _typer("People who use the web console and the API, and their roles.")
 app.add_typer(db_app, name="db")
 app.add_typer(trunk_app, name="trunk")
 app.add_typer(clinic_app, name="clinic")
 app.add_typer(dnc_app, name="dnc")
 app.add_typer(audit_app, name="audit")
+app.add_typer(user_app, name="user")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
@@ -319,18 +321,18 @@ def explain(
     with unit_of_work() as session:
         found_clinic = clinics.get_clinic(session, clinic)
         found = compliance.find_appointment(session, found_clinic, appointment)
-        number = compliance.next_attempt_number(session, found)
-        decision = compliance.decide_for(session, found, found_clinic, number, now)
-        document = {"appointment": appointment, "attempt_number": number, "at": now.isoformat()}
-        document |= compliance.decision_document(decision)
+        document = appointments.explain(session, found_clinic, found, now)
     if as_json:
         emit_json(document)
         return
-    verdict = "[green]may be called[/]" if decision.allowed else "[red]may not be called[/]"
-    out.print(f"appointment {appointment} (attempt {number}) {verdict} at {now.isoformat()}")
-    for reason in decision.reasons:
+    verdict = "[green]may be called[/]" if document["allowed"] else "[red]may not be called[/]"
+    out.print(
+        f"appointment {appointment} (attempt {document['attempt_number']}) {verdict} "
+        f"at {now.isoformat()}"
+    )
+    for reason in document["reasons"]:
         out.print(f"  - {reason}", markup=False)
-    for zone, local in decision.callee_local_times.items():
+    for zone, local in document["callee_local_times"].items():
         out.print(f"  callee local time in {zone}: {local}", markup=False)
     out.print(
         f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False
@@ -492,6 +494,112 @@ def audit_export(
     with unit_of_work() as session:
         for chunk in writers[fmt](audit.iter_events(session, start)):
             sys.stdout.write(chunk)
+
+
+# --- users ------------------------------------------------------------------
+
+
+@user_app.command("add")
+def user_add(
+    email: str,
+    role: Annotated[str, typer.Option(help="admin, staff or reviewer")],
+    clinic: Annotated[
+        list[str] | None, typer.Option("--clinic", help="A clinic a staff user works for")
+    ] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a console user (the password is read from stdin, never from the command line)."""
+    if not password_stdin:
+        raise InvalidInputError("give the password on standard input with --password-stdin")
+    password = sys.stdin.readline().rstrip("\r\n")
+    with unit_of_work() as session:
+        created = users.add_user(
+            session, email, role, password, clinic_names=clinic or [], actor=actor()
+        )
+        described = users.describe(session, created)
+    if as_json:
+        emit_json(described)
+    else:
+        err.print(f"user {described['email']} added ({described['role']})")
+
+
+@user_app.command("list")
+def user_list(as_json: JsonFlag = False) -> None:
+    """Console users, their roles and clinics."""
+    with unit_of_work() as session:
+        rows = users.list_users(session)
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        {
+            "email": "email",
+            "role": "role",
+            "clinics": "clinics",
+            "disabled": "disabled",
+            "locked until": "locked_until",
+        },
+        [row | {"clinics": ", ".join(row["clinics"])} for row in rows],
+    )
+
+
+@user_app.command("disable")
+def user_disable(email: str) -> None:
+    """Disable a user and end their sessions and API tokens."""
+    with unit_of_work() as session:
+        changed = users.disable_user(session, email, datetime.now(UTC), actor=actor())
+    err.print(f"user {email} {'disabled' if changed else 'was already disabled'}")
+
+
+@user_app.command("token")
+def user_token(email: str) -> None:
+    """Print a new API token for scripts and cron (valid CAMPAIGNS_API_TOKEN_DAYS days)."""
+    settings = get_settings()
+    with unit_of_work() as session:
+        user = users.get_user(session, email)
+        if user.disabled:
+            raise InvalidInputError(f"user {user.email} is disabled")
+        token, expires_at = users.open_session(
+            session,
+            user,
+            users.API,
+            datetime.now(UTC),
+            timedelta(days=settings.api_token_days),
+        )
+    sys.stdout.write(token + "\n")
+    err.print(f"expires at {expires_at.isoformat()}")
+
+
+# --- web console ------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the web console and the HTTP API."""
+    import uvicorn
+
+    from console.app import create_app
+    from workers.runtime import get_pipeline
+
+    insecure = insecure_secret_settings(get_settings())
+    if insecure:
+        raise InvalidInputError(
+            f"refusing to serve with the published default of {', '.join(insecure)}; "
+            "set a secret of your own"
+        )
+    uvicorn.run(
+        create_app(get_pipeline()),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_level="info",
+    )
 
 
 # --- pipeline ---------------------------------------------------------------

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from campaigns import calls
+from campaigns import audit, calls
 from campaigns.db import session_scope
+from campaigns.errors import NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
 from campaigns.outcomes import Outcome
@@ -182,17 +183,28 @@ class Pipeline:
     def record_outcome(
         self, attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
     ) -> calls.ReportResult:
-        with self.transaction() as session:
-            result = calls.record_outcome(
-                session,
-                attempt_id,
-                outcome,
-                token,
-                self.clock(),
-                secret=self.settings.report_secret.get_secret_value(),
-                jitter=self.jitter(),
-                detail=detail,
-            )
+        """Record the agent's report; a refused one is audited and raised again."""
+        try:
+            with self.transaction() as session:
+                result = calls.record_outcome(
+                    session,
+                    attempt_id,
+                    outcome,
+                    token,
+                    self.clock(),
+                    secret=self.settings.report_secret.get_secret_value(),
+                    jitter=self.jitter(),
+                    detail=detail,
+                )
+        except (calls.InvalidReportError, NotFoundError) as exc:
+            with self.transaction() as session:
+                audit.record(
+                    session,
+                    "report.refused",
+                    {"attempt_id": attempt_id, "outcome": str(outcome)[:40], "why": str(exc)},
+                    actor=calls.AGENT,
+                )
+            raise
         if result.release_slot and result.trunk_id:
             self.pacer.release(result.trunk_id, attempt_id)
         return result
@@ -232,6 +244,22 @@ class Pipeline:
         if settled:
             log.warning("reconciled stale attempts: %s", settled)
         return settled
+
+    def call_ended(self, room_name: str) -> str | None:
+        """LiveKit says the call in ``room_name`` is over: settle an answered attempt that
+        has no report yet now, not after the grace period. A report arriving later
+        still outranks this (see :func:`calls.record_outcome`)."""
+        with self.transaction() as session:
+            attempt = calls.answered_attempt_in_room(session, room_name)
+        if attempt is None:
+            return None
+        with self.transaction() as session:
+            action = calls.reconcile_attempt(
+                session, attempt, [], self.clock(), jitter=self.jitter()
+            )
+        if action == "failed" and attempt.trunk_id:
+            self.pacer.release(attempt.trunk_id, attempt.attempt_id)
+        return action
 
     # ------------------------------------------------------------------ daily runs
 

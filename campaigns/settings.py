@@ -81,6 +81,39 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="A call waiting longer for its trunk goes back to the queue."
     )
     worker_concurrency: int = Field(default=200, ge=1, description="Calls in flight per worker.")
+    session_hours: float = Field(
+        default=12.0, gt=0, description="A console sign-in lasts this long."
+    )
+    api_token_days: float = Field(default=30.0, gt=0, description="An API token lasts this long.")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed sign-ins in a row before the account is locked."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0, description="How long a locked account stays locked."
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="The console's address, where an agent outside the broker's network "
+        "posts its outcome reports (e.g. https://console.example.org).",
+    )
+
+
+# Secrets whose default may only serve the embedded default (SQLite, one machine).
+_SECRET_DEFAULTS = {
+    "CAMPAIGNS_REPORT_SECRET": ("report_secret", "change-me-report-secret"),
+    "LIVEKIT_API_SECRET": ("livekit_api_secret", "dev-secret-for-the-local-simulator-only"),
+}
+
+
+def insecure_secret_settings(settings: Settings) -> list[str]:
+    """The secrets still at their published default while the database is not SQLite."""
+    if settings.database_url.startswith("sqlite"):
+        return []
+    return [
+        name
+        for name, (field, default) in _SECRET_DEFAULTS.items()
+        if getattr(settings, field).get_secret_value() == default
+    ]
 
 
 @lru_cache(maxsize=1)

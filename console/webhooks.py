@@ -1,0 +1,71 @@
+"""``POST /livekit/webhook``: LiveKit tells us a call's room finished or its SIP
+participant left.
+
+The body is verified with ``livekit-api``'s :class:`WebhookReceiver` (a JWT
+signed with the API secret in ``Authorization``, carrying the body's SHA-256);
+anything unsigned or altered is 401 and changes nothing. An answered attempt
+whose call has ended without a report is settled at once instead of after the
+grace period; every verified event is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from livekit.api import TokenVerifier, WebhookReceiver
+from livekit.protocol.models import ParticipantInfo
+from livekit.protocol.webhook import WebhookEvent
+from starlette.concurrency import run_in_threadpool
+
+from campaigns import audit
+from campaigns.db import session_scope
+from campaigns.pipeline import Pipeline
+from console.deps import get_pipeline
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+ACTOR = "livekit"
+
+
+@router.post("/livekit/webhook", include_in_schema=False)
+async def livekit_webhook(
+    request: Request, pipeline: Annotated[Pipeline, Depends(get_pipeline)]
+) -> dict[str, Any]:
+    settings = pipeline.settings
+    receiver = WebhookReceiver(
+        TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret.get_secret_value())
+    )
+    body = (await request.body()).decode("utf-8", errors="replace")
+    auth = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    try:
+        event = receiver.receive(body, auth)
+    except Exception as exc:  # the receiver raises bare Exceptions for every kind of forgery
+        log.warning("refused a LiveKit webhook: %s", type(exc).__name__)
+        raise HTTPException(401, "webhook signature does not verify") from exc
+    return await run_in_threadpool(_settle, pipeline, event)
+
+
+def _settle(pipeline: Pipeline, event: WebhookEvent) -> dict[str, Any]:
+    room = event.room.name
+    sip_left = (
+        event.event == "participant_left" and event.participant.kind == ParticipantInfo.Kind.SIP
+    )
+    settles = event.event == "room_finished" or sip_left
+    action = pipeline.call_ended(room) if settles and room else None
+    with session_scope(pipeline.sessions) as session:
+        audit.record(
+            session,
+            "livekit.webhook",
+            {
+                "event": event.event,
+                "id": event.id,
+                "room": room,
+                "participant": event.participant.identity or None,
+                "action": action,
+            },
+            actor=ACTOR,
+        )
+    return {"event": event.event, "action": action}
