@@ -708,6 +708,9 @@ def simulator(
     no_report: Annotated[
         bool, typer.Option(help="Do not send agent reports to the engine")
     ] = False,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="Send LiveKit webhooks here (the console's /livekit/webhook)")
+    ] = None,
 ) -> None:
     """Serve the LiveKit simulator (Twirp API, scripted callees, simulated agent)."""
     from simulator.server import run
@@ -725,6 +728,7 @@ def simulator(
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret.get_secret_value(),
         broker_url=settings.broker_url,
+        webhook_url=webhook_url,
     )
 
 

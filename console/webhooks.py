@@ -3,9 +3,15 @@ participant left.
 
 The body is verified with ``livekit-api``'s :class:`WebhookReceiver` (a JWT
 signed with the API secret in ``Authorization``, carrying the body's SHA-256);
-anything unsigned or altered is 401 and changes nothing. An answered attempt
-whose call has ended without a report is settled at once instead of after the
-grace period; every verified event is audited.
+anything unsigned or altered is 401 and changes nothing. Every verified event
+is audited.
+
+When the room of an answered attempt finishes (LiveKit closes it once the
+callee and the agent have left, after its departure timeout) and no report has
+arrived, the attempt is settled at once instead of after the grace period. The
+callee's SIP participant leaving is recorded but settles nothing by itself:
+the agent reports just before it hangs up, and a report queued on the broker
+may still be on its way when that webhook arrives.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from livekit.api import TokenVerifier, WebhookReceiver
-from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.webhook import WebhookEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -50,11 +55,7 @@ async def livekit_webhook(
 
 def _settle(pipeline: Pipeline, event: WebhookEvent) -> dict[str, Any]:
     room = event.room.name
-    sip_left = (
-        event.event == "participant_left" and event.participant.kind == ParticipantInfo.Kind.SIP
-    )
-    settles = event.event == "room_finished" or sip_left
-    action = pipeline.call_ended(room) if settles and room else None
+    action = pipeline.call_ended(room) if event.event == "room_finished" and room else None
     with session_scope(pipeline.sessions) as session:
         audit.record(
             session,

@@ -321,6 +321,8 @@ class SimulatorConfig:
     # Real seconds (not scaled by speed) a room stays after its last call ended,
     # like LiveKit's departure timeout; DeleteRoom in that window still succeeds.
     departure_timeout: float = 20.0
+    # Where to send LiveKit webhooks (room_finished, participant_left), signed like LiveKit.
+    webhook_url: str | None = None
     request_id_cache_size: int = 10_000
     max_call_log: int = 200_000
 

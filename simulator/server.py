@@ -18,6 +18,7 @@ Test endpoints: ``GET /_sim/calls``, ``GET /_sim/reports``,
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
@@ -33,16 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import jwt
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from jwt.utils import base64url_decode
-from livekit.api.access_token import Claims, TokenVerifier
+from livekit.api.access_token import AccessToken, Claims, TokenVerifier
 from livekit.protocol import agent_dispatch as pb_dispatch
 from livekit.protocol import models as pb_models
 from livekit.protocol import room as pb_room
 from livekit.protocol import sip as pb_sip
+from livekit.protocol import webhook as pb_webhook
 
 from simulator.scenario import (
     FAILURES,
@@ -359,6 +362,7 @@ class Simulator:
         room.expiry = None
         if not room.calls and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self._room_finished(room)
 
     def _drop_room(self, room: Room, why: str) -> None:
         if self.rooms.get(room.name) is room:
@@ -367,6 +371,24 @@ class Simulator:
             room.expiry.cancel()
         for call in list(room.calls.values()):
             self._end_call(call, why)
+        if why != "shutdown":
+            self._room_finished(room)
+
+    def _room_finished(self, room: Room) -> None:
+        info = pb_models.Room(name=room.name, sid=room.sid)
+        self._webhook(pb_webhook.WebhookEvent(event="room_finished", room=info))
+
+    def _webhook(self, event: pb_webhook.WebhookEvent) -> None:
+        """Send a LiveKit webhook to ``config.webhook_url``, if set; failures are logged."""
+        if self.config.webhook_url is None:
+            return
+        event.id = _new_id("EV_")
+        event.created_at = int(time.time())
+        self.spawn(
+            post_webhook(
+                self.config.webhook_url, event, self.config.api_key, self.config.api_secret
+            )
+        )
 
     def _end_call(self, call: Call, why: str) -> None:
         """Hang ``call`` up from outside (room deleted, identity reused, reset)."""
@@ -533,6 +555,17 @@ class Simulator:
             return
         self._set_state(call, "ended")
         call.attributes["sip.callStatus"] = "hangup"
+        if "answered_at" in call.record:
+            left = pb_models.ParticipantInfo(
+                identity=call.identity, sid=call.participant_sid, kind=pb_models.ParticipantInfo.SIP
+            )
+            self._webhook(
+                pb_webhook.WebhookEvent(
+                    event="participant_left",
+                    room=pb_models.Room(name=call.room_name),
+                    participant=left,
+                )
+            )
         room = self.rooms.get(call.room_name)
         if room is None or room.calls.get(call.identity) is not call:
             return
@@ -923,9 +956,14 @@ def run(
     api_key: str | None = None,
     api_secret: str | None = None,
     broker_url: str | None = None,
+    webhook_url: str | None = None,
 ) -> None:
     """Serve until interrupted (the ``campaigns simulator`` command)."""
-    overrides: dict[str, Any] = {"speed": speed, "default_trunk_id": trunk}
+    overrides: dict[str, Any] = {
+        "speed": speed,
+        "default_trunk_id": trunk,
+        "webhook_url": webhook_url,
+    }
     if scenario_path:
         overrides["scenario"] = Scenario.load(scenario_path)
     if api_key:
@@ -956,3 +994,28 @@ def run(
             shutdown_timeout=1.0,
             backlog=4096,
         )
+
+
+# --- LiveKit webhooks ------------------------------------------------------------
+
+
+def sign_webhook(event: Message, api_key: str, api_secret: str) -> tuple[bytes, str]:
+    """The body and the ``Authorization`` value LiveKit sends: a JWT signed with the
+    API secret whose ``sha256`` claim is the base64 SHA-256 of the body."""
+    body = json_format.MessageToJson(event).encode()
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    return body, AccessToken(api_key, api_secret).with_sha256(digest).to_jwt()
+
+
+async def post_webhook(url: str, event: Message, api_key: str, api_secret: str) -> None:
+    body, token = sign_webhook(event, api_key, api_secret)
+    headers = {"Authorization": token, "Content-Type": "application/webhook+json"}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client,
+            client.post(url, data=body, headers=headers) as response,
+        ):
+            if response.status >= 300:
+                logger.warning("webhook %s refused: HTTP %s", url, response.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        logger.warning("webhook %s failed: %s", url, exc)

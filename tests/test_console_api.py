@@ -4,6 +4,7 @@ yours, bad CSRF, forged webhooks and reports)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import hashlib
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx2
 import pytest
 from google.protobuf import json_format
 from livekit.api import AccessToken
@@ -25,6 +27,7 @@ from sqlmodel import col, select
 from campaigns import users
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.tokens import sign_report_token
+from console.reporter import HttpReporter, ReportRefusedError
 from simulator.testing import TEST_API_SECRET
 from tests.conftest import add_appointment, add_clinic
 from tests.console_support import PASSWORD, REPORT_SECRET, Console, running_console
@@ -511,20 +514,40 @@ def sip_left(room: str) -> WebhookEvent:
     )
 
 
-def test_a_signed_webhook_settles_an_answered_call_without_a_report(console: Console) -> None:
-    attempt_id = answered_attempt(console)
-    body, token = signed_webhook(sip_left("appt-room-1"))
-    response = console.client.post(
+def post_webhook(console: Console, event: WebhookEvent) -> Any:
+    body, token = signed_webhook(event)
+    return console.client.post(
         "/livekit/webhook",
         content=body,
         headers={"Authorization": token, "Content-Type": "application/webhook+json"},
     )
-    assert response.status_code == 200
-    assert response.json() == {"event": "participant_left", "action": "failed"}
+
+
+def test_a_finished_room_settles_an_answered_call_without_a_report(console: Console) -> None:
+    attempt_id = answered_attempt(console)
+    left = post_webhook(console, sip_left("appt-room-1"))
+    assert left.json() == {"event": "participant_left", "action": None}
+    assert attempt_row(console, attempt_id).state == AttemptState.ANSWERED
+    finished = post_webhook(
+        console, WebhookEvent(event="room_finished", id="EV_2", room=Room(name="appt-room-1"))
+    )
+    assert finished.status_code == 200
+    assert finished.json() == {"event": "room_finished", "action": "failed"}
     row = attempt_row(console, attempt_id)
     assert row.state == AttemptState.FAILED and (row.error or "").startswith("reconciled")
     logged = events(console, "livekit.webhook")
-    assert [json.loads(e.payload)["room"] for e in logged] == ["appt-room-1"]
+    assert [json.loads(e.payload)["event"] for e in logged] == ["participant_left", "room_finished"]
+    # The agent's authentic report, arriving late, still wins.
+    late = console.client.post(
+        "/api/v1/reports",
+        json={
+            "attempt_id": attempt_id,
+            "outcome": "confirmed",
+            "token": sign_report_token(attempt_id, REPORT_SECRET),
+        },
+    )
+    assert late.json()["accepted"] is True
+    assert attempt_row(console, attempt_id).outcome == "confirmed"
 
 
 def test_forged_webhooks_get_401_and_change_nothing(console: Console) -> None:
@@ -542,3 +565,27 @@ def test_forged_webhooks_get_401_and_change_nothing(console: Console) -> None:
         assert response.status_code == 401
     assert attempt_row(console, attempt_id).state == AttemptState.ANSWERED
     assert events(console, "livekit.webhook") == []
+
+
+def test_the_http_reporter_posts_the_agents_report_to_the_api(console: Console) -> None:
+    attempt_id = answered_attempt(console)
+    app = console.client.app
+    client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://c")
+    reporter = HttpReporter("http://c/", client=client)
+
+    async def send() -> tuple[bool, str]:
+        try:
+            accepted = await reporter.report(
+                attempt_id, "confirmed", sign_report_token(attempt_id, REPORT_SECRET), {}
+            )
+            try:
+                await reporter.report(attempt_id, "confirmed", "forged", {})
+            except ReportRefusedError as exc:
+                return accepted, str(exc)
+            return accepted, ""
+        finally:
+            await reporter.aclose()
+
+    accepted, refusal = asyncio.run(send())
+    assert accepted is True and "refused: HTTP 403" in refusal
+    assert attempt_row(console, attempt_id).outcome == "confirmed"
