@@ -24,7 +24,6 @@ from campaigns.models import (
     IN_FLIGHT_STATES,
     Appointment,
     AppointmentStatus,
-    AttemptState,
     CallAttempt,
     Clinic,
     DailyRun,
@@ -255,16 +254,16 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
 
 
 def _confirmation_rate(session: Session, clinic: Clinic, now: datetime) -> list[dict[str, Any]]:
-    """Per clinic-local day of the last 14: answered calls, and the share confirmed."""
+    """Per clinic-local day of the last 14: calls answered, and the share confirmed."""
     zone = ZoneInfo(clinic.timezone)
     today = now.astimezone(zone).date()
     first_day = today - timedelta(days=CONFIRMATION_DAYS - 1)
     since, _ = calls.clinic_local_day(clinic, first_day)
     days = {first_day + timedelta(days=n): [0, 0] for n in range(CONFIRMATION_DAYS)}
-    for ended_at, outcome in session.execute(
+    for ended_at, outcome in session.execute(  # answered calls of 14 days: a few thousand
         select(CallAttempt.ended_at, CallAttempt.outcome).where(
             col(CallAttempt.clinic_id) == clinic.id,
-            col(CallAttempt.state) == AttemptState.COMPLETED,
+            col(CallAttempt.answered_at).is_not(None),
             col(CallAttempt.ended_at) >= since,
         )
     ).all():
@@ -275,9 +274,9 @@ def _confirmation_rate(session: Session, clinic: Clinic, now: datetime) -> list[
     return [
         {
             "date": day.isoformat(),
-            "completed": completed,
+            "answered": answered,
             "confirmed": confirmed,
-            "rate": round(confirmed / completed, 3) if completed else None,
+            "rate": round(confirmed / answered, 3) if answered else None,
         }
-        for day, (completed, confirmed) in days.items()
+        for day, (answered, confirmed) in days.items()
     ]
