@@ -799,11 +799,17 @@ def trunk_list(as_json: JsonFlag = False) -> None:
 
 
 @app.command("demo")
-def demo(speed: Annotated[float, typer.Option(help="Simulated call speed-up")] = 10.0) -> None:
-    """Run a whole campaign on the embedded default against the LiveKit simulator."""
+def demo(
+    speed: Annotated[float, typer.Option(help="Simulated call speed-up")] = 10.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave everything running after the campaign")
+    ] = False,
+) -> None:
+    """Run a whole campaign on the embedded default against the LiveKit simulator,
+    with the web console watching it."""
     from demo.runner import run_demo
 
-    raise typer.Exit(run_demo(out, speed=speed))
+    raise typer.Exit(run_demo(out, speed=speed, keep=keep))
 
 
 def main() -> None:

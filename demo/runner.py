@@ -1,16 +1,20 @@
 """`campaigns demo`: the whole pipeline on the embedded default, with no server.
 
 SQLite for the data, Celery's SQLAlchemy transport on a SQLite file as the
-broker, and the LiveKit simulator; worker, beat and simulator run as the same
-`campaigns` subprocesses an operator would start. The sample appointments are
-placed where it is early afternoon now, so every calling rule stays on.
+broker, and the LiveKit simulator; worker, beat, simulator and the web console
+run as the same `campaigns` subprocesses an operator would start. The sample
+appointments are placed where it is early afternoon now, so every calling rule
+stays on. ``keep=True`` leaves everything running after the campaign until
+interrupted, so a person can look around the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,7 +32,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col, select
 
-from campaigns import audit, calls, clinics, migrate
+from campaigns import audit, calls, clinics, migrate, users
 from campaigns.db import make_engine, session_factory
 from campaigns.importer import import_appointments
 from campaigns.masking import mask_name, mask_phone
@@ -40,6 +44,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv
 TRUNK_ID = "ST_demo"
 CLINIC = "Lakeside Clinic (demo)"
 DEADLINE = timedelta(minutes=2, seconds=30)
+DEMO_USER = "demo@example.org"
 
 
 def _free_port() -> int:
@@ -62,7 +67,9 @@ def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
 
 
 @contextmanager
-def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> Iterator[None]:
+def _services(
+    env: dict[str, str], workdir: Path, port: int, console_port: int, speed: float
+) -> Iterator[None]:
     campaigns = str(Path(sys.executable).with_name("campaigns"))
     commands = {
         "simulator": [
@@ -74,7 +81,10 @@ def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> It
             str(speed),
             "--trunk",
             TRUNK_ID,
+            "--webhook-url",
+            f"http://127.0.0.1:{console_port}/livekit/webhook",
         ],
+        "console": [campaigns, "serve", "--port", str(console_port)],
         "worker": [campaigns, "worker", "--concurrency", "50", "--loglevel", "WARNING"],
         "beat": [campaigns, "beat", "--loglevel", "WARNING"],
     }
@@ -104,22 +114,24 @@ def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> It
                 os.killpg(process.pid, signal.SIGKILL)
 
 
-def _wait_for_port(port: int, timeout: float = 20.0) -> None:
+def _wait_for_port(port: int, service: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError("the LiveKit simulator did not start (see simulator.log)")
+    raise RuntimeError(f"the {service} did not start (see {service}.log)")
 
 
-def run_demo(console: Console, *, speed: float = 10.0) -> int:
+def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> int:
     now = datetime.now(UTC)
     workdir = DATA_DIR / f"demo-{now:%Y%m%d-%H%M%S}"
     workdir.mkdir(parents=True)
     database_url = f"sqlite:///{workdir / 'campaigns.db'}"
     port = _free_port()
+    console_port = _free_port()
+    password = secrets.token_urlsafe(12)
     zone = daytime_zone(now)
     env = dict(os.environ) | {
         "CAMPAIGNS_DATABASE_URL": database_url,
@@ -170,13 +182,20 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             now=now,
             actor="demo",
         )
+        users.add_user(session, DEMO_USER, "admin", password, actor="demo")
         session.commit()
         console.print(
             f"imported {SAMPLE.name}: {report.imported} appointments tomorrow, "
             f"{len(report.rejected_lines)} rejected"
         )
-    with _services(env, workdir, port, speed):
-        _wait_for_port(port)
+    with _services(env, workdir, port, console_port, speed):
+        _wait_for_port(port, "simulator")
+        _wait_for_port(console_port, "console")
+        console.print(
+            f"web console: [bold]http://127.0.0.1:{console_port}[/]  "
+            f"sign in as {DEMO_USER} with password {password}",
+            highlight=False,
+        )
         with sessions() as session:
             clinic = clinics.get_clinic(session, CLINIC)
             local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
@@ -186,6 +205,8 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator..."
         )
         finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
+        if keep:
+            _keep_running(console, console_port, password)
     with sessions() as session:
         _summary(console, session)
         verified = audit.verify(session)
@@ -198,6 +219,17 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
         console.print("[red]the demo did not finish in time[/]")
         return 1
     return 0 if verified.ok else 1
+
+
+def _keep_running(console: Console, console_port: int, password: str) -> None:
+    console.print(
+        f"the campaign is over; everything keeps running. Console: http://127.0.0.1:{console_port} "
+        f"({DEMO_USER} / {password}). Press Ctrl-C to stop.",
+        highlight=False,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1)
 
 
 def _progress(session: Session) -> Table:
