@@ -9,11 +9,11 @@ Nothing here writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, exists, func, or_
+from sqlalchemy import ColumnElement, case, exists, func, or_
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -222,18 +222,15 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
         .where(col(DailyRun.clinic_id) == clinic.id, col(DailyRun.run_date) >= today)
         .order_by(col(DailyRun.run_date))
     ).all()
-    upcoming_start, _ = calls.clinic_local_day(clinic, today)
-    _, upcoming_end = calls.clinic_local_day(clinic, today + timedelta(days=UPCOMING_DAYS))
-    upcoming: dict[str, int] = {}
-    for starts_at in session.execute(
-        select(Appointment.starts_at).where(
-            col(Appointment.clinic_id) == clinic.id,
-            col(Appointment.starts_at) >= upcoming_start,
-            col(Appointment.starts_at) < upcoming_end,
-        )
-    ).scalars():
-        day = starts_at.astimezone(zone).date().isoformat()
-        upcoming[day] = upcoming.get(day, 0) + 1
+    upcoming_days = [today + timedelta(days=n) for n in range(UPCOMING_DAYS)]
+    upcoming = _per_local_day(
+        session,
+        clinic,
+        upcoming_days,
+        col(Appointment.starts_at),
+        [func.count()],
+        col(Appointment.clinic_id) == clinic.id,
+    )
     return {
         "clinic": {"id": clinic.id, "name": clinic.name, "timezone": clinic.timezone},
         "paused": clinic.paused_reason is not None,
@@ -247,36 +244,62 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
             for run_date, created in runs
         ],
         "upcoming_appointments": [
-            {"date": day, "appointments": count} for day, count in sorted(upcoming.items())
+            {"date": day.isoformat(), "appointments": counts[0]}
+            for day, counts in upcoming.items()
+            if counts[0]
         ],
         "confirmation_rate": _confirmation_rate(session, clinic, now),
     }
 
 
+def _per_local_day(
+    session: Session,
+    clinic: Clinic,
+    days: list[date],
+    instant: Any,
+    aggregates: list[Any],
+    *filters: ColumnElement[bool],
+) -> dict[date, list[int]]:
+    """``aggregates`` of the rows whose ``instant`` falls on each clinic-local day, in one
+    query: the days' UTC bounds are computed here (DST included), so the database needs
+    no time zone support and the ``instant`` index bounds the scan."""
+    bounds = [calls.clinic_local_day(clinic, day) for day in days]
+    bucket = case(
+        *((instant < end, index) for index, (_, end) in enumerate(bounds)),
+        else_=len(days),
+    )
+    rows = session.execute(
+        select(bucket, *aggregates)
+        .where(instant >= bounds[0][0], instant < bounds[-1][1], *filters)
+        .group_by(bucket)
+    ).all()
+    result = {day: [0] * len(aggregates) for day in days}
+    for index, *values in rows:
+        if index < len(days):
+            result[days[index]] = [int(v or 0) for v in values]
+    return result
+
+
 def _confirmation_rate(session: Session, clinic: Clinic, now: datetime) -> list[dict[str, Any]]:
     """Per clinic-local day of the last 14: calls answered, and the share confirmed."""
-    zone = ZoneInfo(clinic.timezone)
-    today = now.astimezone(zone).date()
-    first_day = today - timedelta(days=CONFIRMATION_DAYS - 1)
-    since, _ = calls.clinic_local_day(clinic, first_day)
-    days = {first_day + timedelta(days=n): [0, 0] for n in range(CONFIRMATION_DAYS)}
-    for ended_at, outcome in session.execute(  # answered calls of 14 days: a few thousand
-        select(CallAttempt.ended_at, CallAttempt.outcome).where(
-            col(CallAttempt.clinic_id) == clinic.id,
-            col(CallAttempt.answered_at).is_not(None),
-            col(CallAttempt.ended_at) >= since,
-        )
-    ).all():
-        day = days.get(ended_at.astimezone(zone).date())
-        if day is not None:
-            day[0] += 1
-            day[1] += outcome == Outcome.CONFIRMED
+    today = now.astimezone(ZoneInfo(clinic.timezone)).date()
+    days = [today - timedelta(days=n) for n in range(CONFIRMATION_DAYS - 1, -1, -1)]
+    confirmed = case((col(CallAttempt.outcome) == Outcome.CONFIRMED, 1), else_=0)
+    per_day = _per_local_day(
+        session,
+        clinic,
+        days,
+        col(CallAttempt.ended_at),
+        [func.count(), func.sum(confirmed)],
+        col(CallAttempt.clinic_id) == clinic.id,
+        col(CallAttempt.answered_at).is_not(None),
+    )
     return [
         {
             "date": day.isoformat(),
             "answered": answered,
-            "confirmed": confirmed,
-            "rate": round(confirmed / answered, 3) if answered else None,
+            "confirmed": confirmed_calls,
+            "rate": round(confirmed_calls / answered, 3) if answered else None,
         }
-        for day, (answered, confirmed) in days.items()
+        for day, (answered, confirmed_calls) in per_day.items()
     ]

@@ -589,3 +589,33 @@ def test_the_http_reporter_posts_the_agents_report_to_the_api(console: Console) 
     accepted, refusal = asyncio.run(send())
     assert accepted is True and "refused: HTTP 403" in refusal
     assert attempt_row(console, attempt_id).outcome == "confirmed"
+
+
+def test_the_dashboard_counts_calls_in_flight_days_and_the_confirmation_rate(
+    console: Console,
+) -> None:
+    attempt_id = answered_attempt(console)  # an appointment two days ahead, its call going on
+    clinic = clinic_id(console, "Clinic A")
+    path = f"/api/v1/clinics/{clinic}/dashboard"
+    before = console.client.get(path, headers=console.auth(STAFF_A)).json()
+    assert before["in_flight"] == 1
+    assert sum(d["appointments"] for d in before["upcoming_appointments"]) == 1
+    assert len(before["confirmation_rate"]) == 14
+    assert all(d["answered"] == 0 for d in before["confirmation_rate"])
+    console.client.post(
+        "/api/v1/reports",
+        json={
+            "attempt_id": attempt_id,
+            "outcome": "confirmed",
+            "token": sign_report_token(attempt_id, REPORT_SECRET),
+        },
+    )
+    after = console.client.get(path, headers=console.auth(STAFF_A)).json()
+    assert after["in_flight"] == 0
+    today = after["confirmation_rate"][-1]
+    assert today["date"] == after["today"]
+    assert (today["answered"], today["confirmed"], today["rate"]) == (1, 1, 1.0)
+    assert after["status"]["outcomes"]["confirmed"] == 1
+    other = clinic_id(console, "Clinic B")
+    hidden = console.client.get(f"/api/v1/clinics/{other}/dashboard", headers=console.auth(STAFF_A))
+    assert hidden.status_code == 404
