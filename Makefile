@@ -40,3 +40,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/tick_bench.py
 	$(BIN)/python bench/pacing_bench.py
+	$(BIN)/python bench/console_bench.py

@@ -75,29 +75,32 @@ def search(
         )
     if criteria.q and criteria.q.strip():
         term = criteria.q.strip()
-        pattern = "%" + term.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+        # lower() LIKE rather than ILIKE: several times faster on PostgreSQL, same answers.
         matches: list[ColumnElement[bool]] = [
-            col(Appointment.external_id).ilike(pattern, escape="\\"),
-            col(Appointment.patient_name).ilike(pattern, escape="\\"),
+            func.lower(col(Appointment.external_id)).contains(term.lower(), autoescape=True),
+            func.lower(col(Appointment.patient_name)).contains(term.lower(), autoescape=True),
         ]
         digits = "".join(c for c in term if c.isdigit())
         if len(digits) >= 4:
             matches.append(col(Appointment.phone_e164).contains(digits))
         filters.append(or_(*matches))
-    total = session.execute(
-        select(func.count()).select_from(Appointment).where(*filters)
-    ).scalar_one()
-    rows = (
-        session.execute(
-            select(Appointment)
-            .where(*filters)
-            .order_by(col(Appointment.starts_at), col(Appointment.id))
-            .offset((criteria.page - 1) * PAGE_SIZE)
-            .limit(PAGE_SIZE)
-        )
-        .scalars()
-        .all()
+    page = (
+        select(Appointment)
+        .where(*filters)
+        .order_by(col(Appointment.starts_at), col(Appointment.id))
+        .offset((criteria.page - 1) * PAGE_SIZE)
+        .limit(PAGE_SIZE)
     )
+    count = select(func.count()).select_from(Appointment).where(*filters)
+    if criteria.q and criteria.q.strip():
+        # A text search reads every row of the clinic: count the matches in the same pass.
+        found = session.execute(page.add_columns(func.count().over())).all()
+        rows = [appointment for appointment, _ in found]
+        total = int(found[0][1]) if found else session.execute(count).scalar_one()
+    else:
+        # Otherwise the index on starts_at serves the page without sorting every match.
+        rows = list(session.execute(page).scalars())
+        total = session.execute(count).scalar_one()
     last = _last_attempts(session, [a.id for a in rows if a.id is not None])
     return {
         "page": criteria.page,
@@ -210,13 +213,7 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
     assert clinic.id is not None
     zone = ZoneInfo(clinic.timezone)
     today = now.astimezone(zone).date()
-    in_flight = session.execute(
-        select(func.count())
-        .select_from(CallAttempt)
-        .where(
-            col(CallAttempt.clinic_id) == clinic.id, col(CallAttempt.state).in_(IN_FLIGHT_STATES)
-        )
-    ).scalar_one()
+    status = calls.status_counts(session, clinic.id)
     runs = session.execute(
         select(col(DailyRun.run_date), col(DailyRun.attempts_created))
         .where(col(DailyRun.clinic_id) == clinic.id, col(DailyRun.run_date) >= today)
@@ -237,8 +234,8 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
         "paused_reason": clinic.paused_reason,
         "at": now.isoformat(),
         "today": today.isoformat(),
-        "in_flight": in_flight,
-        "status": calls.status_counts(session, clinic.id),
+        "in_flight": sum(status["attempts"][state] for state in IN_FLIGHT_STATES),
+        "status": status,
         "campaign_days": [
             {"run_date": run_date.isoformat(), "attempts_created": created}
             for run_date, created in runs
