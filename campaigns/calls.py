@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,7 +29,6 @@ from sqlmodel import col, select
 from campaigns import audit, compliance, dnc
 from campaigns.clinics import parse_lead_days
 from campaigns.db import one_of
-from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import (
     IN_FLIGHT_STATES,
@@ -46,7 +46,7 @@ from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
 from campaigns.policy import Decision
 from campaigns.retry import next_retry_due
 from campaigns.telephony import CallRequest, CallResult
-from campaigns.tokens import sign_report_token, verify_report_token
+from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
 from campaigns.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
 
 log = logging.getLogger(__name__)
@@ -475,6 +475,8 @@ class DialSettings:
     ringing_timeout: timedelta
     max_call_duration: timedelta
     agent_script_version: str
+    # How long after the longest call the agent's report token stays valid.
+    report_grace: timedelta
 
 
 def begin_dial(
@@ -572,7 +574,12 @@ def begin_dial(
         agent_name=clinic.agent_name or config.default_agent,
         agent_metadata={
             "attempt_id": attempt.id,
-            "report_token": sign_report_token(attempt.id, config.report_secret),
+            "report_token": sign_report_token(
+                attempt.id,
+                attempt.room_name,
+                now + config.ringing_timeout + config.max_call_duration + config.report_grace,
+                config.report_secret,
+            ),
             "clinic_name": clinic.name,
             "patient_first_name": appointment.patient_name.split()[0],
             "appointment_local_time": local_start.isoformat(),
@@ -697,8 +704,11 @@ def _close(
     actor: str,
     ambiguous: bool = False,
     detail: dict[str, Any] | None = None,
+    dropped_detail_keys: int = 0,
+    schedule_next: bool = True,
 ) -> None:
-    """Set the outcome, apply it to the appointment, and schedule the retry if any."""
+    """Set the outcome, apply it to the appointment, and schedule the retry if any
+    (unless ``schedule_next`` is False: a later attempt exists already)."""
     attempt.state = AttemptState.FAILED if outcome == Outcome.FAILED else AttemptState.COMPLETED
     attempt.outcome = outcome
     attempt.ended_at = now
@@ -714,14 +724,7 @@ def _close(
         appointment.status = status
         appointment.updated_at = now
     if outcome == Outcome.OPTED_OUT:
-        dnc.add(
-            session,
-            attempt.number_called,
-            clinic_id=clinic.id,
-            source=DncSource.PATIENT_REQUEST,
-            reason=f"opted out during call attempt {attempt.id}",
-            actor=actor,
-        )
+        _record_opt_out(session, attempt, actor=actor)
     session.flush()
     audit.record(
         session,
@@ -739,6 +742,7 @@ def _close(
             if attempt.answered_at
             else 0,
             "detail": detail or {},
+            "dropped_detail_keys": dropped_detail_keys,
         },
         actor=actor,
         clinic_id=clinic.id,
@@ -746,7 +750,10 @@ def _close(
         attempt_id=attempt.id,
         at=now,
     )
-    schedule_retry(session, attempt, appointment, clinic, outcome, now, jitter=jitter, actor=actor)
+    if schedule_next:
+        schedule_retry(
+            session, attempt, appointment, clinic, outcome, now, jitter=jitter, actor=actor
+        )
 
 
 def schedule_retry(
@@ -821,9 +828,47 @@ def schedule_retry(
 
 # --------------------------------------------------------------------------- agent reports
 
+# The keys of an agent report's ``detail`` that are kept; everything else is dropped.
+DETAIL_KEYS = frozenset({"preferred_times", "transferred_to", "amd", "reason", "script_version"})
+DETAIL_STRING_LIMIT = 500  # characters of one string
+DETAIL_SIZE_LIMIT = 4096  # bytes of the whole, as JSON
+_DROP = object()
 
-class InvalidReportError(InvalidInputError):
-    pass
+
+def _clean_detail_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:DETAIL_STRING_LIMIT]
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _DROP
+    if isinstance(value, list):
+        items = [_clean_detail_value(item) for item in value if not isinstance(item, list)]
+        return [item for item in items if item is not _DROP]
+    return _DROP
+
+
+def clean_detail(detail: Any) -> tuple[dict[str, Any], int]:
+    """The part of an agent's ``detail`` the engine keeps, and how many keys it dropped.
+
+    Only :data:`DETAIL_KEYS` with scalar or list-of-scalar values are kept,
+    strings cut to :data:`DETAIL_STRING_LIMIT` characters; while the whole is
+    over :data:`DETAIL_SIZE_LIMIT` bytes of JSON its largest value is dropped.
+    """
+    if not isinstance(detail, dict):
+        return {}, 0 if detail is None else 1
+    kept: dict[str, Any] = {}
+    for key, value in detail.items():
+        cleaned = _clean_detail_value(value) if key in DETAIL_KEYS else _DROP
+        if cleaned is not _DROP:
+            kept[key] = cleaned
+    while len(audit.canonical_json(kept).encode()) > DETAIL_SIZE_LIMIT:
+        del kept[max(kept, key=lambda k: len(audit.canonical_json(kept[k]).encode()))]
+    return kept, len(detail) - len(kept)
+
+
+REPORT_IGNORED = "report.ignored"  # authentic, but the attempt already has its outcome
+REPORT_REFUSED = "report.refused"  # not authentic, expired, or not an outcome an agent reports
 
 
 @dataclass(frozen=True)
@@ -833,6 +878,64 @@ class ReportResult:
     duplicate: bool
     release_slot: bool
     trunk_id: str | None
+    # Why the report was not applied (audited as report.ignored / report.refused).
+    reason: str | None = None
+
+
+def _agent_outcome(outcome: Any) -> Outcome | None:
+    try:
+        reported = Outcome(outcome)
+    except ValueError:
+        return None
+    return reported if reported in AGENT_OUTCOMES else None
+
+
+def _record_opt_out(session: Session, attempt: CallAttempt, *, actor: str) -> None:
+    dnc.add(
+        session,
+        attempt.number_called,
+        clinic_id=attempt.clinic_id,
+        source=DncSource.PATIENT_REQUEST,
+        reason=f"opted out during call attempt {attempt.id}",
+        actor=actor,
+    )
+
+
+def _not_applied(
+    session: Session,
+    kind: str,
+    attempt_id: int,
+    attempt: CallAttempt | None,
+    outcome: Any,
+    reason: str,
+    now: datetime,
+    *,
+    opt_out_recorded: bool = False,
+) -> ReportResult:
+    audit.record(
+        session,
+        kind,
+        {
+            "reason": reason,
+            # As sent; an unauthenticated sender may put anything here, so only a short prefix.
+            "outcome": str(outcome)[:40],
+            "opt_out_recorded": opt_out_recorded,
+        },
+        actor=AGENT,
+        clinic_id=attempt.clinic_id if attempt else None,
+        appointment_id=attempt.appointment_id if attempt else None,
+        attempt_id=attempt_id,
+        at=now,
+    )
+    log.warning("attempt %s: %s: %s", attempt_id, kind, reason)
+    return ReportResult(
+        attempt_id,
+        accepted=False,
+        duplicate=kind == REPORT_IGNORED,
+        release_slot=False,
+        trunk_id=attempt.trunk_id if attempt else None,
+        reason=reason,
+    )
 
 
 def record_outcome(
@@ -846,33 +949,70 @@ def record_outcome(
     jitter: float,
     detail: dict[str, Any] | None = None,
 ) -> ReportResult:
-    """The agent's report after an answered call: authenticated, and idempotent."""
-    if not verify_report_token(attempt_id, token, secret):
-        raise InvalidReportError(f"report for attempt {attempt_id} has a bad token")
-    try:
-        reported = Outcome(outcome)
-    except ValueError as exc:
-        raise InvalidReportError(f"unknown outcome {outcome!r}") from exc
-    if reported not in AGENT_OUTCOMES:
-        raise InvalidReportError(f"an agent cannot report {outcome!r}")
+    """The agent's report after an answered call: authenticated, idempotent, always audited.
+
+    The token must be the one signed for this attempt and its room, and not
+    expired. An authentic report replaces the engine's own ``failed`` (an
+    ambiguous dial, or reconciliation giving up on a silent call), whatever the
+    outcome, without calling the patient again for it. A report that is not
+    applied is audited with the reason (``report.refused`` / ``report.ignored``);
+    an opt-out under an authentic token reaches the do-not-call list even then.
+    """
     attempt = session.execute(
         select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
     ).scalar_one_or_none()
     if attempt is None:
-        raise NotFoundError(f"no call attempt {attempt_id}")
+        return _not_applied(
+            session, REPORT_REFUSED, attempt_id, None, outcome, "no such attempt", now
+        )
+    check = check_report_token(token, attempt_id, attempt.room_name, now, secret)
+    if check is TokenCheck.INVALID:
+        reason = "bad token: not signed for this attempt and room"
+        return _not_applied(session, REPORT_REFUSED, attempt_id, attempt, outcome, reason, now)
+    reported = _agent_outcome(outcome)
+    opted_out = reported is Outcome.OPTED_OUT
+    if check is TokenCheck.EXPIRED or reported is None:
+        if opted_out:
+            _record_opt_out(session, attempt, actor=AGENT)
+        reason = "token expired" if check is TokenCheck.EXPIRED else "not an agent outcome"
+        return _not_applied(
+            session,
+            REPORT_REFUSED,
+            attempt_id,
+            attempt,
+            outcome,
+            reason,
+            now,
+            opt_out_recorded=opted_out,
+        )
+    assert reported is not None
+    supersedes = attempt.state == AttemptState.FAILED and attempt.outcome == Outcome.FAILED
+    if not supersedes and (
+        attempt.outcome is not None
+        or attempt.state not in (AttemptState.DIALING, AttemptState.ANSWERED)
+    ):
+        if opted_out:
+            _record_opt_out(session, attempt, actor=AGENT)
+        reason = f"duplicate: the attempt is already {attempt.state} ({attempt.outcome})"
+        return _not_applied(
+            session,
+            REPORT_IGNORED,
+            attempt_id,
+            attempt,
+            outcome,
+            reason,
+            now,
+            opt_out_recorded=opted_out,
+        )
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    if _closed_by_reconciliation(attempt):
-        # The authentic report outranks reconciliation's guess; its retry must not call again.
-        _cancel_open_retry(session, attempt, reported, now)
-    elif attempt.outcome is not None or attempt.state not in (
-        AttemptState.DIALING,
-        AttemptState.ANSWERED,
-    ):
-        return ReportResult(attempt_id, False, True, False, attempt.trunk_id)
+    later_attempt_exists = supersedes and _settle_later_attempts(
+        session, attempt, clinic, reported, now
+    )
     attempt.answered_at = attempt.answered_at or now
     # A report can beat the worker's own write after an answer; then the worker frees the slot.
     release = attempt.state == AttemptState.ANSWERED
+    kept, dropped = clean_detail(detail)
     _close(
         session,
         attempt,
@@ -882,7 +1022,9 @@ def record_outcome(
         error=None,
         jitter=jitter,
         actor=AGENT,
-        detail=detail,
+        detail=kept,
+        dropped_detail_keys=dropped,
+        schedule_next=not later_attempt_exists,
     )
     log.info(
         "attempt %s: agent reported %s for %s",
@@ -893,41 +1035,50 @@ def record_outcome(
     return ReportResult(attempt_id, True, False, release, attempt.trunk_id)
 
 
+def _settle_later_attempts(
+    session: Session, attempt: CallAttempt, clinic: Clinic, reported: Outcome, now: datetime
+) -> bool:
+    """The attempts after a ``failed`` one that an authentic report now replaces.
+
+    A retry still waiting is kept when the report allows one (voicemail) and
+    skipped when it ends calling. Returns whether a later attempt exists: then
+    the report schedules no retry of its own.
+    """
+    later = (
+        session.execute(
+            select(CallAttempt).where(
+                col(CallAttempt.appointment_id) == attempt.appointment_id,
+                col(CallAttempt.attempt_number) > attempt.attempt_number,
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if not is_retryable(reported, retry_voicemail=clinic.retry_voicemail):
+        for retry in later:
+            if retry.state != AttemptState.SCHEDULED:
+                continue
+            retry.state = AttemptState.SKIPPED
+            retry.ended_at = now
+            retry.skip_reasons = (
+                f"superseded: the agent reported {reported} for attempt {attempt.attempt_number}"
+            )
+            audit.record(
+                session,
+                "attempt.skipped",
+                {"reason": retry.skip_reasons},
+                actor=AGENT,
+                clinic_id=retry.clinic_id,
+                appointment_id=retry.appointment_id,
+                attempt_id=retry.id,
+                at=now,
+            )
+    return bool(later)
+
+
 # --------------------------------------------------------------------------- reconciliation
 
 RECONCILED = "reconciled: "
-
-
-def _closed_by_reconciliation(attempt: CallAttempt) -> bool:
-    return attempt.outcome == Outcome.FAILED and (attempt.error or "").startswith(RECONCILED)
-
-
-def _cancel_open_retry(
-    session: Session, attempt: CallAttempt, reported: Outcome, now: datetime
-) -> None:
-    later = session.execute(
-        select(CallAttempt).where(
-            col(CallAttempt.appointment_id) == attempt.appointment_id,
-            col(CallAttempt.attempt_number) > attempt.attempt_number,
-            col(CallAttempt.state) == AttemptState.SCHEDULED,
-        )
-    ).scalars()
-    for retry in later:
-        retry.state = AttemptState.SKIPPED
-        retry.ended_at = now
-        retry.skip_reasons = (
-            f"superseded: the agent reported {reported} for attempt {attempt.attempt_number}"
-        )
-        audit.record(
-            session,
-            "attempt.skipped",
-            {"reason": retry.skip_reasons},
-            actor=AGENT,
-            clinic_id=retry.clinic_id,
-            appointment_id=retry.appointment_id,
-            attempt_id=retry.id,
-            at=now,
-        )
 
 
 @dataclass(frozen=True)

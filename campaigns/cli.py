@@ -34,7 +34,7 @@ from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
-from campaigns.settings import DATA_DIR, get_settings, insecure_secret_settings
+from campaigns.settings import DATA_DIR, InsecureSecretError, get_settings, require_secrets
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -582,17 +582,12 @@ def serve(
     port: Annotated[int, typer.Option()] = 8000,
 ) -> None:
     """Serve the web console and the HTTP API."""
+    _refuse_insecure_secrets()
     import uvicorn
 
     from console.app import create_app
     from workers.runtime import get_pipeline
 
-    insecure = insecure_secret_settings(get_settings())
-    if insecure:
-        raise InvalidInputError(
-            f"refusing to serve with the published default of {', '.join(insecure)}; "
-            "set a secret of your own"
-        )
     uvicorn.run(
         create_app(get_pipeline()),
         host=host,
@@ -665,12 +660,22 @@ def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFl
     )
 
 
+def _refuse_insecure_secrets() -> None:
+    """Every process that acts on real data calls this first: one line and exit 2 on failure."""
+    try:
+        require_secrets(get_settings())
+    except InsecureSecretError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command("worker")
 def worker(
     concurrency: Annotated[int | None, typer.Option(help="Calls in flight (threads)")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Start a Celery worker that places calls."""
+    _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
 
     settings = get_settings()
@@ -689,10 +694,11 @@ def worker(
 @app.command("beat")
 def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     """Start the scheduler: the tick, reconciliation and daily runs (run one)."""
+    _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
 
     schedule = DATA_DIR / "beat-schedule"
-    schedule.parent.mkdir(parents=True, exist_ok=True)
+    schedule.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 
 
@@ -735,25 +741,61 @@ def simulator(
 # --- trunks -----------------------------------------------------------------
 
 
+TRUNK_PASSWORD_VARIABLE = "CAMPAIGNS_TRUNK_AUTH_PASSWORD"  # noqa: S105 - a variable name
+
+
+def _trunk_password(
+    username: str | None, password: str | None, password_file: Path | None
+) -> str | None:
+    """The SIP password: the command line, else the environment, else a hidden prompt.
+
+    ``--auth-password-file`` keeps it out of the shell history and the process list.
+    """
+    if password_file is not None:
+        if password is not None:
+            raise InvalidInputError("give --auth-password or --auth-password-file, not both")
+        try:
+            password = password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInputError(f"--auth-password-file: cannot read {password_file}") from exc
+        if not password:
+            raise InvalidInputError(f"--auth-password-file: {password_file} is empty")
+    password = password or os.environ.get(TRUNK_PASSWORD_VARIABLE) or None
+    if username and password is None:
+        # On stderr: with --json, stdout carries the JSON document only.
+        password = typer.prompt(f"SIP password for {username}", hide_input=True, err=True)
+    return password
+
+
 @trunk_app.command("create")
 def trunk_create(
     name: Annotated[str, typer.Option()],
     address: Annotated[str, typer.Option(help="Carrier SIP host")],
     numbers: Annotated[str, typer.Option(help="Caller-ID numbers, E.164, comma separated")],
     auth_username: Annotated[str | None, typer.Option()] = None,
-    auth_password: Annotated[str | None, typer.Option(help="Never printed or logged")] = None,
+    auth_password: Annotated[
+        str | None,
+        typer.Option(
+            help="Seen by other users of this machine: prefer --auth-password-file, "
+            f"${TRUNK_PASSWORD_VARIABLE} or the prompt"
+        ),
+    ] = None,
+    auth_password_file: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Read the SIP password from this file")
+    ] = None,
     destination_country: Annotated[str | None, typer.Option(help="Region pinning, e.g. US")] = None,
     cps: Annotated[float, typer.Option(help="Calls started per second at most")] = 1.0,
     max_concurrent: Annotated[int, typer.Option(help="Calls in progress at most")] = 10,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a LiveKit SIP outbound trunk and store its calling limits."""
+    """Create a LiveKit SIP outbound trunk and store its calling limits.
+
+    The password is never printed or logged."""
     from campaigns import trunks
     from campaigns.livekit_gateway import LiveKitTelephony
 
-    spec = trunks.trunk_spec(
-        name, address, numbers, auth_username, auth_password, destination_country
-    )
+    password = _trunk_password(auth_username, auth_password, auth_password_file)
+    spec = trunks.trunk_spec(name, address, numbers, auth_username, password, destination_country)
     trunks.check_limits(cps, max_concurrent)
 
     async def create() -> str:
@@ -812,5 +854,11 @@ def demo(
     raise typer.Exit(run_demo(out, speed=speed, keep=keep))
 
 
+# Files this process creates (SQLite database and broker, beat's schedule, logs,
+# exports) are readable by their owner only: they hold patient data.
+OWNER_ONLY_UMASK = 0o077
+
+
 def main() -> None:
+    os.umask(OWNER_ONLY_UMASK)
     app()

@@ -6,6 +6,7 @@ Sessions are opened at the edges (CLI command, task, request) with
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -86,11 +87,23 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def create_sqlite_file(url: str) -> None:
+    """Create the file of a SQLite URL (and its folder) readable by its owner only.
+
+    SQLite gives its -wal and -shm files the mode of the database file.
+    """
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if not path or path == ":memory:" or Path(path).exists():
+        return
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # Parameters carry patients' numbers and names: never in logs or tracebacks.
+    kwargs = {"hide_parameters": True} | kwargs
     if is_sqlite(url):
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        create_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)

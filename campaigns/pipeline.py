@@ -19,9 +19,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from campaigns import audit, calls
+from campaigns import calls
 from campaigns.db import session_scope
-from campaigns.errors import NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
 from campaigns.outcomes import Outcome
@@ -71,6 +70,7 @@ class Pipeline:
             ringing_timeout=timedelta(seconds=s.ringing_timeout_seconds),
             max_call_duration=timedelta(seconds=s.max_call_duration_seconds),
             agent_script_version=s.agent_script_version,
+            report_grace=timedelta(seconds=s.report_grace_seconds),
         )
 
     @property
@@ -183,28 +183,17 @@ class Pipeline:
     def record_outcome(
         self, attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
     ) -> calls.ReportResult:
-        """Record the agent's report; a refused one is audited and raised again."""
-        try:
-            with self.transaction() as session:
-                result = calls.record_outcome(
-                    session,
-                    attempt_id,
-                    outcome,
-                    token,
-                    self.clock(),
-                    secret=self.settings.report_secret.get_secret_value(),
-                    jitter=self.jitter(),
-                    detail=detail,
-                )
-        except (calls.InvalidReportError, NotFoundError) as exc:
-            with self.transaction() as session:
-                audit.record(
-                    session,
-                    "report.refused",
-                    {"attempt_id": attempt_id, "outcome": str(outcome)[:40], "why": str(exc)},
-                    actor=calls.AGENT,
-                )
-            raise
+        with self.transaction() as session:
+            result = calls.record_outcome(
+                session,
+                attempt_id,
+                outcome,
+                token,
+                self.clock(),
+                secret=self.settings.report_secret.get_secret_value(),
+                jitter=self.jitter(),
+                detail=detail,
+            )
         if result.release_slot and result.trunk_id:
             self.pacer.release(result.trunk_id, attempt_id)
         return result

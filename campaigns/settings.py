@@ -3,6 +3,10 @@
 Engine settings use the ``CAMPAIGNS_`` prefix; the LiveKit credentials keep the
 names LiveKit's own tools use (``LIVEKIT_URL``, ``LIVEKIT_API_KEY``,
 ``LIVEKIT_API_SECRET``) so one environment serves the engine and the agent.
+
+The secrets have built-in values so the embedded default (a SQLite database)
+runs with no set-up; anywhere else :func:`require_secrets` makes the worker,
+beat and servers refuse to start until each is set to a real value.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from campaigns.errors import CampaignError
 
 DATA_DIR = Path(".campaigns").absolute()
 
@@ -34,6 +40,10 @@ class Settings(BaseSettings):
     report_secret: SecretStr = Field(
         default=SecretStr("change-me-report-secret"),
         description="Signs the per-attempt token the agent presents with its outcome report.",
+    )
+    audit_key: SecretStr = Field(
+        default=SecretStr("dev-audit-key-for-the-embedded-default-only"),
+        description="Keys the audit log's HMAC chain; keep it outside the database.",
     )
     livekit_url: str = Field(
         default="http://127.0.0.1:7880",
@@ -98,24 +108,43 @@ class Settings(BaseSettings):
     )
 
 
-# Secrets whose default may only serve the embedded default (SQLite, one machine).
-_SECRET_DEFAULTS = {
-    "CAMPAIGNS_REPORT_SECRET": ("report_secret", "change-me-report-secret"),
-    "LIVEKIT_API_SECRET": ("livekit_api_secret", "dev-secret-for-the-local-simulator-only"),
-}
-
-
-def insecure_secret_settings(settings: Settings) -> list[str]:
-    """The secrets still at their published default while the database is not SQLite."""
-    if settings.database_url.startswith("sqlite"):
-        return []
-    return [
-        name
-        for name, (field, default) in _SECRET_DEFAULTS.items()
-        if getattr(settings, field).get_secret_value() == default
-    ]
-
-
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+MIN_SECRET_BYTES = 32
+# Each secret and the variable that sets it.
+_SECRETS = {
+    "report_secret": "CAMPAIGNS_REPORT_SECRET",
+    "livekit_api_secret": "LIVEKIT_API_SECRET",
+    "audit_key": "CAMPAIGNS_AUDIT_KEY",
+}
+
+
+class InsecureSecretError(CampaignError):
+    pass
+
+
+def require_secrets(settings: Settings) -> None:
+    """Refuse built-in or short secrets outside the embedded default (a SQLite database).
+
+    Called by every long-running process that acts on real data (worker, beat,
+    servers) before it starts. Raises :class:`InsecureSecretError` naming each
+    variable to set.
+    """
+    if settings.database_url.startswith("sqlite"):
+        return
+    problems = []
+    for field, variable in _SECRETS.items():
+        value: SecretStr = getattr(settings, field)
+        default = Settings.model_fields[field].default
+        if value.get_secret_value() == default.get_secret_value():
+            problems.append(f"{variable} is the built-in default")
+        elif len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            problems.append(f"{variable} is shorter than {MIN_SECRET_BYTES} bytes")
+    if problems:
+        raise InsecureSecretError(
+            "; ".join(problems) + ": set a random value outside the embedded SQLite default "
+            "(e.g. `openssl rand -hex 32`)"
+        )

@@ -589,17 +589,13 @@ class Simulator:
                 "room=%s dispatch metadata lacks attempt_id/report_token", call.room_name
             )
             return
+        # What a real agent sends: only keys the engine keeps (campaigns.calls.DETAIL_KEYS).
         detail: dict[str, Any] = {
-            "source": "livekit-simulator",
-            "room_name": call.room_name,
-            "sip_call_id": call.sip_call_id,
-            "participant_identity": call.identity,
-            "dispatch_id": dispatch.id,
-            "agent_name": dispatch.agent_name,
-            "call_seconds": round(length, 3),
+            "amd": "machine" if call.behaviour == "voicemail" else "human",
+            "script_version": str(meta.get("script_version", "")),
         }
         if call.behaviour == "reschedule_requested":
-            detail["note"] = "patient asked for another day, mornings preferred"
+            detail["preferred_times"] = ["weekday mornings"]
         report = OutcomeReport(attempt_id, call.behaviour, token, detail, call.room_name)
         entry: dict[str, Any] = {
             "at": time.time(),
@@ -608,6 +604,11 @@ class Simulator:
             "token": token,
             "detail": detail,
             "room_name": call.room_name,
+            "sip_call_id": call.sip_call_id,
+            "participant_identity": call.identity,
+            "dispatch_id": dispatch.id,
+            "agent_name": dispatch.agent_name,
+            "call_seconds": round(length, 3),
             "sent": False,
             "error": None,
         }

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit, calls, compliance, dnc
-from campaigns.calls import InvalidReportError
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
     Appointment,
@@ -35,7 +34,7 @@ from campaigns.pacing import LocalPacer
 from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from campaigns.telephony import CallRequest, CallResult
-from campaigns.tokens import verify_report_token
+from campaigns.tokens import check_report_token
 from tests.conftest import add_appointment, add_clinic
 
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 EDT
@@ -48,6 +47,7 @@ DIAL = calls.DialSettings(
     ringing_timeout=timedelta(seconds=30),
     max_call_duration=timedelta(seconds=300),
     agent_script_version="script-v7",
+    report_grace=timedelta(seconds=120),
 )
 # With jitter 0.5 the retry delay is exactly the clinic's base delay (1 h by default).
 MID_JITTER = 0.5
@@ -482,8 +482,18 @@ def test_begin_dial_dials_a_queued_attempt_once_with_what_the_agent_needs(
     assert metadata["patient_first_name"] == "Ada"
     assert metadata["script_version"] == "script-v7"
     assert metadata["appointment_local_time"] == "2026-05-14T11:00:00-04:00"
-    assert verify_report_token(first.id, metadata["report_token"], SECRET)
-    assert not verify_report_token(second.id, metadata["report_token"], SECRET)
+    token = metadata["report_token"]
+    # Valid for this attempt and its room until the longest call and the grace are over.
+    expiry = NOW + timedelta(seconds=30 + 300 + 120)
+    assert check_report_token(token, first.id, request.room_name, expiry, SECRET) == "valid"
+    assert (
+        check_report_token(
+            token, first.id, request.room_name, expiry + timedelta(seconds=1), SECRET
+        )
+        == "expired"
+    )
+    assert check_report_token(token, second.id, request.room_name, NOW, SECRET) == "invalid"
+    assert check_report_token(token, first.id, other.room_name, NOW, SECRET) == "invalid"
 
     session.refresh(first)
     assert first.state == AttemptState.DIALING
@@ -647,38 +657,41 @@ def _report(
     return result
 
 
-def test_a_report_with_a_bad_token_changes_nothing(session: Session) -> None:
+def _audit_payloads(session: Session, kind: str) -> list[dict[str, object]]:
+    return [
+        json.loads(payload)
+        for payload in session.execute(
+            select(AuditEvent.payload)
+            .where(col(AuditEvent.kind) == kind)
+            .order_by(col(AuditEvent.seq))
+        ).scalars()
+    ]
+
+
+def test_a_report_with_a_bad_token_changes_nothing_but_is_audited(session: Session) -> None:
     clinic = _clinic(session)
     appointment = _appointment(session, clinic)
     attempt, request = _answered(session, clinic, appointment)
     assert attempt.id is not None
-    events = _audit_count(session)
-    forged = request.agent_metadata["report_token"][:-2] + "AA"
+    token = request.agent_metadata["report_token"]
+    forged = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
 
-    for token in (forged, "", "not-a-token"):
-        with pytest.raises(InvalidReportError):
-            calls.record_outcome(
-                session, attempt.id, "confirmed", token, NOW, secret=SECRET, jitter=MID_JITTER
-            )
-        session.rollback()
-    with pytest.raises(InvalidReportError):  # signed with another secret
-        calls.record_outcome(
-            session,
-            attempt.id,
-            "confirmed",
-            request.agent_metadata["report_token"],
-            NOW,
-            secret="another-secret",
-            jitter=MID_JITTER,
-        )
-    session.rollback()
+    for bad in (forged, "", "not-a-token"):
+        result = _report(session, attempt.id, "confirmed", bad, NOW)
+        assert not result.accepted and "bad token" in (result.reason or "")
+    signed_elsewhere = calls.record_outcome(
+        session, attempt.id, "confirmed", token, NOW, secret="another-secret", jitter=MID_JITTER
+    )
+    _commit(session)
+    assert not signed_elsewhere.accepted
 
-    session.expire_all()
     (only,) = _attempts(session, appointment)
     assert (only.state, only.outcome) == (AttemptState.ANSWERED, None)
     session.refresh(appointment)
     assert appointment.status == AppointmentStatus.SCHEDULED
-    assert _audit_count(session) == events
+    refused = _audit_payloads(session, calls.REPORT_REFUSED)
+    assert len(refused) == 4
+    assert all("bad token" in str(p["reason"]) for p in refused)
 
 
 def test_a_confirmation_confirms_and_a_repeated_report_is_a_no_op(session: Session) -> None:
@@ -692,6 +705,7 @@ def test_a_confirmation_confirms_and_a_repeated_report_is_a_no_op(session: Sessi
     first = _report(session, attempt.id, "confirmed", token, at)
     events = _audit_count(session)
     again = _report(session, attempt.id, "confirmed", token, at + timedelta(seconds=5))
+    ignored = _audit_payloads(session, calls.REPORT_IGNORED)
 
     assert (first.accepted, first.duplicate) == (True, False)
     assert (again.accepted, again.duplicate) == (False, True)
@@ -703,7 +717,11 @@ def test_a_confirmation_confirms_and_a_repeated_report_is_a_no_op(session: Sessi
     )
     session.refresh(appointment)
     assert appointment.status == AppointmentStatus.CONFIRMED
-    assert _audit_count(session) == events
+    # The repeat changed nothing but says so in the audit log.
+    assert _audit_count(session) == events + 1
+    assert [p["reason"] for p in ignored] == [
+        "duplicate: the attempt is already completed (confirmed)"
+    ]
 
 
 def test_an_opt_out_puts_the_number_on_the_clinics_dnc_list(session: Session) -> None:

@@ -452,6 +452,15 @@ def answered_attempt(console: Console) -> int:
         return attempt.id
 
 
+ROOM = "appt-room-1"
+
+
+def report_token(attempt_id: int) -> str:
+    return sign_report_token(
+        attempt_id, ROOM, datetime.now(UTC) + timedelta(hours=1), REPORT_SECRET
+    )
+
+
 def attempt_row(console: Console, attempt_id: int) -> CallAttempt:
     with console.sessions() as session:
         found = session.get(CallAttempt, attempt_id)
@@ -464,7 +473,7 @@ def test_an_agent_report_with_its_token_sets_the_outcome(console: Console) -> No
     report = {
         "attempt_id": attempt_id,
         "outcome": "confirmed",
-        "token": sign_report_token(attempt_id, REPORT_SECRET),
+        "token": report_token(attempt_id),
         "detail": {"call_seconds": 12},
     }
     accepted = console.client.post("/api/v1/reports", json=report)
@@ -485,9 +494,11 @@ def test_a_forged_report_is_refused_audited_and_changes_nothing(console: Console
     row = attempt_row(console, attempt_id)
     assert row.state == AttemptState.ANSWERED and row.outcome is None
     refused = events(console, "report.refused")
-    assert len(refused) == 1 and refused[0].attempt_id is None
-    assert json.loads(refused[0].payload)["attempt_id"] == attempt_id
-    other = sign_report_token(attempt_id + 1, REPORT_SECRET)
+    assert [e.attempt_id for e in refused] == [attempt_id]
+    assert json.loads(refused[0].payload)["reason"].startswith("bad token")
+    other = sign_report_token(
+        attempt_id + 1, ROOM, datetime.now(UTC) + timedelta(hours=1), REPORT_SECRET
+    )
     stolen = console.client.post(
         "/api/v1/reports",
         json={"attempt_id": attempt_id, "outcome": "cancelled", "token": other},
@@ -543,7 +554,7 @@ def test_a_finished_room_settles_an_answered_call_without_a_report(console: Cons
         json={
             "attempt_id": attempt_id,
             "outcome": "confirmed",
-            "token": sign_report_token(attempt_id, REPORT_SECRET),
+            "token": report_token(attempt_id),
         },
     )
     assert late.json()["accepted"] is True
@@ -575,9 +586,7 @@ def test_the_http_reporter_posts_the_agents_report_to_the_api(console: Console) 
 
     async def send() -> tuple[bool, str]:
         try:
-            accepted = await reporter.report(
-                attempt_id, "confirmed", sign_report_token(attempt_id, REPORT_SECRET), {}
-            )
+            accepted = await reporter.report(attempt_id, "confirmed", report_token(attempt_id), {})
             try:
                 await reporter.report(attempt_id, "confirmed", "forged", {})
             except ReportRefusedError as exc:
@@ -607,7 +616,7 @@ def test_the_dashboard_counts_calls_in_flight_days_and_the_confirmation_rate(
         json={
             "attempt_id": attempt_id,
             "outcome": "confirmed",
-            "token": sign_report_token(attempt_id, REPORT_SECRET),
+            "token": report_token(attempt_id),
         },
     )
     after = console.client.get(path, headers=console.auth(STAFF_A)).json()

@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,13 +26,14 @@ from campaigns.telephony import (
     TelephonyError,
     TrunkSpec,
 )
-from campaigns.tokens import sign_report_token, verify_report_token
+from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
 from simulator.testing import SimulatorHandle, running_simulator
 
 TRUNK = "ST_gateway_test"
 CALLER_ID = "+15550100000"
 SECRET = "report-secret-for-tests"
 SPEED = 200.0  # a 15 s ringing timeout lasts 75 ms
+TOKEN_EXPIRY = datetime.now(UTC) + timedelta(hours=1)
 
 
 def number(suffix: str) -> str:
@@ -41,16 +42,17 @@ def number(suffix: str) -> str:
 
 def call_request(to: str, attempt_id: int | None = None, **overrides: Any) -> CallRequest:
     attempt_id = attempt_id if attempt_id is not None else uuid.uuid4().int % 1_000_000
+    room_name = f"attempt-{attempt_id}-{uuid.uuid4().hex[:6]}"
     values: dict[str, Any] = {
         "attempt_id": attempt_id,
-        "room_name": f"attempt-{attempt_id}-{uuid.uuid4().hex[:6]}",
+        "room_name": room_name,
         "participant_identity": f"patient-{attempt_id}",
         "trunk_id": TRUNK,
         "call_to": to,
         "caller_id": CALLER_ID,
         "agent_name": "appointment-confirmer",
         "agent_metadata": {
-            "report_token": sign_report_token(attempt_id, SECRET),
+            "report_token": sign_report_token(attempt_id, room_name, TOKEN_EXPIRY, SECRET),
             "patient_first_name": "Ada",
             "clinic_name": "Lakeside Clinic",
             "appointment_local": "Tuesday, March 3 at 9:30 AM",
@@ -166,7 +168,11 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     meta = json.loads(dispatch["metadata"])
     assert meta["attempt_id"] == 4242
     assert meta["participant_identity"] == req.participant_identity
-    assert verify_report_token(4242, meta["report_token"], SECRET)
+    now = datetime.now(UTC)
+    assert (
+        check_report_token(meta["report_token"], 4242, req.room_name, now, SECRET)
+        is TokenCheck.VALID
+    )
     for key, value in req.agent_metadata.items():
         assert meta[key] == value
     # The simulated agent reports through the real path, with that token.
@@ -175,8 +181,10 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     )
     assert report["attempt_id"] == 4242
     assert report["outcome"] == "confirmed"
-    assert verify_report_token(report["attempt_id"], report["token"], SECRET)
-    assert report["detail"]["sip_call_id"] == result.sip_call_id
+    # The token comes back unchanged.
+    assert report["token"] == meta["report_token"]
+    assert check_report_token(report["token"], 4242, req.room_name, now, SECRET) is TokenCheck.VALID
+    assert report["sip_call_id"] == result.sip_call_id
 
 
 def test_failed_call_closes_the_room(sim: SimulatorHandle) -> None:

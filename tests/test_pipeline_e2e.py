@@ -8,8 +8,11 @@ import itertools
 import json
 import os
 import re
+import sqlite3
+import stat
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
@@ -30,6 +33,7 @@ from campaigns.models import (
     OPEN_ATTEMPT_STATES,
     Appointment,
     AttemptState,
+    AuditEvent,
     CallAttempt,
     Clinic,
     DncSource,
@@ -125,7 +129,9 @@ def _stack(
                 "LIVEKIT_URL": sim.url,
                 "LIVEKIT_API_KEY": sim.api_key,
                 "LIVEKIT_API_SECRET": sim.api_secret,
-                "CAMPAIGNS_REPORT_SECRET": "pipeline-test-report-secret",
+                # Real-length secrets: outside the embedded default the worker refuses others.
+                "CAMPAIGNS_REPORT_SECRET": "pipeline-test-report-secret-0123456789",
+                "CAMPAIGNS_AUDIT_KEY": "pipeline-test-audit-key-0123456789abcdef",
                 "CAMPAIGNS_TICK_SECONDS": "0.5",
                 "CAMPAIGNS_RECONCILE_SECONDS": "1",
                 "CAMPAIGNS_QUEUED_TIMEOUT_SECONDS": "10",
@@ -254,8 +260,31 @@ def test_a_campaign_ends_in_the_expected_outcomes_and_retries(stack: Stack) -> N
         assert dnc.lookup(s, PHONE_PREFIX + "09", clinic_id).blocked_by == ("clinic",)
         dialed = [a.id or 0 for group in by_appointment.values() for a in group if a.dialing_at]
         assert audit.verify(s).ok
+        # Every simulated agent's report came back with its token unchanged and was applied.
+        assert not s.execute(
+            select(AuditEvent.seq).where(col(AuditEvent.kind) == calls.REPORT_REFUSED)
+        ).all()
     assert sorted(stack.dials_per_attempt()) == sorted(dialed)
     assert set(stack.dials_per_attempt().values()) == {1}
+    if stack.broker_url.startswith("sqla+"):
+        stack.procs.stop_all()
+        _assert_embedded_files_are_private_and_tidy(stack)
+
+
+def _assert_embedded_files_are_private_and_tidy(stack: Stack) -> None:
+    broker_file = Path(stack.broker_url.removeprefix("sqla+sqlite:///"))
+    with closing(sqlite3.connect(broker_file)) as broker:
+        consumed, waiting = broker.execute(
+            "SELECT count(*) FILTER (WHERE NOT visible), count(*) FILTER (WHERE visible) "
+            "FROM kombu_message"
+        ).fetchone()
+    assert consumed == 0, f"{consumed} consumed messages left in the broker ({waiting} waiting)"
+    beat_data = stack.procs.workdir / "beat" / ".campaigns"
+    assert stat.S_IMODE(beat_data.stat().st_mode) == 0o700
+    created = [broker_file, *beat_data.glob("beat-schedule*")]
+    assert len(created) > 1
+    for path in created:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 @pytest.mark.slow

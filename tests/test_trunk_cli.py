@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from livekit.api import ListSIPOutboundTrunkRequest, LiveKitAPI
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
@@ -99,3 +102,71 @@ def test_invalid_trunk_input_is_refused_before_calling_livekit(simulator: Simula
     )
     assert result.exit_code == 1
     assert "phone" in result.stderr or "number" in result.stderr
+
+
+# --- the SIP password stays off the command line ------------------------------------
+
+CREATE = [
+    "trunk",
+    "create",
+    "--name",
+    "carrier",
+    "--address",
+    "sip.carrier.example",
+    "--numbers",
+    "+12125550199",
+    "--auth-username",
+    "clinic",
+    "--json",
+]
+
+
+def _password_at_livekit(sim: SimulatorHandle, trunk_id: str) -> str:
+    async def listing() -> str:
+        lk = LiveKitAPI(sim.url, sim.api_key, sim.api_secret)
+        try:
+            found = await lk.sip.list_outbound_trunk(
+                ListSIPOutboundTrunkRequest(trunk_ids=[trunk_id])
+            )
+        finally:
+            await lk.aclose()
+        [trunk] = found.items
+        return str(trunk.auth_password)
+
+    return asyncio.run(listing())
+
+
+@pytest.mark.parametrize("source", ["file", "environment", "prompt"])
+def test_the_password_comes_from_a_file_the_environment_or_a_hidden_prompt(
+    simulator: SimulatorHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    password = "pw-from-" + source
+    args, typed = list(CREATE), None
+    if source == "file":
+        secret_file = tmp_path / "sip-password"
+        secret_file.write_text(password + "\n")
+        args += ["--auth-password-file", str(secret_file)]
+    elif source == "environment":
+        monkeypatch.setenv("CAMPAIGNS_TRUNK_AUTH_PASSWORD", password)
+    else:
+        typed = password + "\n"
+
+    result = runner.invoke(app, args, input=typed)
+
+    assert result.exit_code == 0, result.output
+    assert password not in result.output  # the prompt does not echo it
+    assert ("SIP password for clinic" in result.stderr) == (source == "prompt")
+    trunk_id = json.loads(result.stdout)["sip_trunk_id"]
+    assert _password_at_livekit(simulator, trunk_id) == password
+
+
+def test_an_unreadable_password_file_is_one_line(
+    simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, [*CREATE, "--auth-password-file", str(tmp_path / "missing")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: --auth-password-file: cannot read")
+    assert result.stderr.count("\n") == 1

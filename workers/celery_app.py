@@ -6,21 +6,30 @@ from typing import Any
 
 from celery import Celery
 
+from campaigns.db import create_sqlite_file, is_sqlite
 from campaigns.settings import get_settings
 from scheduler.schedule import beat_schedule
+from workers.broker import EMBEDDED_PREFIX, celery_broker
 
 
 def _transport_options(broker_url: str) -> dict[str, Any]:
     if broker_url.startswith(("redis://", "rediss://")):
         # Above the longest task (a dial), so Redis never re-delivers one still running.
         return {"visibility_timeout": 3600}
+    if broker_url.startswith(EMBEDDED_PREFIX):
+        # Options of the transport's SQLAlchemy engine: task arguments stay out of logs.
+        return {"hide_parameters": True}
     return {}
 
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("campaigns", broker=settings.broker_url, include=["workers.tasks"])
+    broker = celery_broker(settings.broker_url)
+    if is_sqlite(broker["broker_url"]):
+        create_sqlite_file(broker["broker_url"])
+    app = Celery("campaigns", include=["workers.tasks"])
     app.conf.update(
+        **broker,
         task_serializer="json",
         accept_content=["json"],
         result_backend=None,

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
-from campaigns.calls import InvalidReportError
-from campaigns.errors import NotFoundError
 from workers.celery_app import app
 from workers.runtime import get_pipeline
-
-log = logging.getLogger(__name__)
 
 # A dial waits at most the ringing timeout plus the gateway's margin; this bounds a stuck task.
 PLACE_CALL_TIME_LIMIT = 600
@@ -46,12 +40,8 @@ def place_call(attempt_id: int) -> str:
 def record_outcome(
     attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
 ) -> bool:
-    try:
-        result = get_pipeline().record_outcome(int(attempt_id), outcome, token, detail)
-    except (InvalidReportError, NotFoundError) as exc:
-        log.warning("rejected outcome report for attempt %s: %s", attempt_id, exc)
-        raise Reject(str(exc), requeue=False) from exc
-    return result.accepted
+    # A report that is not applied is audited with the reason, never raised: nothing to retry.
+    return get_pipeline().record_outcome(int(attempt_id), outcome, token, detail).accepted
 
 
 @app.task(name="campaigns.reconcile", acks_late=False)

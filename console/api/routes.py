@@ -423,13 +423,11 @@ class OutcomeReport(BaseModel):
 
 @router.post("/reports")
 def report_outcome(report: OutcomeReport, pipeline: PipelineDep) -> dict[str, Any]:
-    """The agent's outcome report, authenticated by its report token alone."""
-    try:
-        result = pipeline.record_outcome(
-            report.attempt_id, report.outcome, report.token, report.detail
-        )
-    except calls.InvalidReportError as exc:
-        raise HTTPException(403, str(exc)) from exc
+    """The agent's outcome report, authenticated by its report token alone; the same
+    step as the Celery task, which audits every report it does not apply."""
+    result = pipeline.record_outcome(report.attempt_id, report.outcome, report.token, report.detail)
+    if not result.accepted and not result.duplicate:
+        raise HTTPException(403, f"report refused: {result.reason}")
     return {
         "attempt_id": result.attempt_id,
         "accepted": result.accepted,
