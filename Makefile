@@ -40,4 +40,5 @@ bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/tick_bench.py
 	$(BIN)/python bench/pacing_bench.py
+	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/console_bench.py

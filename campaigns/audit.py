@@ -1,9 +1,22 @@
-"""Append-only audit log with a SHA-256 hash chain.
+"""Append-only audit log with a keyed hash chain and checkpoints kept elsewhere.
 
-Each event's hash covers its content and the previous event's hash, so editing,
-deleting or reordering any stored event breaks the chain at that event, which
-:func:`verify` names. Appends are serialized (an advisory lock on PostgreSQL,
-SQLite's single writer) so the chain never forks.
+Each event's hash is an HMAC-SHA256, keyed with ``CAMPAIGNS_AUDIT_KEY`` (kept
+outside the database), of its sequence number, its content and the previous
+event's hash. Editing, deleting or reordering a stored event breaks the chain at
+that event, which :func:`verify` names, and someone with the database but not the
+key cannot re-chain the log so that it verifies. Each event also stores the key's
+fingerprint (``key_id``), so a wrong key is told apart from an altered event.
+
+Sequence numbers run 1, 2, 3 ... with no gap: appends are serialized (an advisory
+lock on PostgreSQL, SQLite's single writer) and each takes the next number itself,
+so a rolled-back transaction leaves no hole, the chain never forks, and a missing
+number is a removed event.
+
+A :class:`Checkpoint` (the head's seq and hash, its time and the event count),
+stored outside the database, anchors the log: :func:`verify` given one fails when
+events up to it were removed, truncated or rewritten, even by someone holding the
+key, and passes when the log only grew after it. Taking a checkpoint verifies the
+log first and is itself an audited event; so is every export.
 
 Events recorded in a transaction are chained and written when it commits, after
 its other changes are flushed: every writer in every worker takes the append
@@ -15,22 +28,29 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from sqlalchemy import event as orm_event
 from sqlalchemy import func, insert, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
 from campaigns.db import utcnow
+from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.models import AuditEvent
+from campaigns.settings import get_settings
 
 GENESIS_HASH = "0" * 64
+CHECKPOINT_KIND = "audit.checkpoint"
+EXPORT_KIND = "audit.exported"
 _PENDING = "campaigns.audit.pending"
 _SAVEPOINT_MARKS = "campaigns.audit.savepoint_marks"
 # Arbitrary constant naming the audit chain's advisory lock on PostgreSQL.
@@ -67,7 +87,33 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-def _event_hash(
+@dataclass(frozen=True)
+class ChainKey:
+    """The chain's HMAC key, ready to seal, and its fingerprint (safe to store)."""
+
+    id: str
+    _mac: hmac.HMAC
+
+    def seal(self, material: bytes) -> str:
+        mac = self._mac.copy()  # cheaper than re-keying for every event
+        mac.update(material)
+        return mac.hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _chain_key(secret: str) -> ChainKey:
+    raw = secret.encode()
+    fingerprint = hmac.new(raw, b"campaigns audit key id", hashlib.sha256).hexdigest()[:16]
+    return ChainKey(fingerprint, hmac.new(raw, digestmod=hashlib.sha256))
+
+
+def chain_key() -> ChainKey:
+    """The key configured as ``CAMPAIGNS_AUDIT_KEY``."""
+    return _chain_key(get_settings().audit_key.get_secret_value())
+
+
+def event_material(
+    seq: int,
     prev_hash: str,
     at: datetime,
     actor: str,
@@ -76,11 +122,36 @@ def _event_hash(
     appointment_id: int | None,
     attempt_id: int | None,
     payload: str,
-) -> str:
-    material = canonical_json(
-        [prev_hash, at.isoformat(), actor, kind, clinic_id, appointment_id, attempt_id, payload]
+) -> bytes:
+    """What an event's hash covers: its place in the log, its content, its predecessor."""
+    return canonical_json(
+        [
+            seq,
+            prev_hash,
+            at.isoformat(),
+            actor,
+            kind,
+            clinic_id,
+            appointment_id,
+            attempt_id,
+            payload,
+        ]
+    ).encode()
+
+
+def _stored_material(event: AuditEvent) -> bytes:
+    assert event.seq is not None
+    return event_material(
+        event.seq,
+        event.prev_hash,
+        event.at,
+        event.actor,
+        event.kind,
+        event.clinic_id,
+        event.appointment_id,
+        event.attempt_id,
+        event.payload,
     )
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -108,29 +179,33 @@ def write_pending(session: Session) -> None:
         return
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK_KEY})
-    prev_hash = (
-        session.execute(
-            select(AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
-        ).scalar_one_or_none()
-        or GENESIS_HASH
-    )
+    head = session.execute(
+        select(AuditEvent.seq, AuditEvent.hash).order_by(col(AuditEvent.seq).desc()).limit(1)
+    ).one_or_none()
+    seq, prev_hash = (head.seq or 0, head.hash) if head else (0, GENESIS_HASH)
+    key = chain_key()
     now = utcnow()
     rows: list[dict[str, Any]] = []
     for entry in pending:
-        at = entry.at or now
+        seq += 1
+        at = (entry.at or now).astimezone(UTC)  # hashed as it will read back
         body = canonical_json(dict(entry.payload))
-        digest = _event_hash(
-            prev_hash,
-            at,
-            entry.actor,
-            entry.kind,
-            entry.clinic_id,
-            entry.appointment_id,
-            entry.attempt_id,
-            body,
+        digest = key.seal(
+            event_material(
+                seq,
+                prev_hash,
+                at,
+                entry.actor,
+                entry.kind,
+                entry.clinic_id,
+                entry.appointment_id,
+                entry.attempt_id,
+                body,
+            )
         )
         rows.append(
             {
+                "seq": seq,
                 "at": at,
                 "actor": entry.actor,
                 "kind": entry.kind,
@@ -140,10 +215,10 @@ def write_pending(session: Session) -> None:
                 "payload": body,
                 "prev_hash": prev_hash,
                 "hash": digest,
+                "key_id": key.id,
             }
         )
         prev_hash = digest
-    # Inserted in list order, so sequence numbers follow the chain.
     for start in range(0, len(rows), 1000):
         session.execute(insert(AuditEvent), rows[start : start + 1000])
 
@@ -163,44 +238,149 @@ def record(
     record_many(session, [Entry(kind, payload, actor, clinic_id, appointment_id, attempt_id, at)])
 
 
+class InvalidCheckpointError(InvalidInputError):
+    """A checkpoint file that cannot be read as one."""
+
+
+class Checkpoint(BaseModel):
+    """The log's head at one moment, to keep outside the database (exactly these keys)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    seq: PositiveInt
+    hash: str = Field(pattern="^[0-9a-f]{64}$")
+    at: AwareDatetime
+    count: PositiveInt
+
+    @classmethod
+    def parse(cls, document: str) -> Checkpoint:
+        try:
+            return cls.model_validate_json(document)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "checkpoint"
+            raise InvalidCheckpointError(f"{where}: {first['msg']}") from exc
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     ok: bool
     events: int
     first_bad_seq: int | None = None
     problem: str | None = None
+    checkpoint: Checkpoint | None = None
 
 
-def verify(session: Session) -> VerifyResult:
-    """Re-walk the whole chain; stop at the first event that does not hold."""
+def _missing(first: int, last: int) -> str:
+    return f"event {first} is missing" if first == last else f"events {first}-{last} are missing"
+
+
+def _chain_problem(
+    event: AuditEvent, expected_seq: int, expected_prev: str, key: ChainKey
+) -> str | None:
+    assert event.seq is not None
+    if event.seq != expected_seq:
+        if event.seq < expected_seq:
+            return f"sequence number {event.seq} where {expected_seq} was expected"
+        if expected_seq == 1:
+            jump = f"the log starts at {event.seq}"
+        else:
+            jump = f"the sequence jumps from {expected_seq - 1} to {event.seq}"
+        return f"{_missing(expected_seq, event.seq - 1)} ({jump}): removed"
+    if event.prev_hash != expected_prev:
+        return "previous hash does not match: an event was removed or reordered"
+    if event.key_id != key.id:
+        return (
+            f"chained with key id {event.key_id or '(none)'}, not CAMPAIGNS_AUDIT_KEY's {key.id}: "
+            "a different key, or re-chained without it"
+        )
+    if not hmac.compare_digest(key.seal(_stored_material(event)), event.hash):
+        return "content does not match its hash: the event was altered"
+    return None
+
+
+def verify(session: Session, checkpoint: Checkpoint | None = None) -> VerifyResult:
+    """Re-walk the whole chain; stop at the first event that does not hold.
+
+    With a checkpoint, also fail when the log no longer holds the events it covers
+    as they were then.
+    """
+    key = chain_key()
     expected_prev = GENESIS_HASH
     count = 0
     for event in iter_events(session):
         count += 1
         assert event.seq is not None
-        if event.prev_hash != expected_prev:
-            return VerifyResult(
-                False,
-                count,
-                event.seq,
-                "previous hash does not match: an event was removed or reordered",
-            )
-        recomputed = _event_hash(
-            event.prev_hash,
-            event.at,
-            event.actor,
-            event.kind,
-            event.clinic_id,
-            event.appointment_id,
-            event.attempt_id,
-            event.payload,
-        )
-        if recomputed != event.hash:
-            return VerifyResult(
-                False, count, event.seq, "content does not match its hash: the event was altered"
-            )
+        problem = _chain_problem(event, count, expected_prev, key)
+        if problem is None and checkpoint is not None and event.seq == checkpoint.seq:
+            if event.hash != checkpoint.hash:
+                problem = (
+                    f"does not match the checkpoint taken {checkpoint.at.isoformat()}: "
+                    "the log was rewritten up to it"
+                )
+            elif checkpoint.count != count:
+                problem = (
+                    f"the checkpoint counted {checkpoint.count} events up to it, "
+                    f"the log holds {count}"
+                )
+        if problem is not None:
+            return VerifyResult(False, count, event.seq, problem, checkpoint)
         expected_prev = event.hash
-    return VerifyResult(True, count)
+    if checkpoint is not None and count < checkpoint.seq:
+        return VerifyResult(
+            False,
+            count,
+            count + 1,
+            f"{_missing(count + 1, checkpoint.seq)}: the log ends at event {count}, the "
+            f"checkpoint taken {checkpoint.at.isoformat()} covers {checkpoint.count} events "
+            "(truncated)",
+            checkpoint,
+        )
+    return VerifyResult(True, count, checkpoint=checkpoint)
+
+
+def take_checkpoint(session: Session, *, actor: str, out: str) -> Checkpoint:
+    """Verify the log, record who anchors it (``out`` says where to), return its new head.
+
+    The checkpoint covers its own event; it counts once the caller's transaction commits.
+    """
+    verified = verify(session)
+    if not verified.ok:
+        raise CampaignError(
+            f"audit log broken at event {verified.first_bad_seq}: {verified.problem}; "
+            "no checkpoint taken"
+        )
+    record(session, CHECKPOINT_KIND, {"out": out, "verified_events": verified.events}, actor=actor)
+    write_pending(session)
+    head = session.execute(
+        select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
+    ).scalar_one()
+    count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
+    assert head.seq is not None
+    return Checkpoint(seq=head.seq, hash=head.hash, at=head.at, count=count)
+
+
+def record_export(
+    session: Session,
+    *,
+    actor: str,
+    fmt: str,
+    since: datetime | None,
+    count: int,
+    complete: bool,
+) -> None:
+    """Audit an export of the log: who, which range and format, how many events left."""
+    record(
+        session,
+        EXPORT_KIND,
+        {
+            "format": fmt,
+            "since": since.isoformat() if since else None,
+            "count": count,
+            "complete": complete,
+        },
+        actor=actor,
+    )
 
 
 EXPORT_FIELDS = (
@@ -312,19 +492,3 @@ def list_events(
         row["payload"] = json.loads(event.payload)
         items.append(row)
     return {"page": page, "page_size": EVENTS_PAGE_SIZE, "total": total, "items": items}
-
-
-def checkpoint(session: Session) -> dict[str, Any]:
-    """The head of the chain, to be kept outside the database: any later rewrite of the
-    events up to ``seq`` no longer ends in ``hash``."""
-    write_pending(session)
-    head = session.execute(
-        select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(1)
-    ).scalar_one_or_none()
-    count = session.execute(select(func.count()).select_from(AuditEvent)).scalar_one()
-    return {
-        "seq": head.seq if head else 0,
-        "hash": head.hash if head else GENESIS_HASH,
-        "at": head.at.isoformat() if head else None,
-        "count": count,
-    }

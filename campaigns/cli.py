@@ -12,11 +12,12 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import typer
@@ -63,9 +64,9 @@ class _OneLineErrors(TyperGroup):
             )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"error: {message}", markup=False, highlight=False)
-    raise typer.Exit(1)
+    raise typer.Exit(code)
 
 
 def _typer(help_text: str) -> typer.Typer:
@@ -458,11 +459,31 @@ def dnc_import(
 # --- audit ------------------------------------------------------------------
 
 
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="A file written by `audit checkpoint`: fail if the events it covers changed.",
+    ),
+]
+
+
+def _read_checkpoint(path: Path) -> audit.Checkpoint:
+    """The checkpoint in ``path``; an unreadable or malformed file is a usage error (exit 2)."""
+    try:
+        return audit.Checkpoint.parse(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"--checkpoint: cannot read {path}: {getattr(exc, 'strerror', None) or exc}", 2)
+    except audit.InvalidCheckpointError as exc:
+        _fail(f"--checkpoint: {path} is not a checkpoint ({exc})", 2)
+
+
 @audit_app.command("verify")
-def audit_verify(as_json: JsonFlag = False) -> None:
-    """Re-walk the hash chain; exit 1 naming the first event that does not hold."""
+def audit_verify(checkpoint_file: CheckpointOption = None, as_json: JsonFlag = False) -> None:
+    """Re-walk the keyed chain; exit 1 naming the first event that does not hold."""
+    checkpoint = _read_checkpoint(checkpoint_file) if checkpoint_file else None
     with unit_of_work() as session:
-        result = audit.verify(session)
+        result = audit.verify(session, checkpoint)
     if as_json:
         emit_json(
             {
@@ -470,12 +491,47 @@ def audit_verify(as_json: JsonFlag = False) -> None:
                 "events": result.events,
                 "first_bad_seq": result.first_bad_seq,
                 "problem": result.problem,
+                "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
             }
         )
     if not result.ok:
         _fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
     if not as_json:
-        out.print(f"audit log intact: {result.events} events")
+        anchored = f"; checkpoint at event {checkpoint.seq} holds" if checkpoint else ""
+        out.print(f"audit log intact: {result.events} events{anchored}")
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write to this file (owner-only) instead of stdout."),
+    ] = None,
+) -> None:
+    """Verify the log and print its head as {"seq", "hash", "at", "count"}; keep it elsewhere."""
+    if out_file is None:
+        with unit_of_work() as session:
+            checkpoint = audit.take_checkpoint(session, actor=actor(), out="stdout")
+        sys.stdout.write(checkpoint.model_dump_json() + "\n")
+        return
+    if out_file.is_dir():
+        raise InvalidInputError(f"--out: {out_file} is a directory")
+    # Staged (mkstemp: owner-only) before the checkpoint is recorded, so a bad path leaves
+    # no event behind, then moved into place: a failure never clobbers the last checkpoint.
+    try:
+        descriptor, staged = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
+    except OSError as exc:
+        raise InvalidInputError(f"--out: cannot write {out_file}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as staging:
+            with unit_of_work() as session:
+                checkpoint = audit.take_checkpoint(session, actor=actor(), out=str(out_file))
+            staging.write(checkpoint.model_dump_json() + "\n")
+        os.replace(staged, out_file)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
 
 
 @audit_app.command("export")
@@ -483,7 +539,7 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO 8601 time with offset")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
 ) -> None:
-    """Write the audit log to stdout."""
+    """Write the audit log to stdout; the export itself is audited."""
     writers: dict[str, Callable[..., Iterator[str]]] = {
         "csv": audit.export_csv,
         "jsonl": audit.export_jsonl,
@@ -491,9 +547,27 @@ def audit_export(
     if fmt not in writers:
         raise InvalidInputError("--format must be csv or jsonl")
     start = parse_instant(since, "--since") if since else None
-    with unit_of_work() as session:
-        for chunk in writers[fmt](audit.iter_events(session, start)):
-            sys.stdout.write(chunk)
+    exported = 0
+    complete = False
+
+    def counted(events: Iterator[Any]) -> Iterator[Any]:
+        nonlocal exported
+        for event in events:
+            exported += 1
+            yield event
+
+    try:
+        with unit_of_work() as session:
+            for chunk in writers[fmt](counted(audit.iter_events(session, start))):
+                sys.stdout.write(chunk)
+        complete = True
+    finally:
+        # Its own transaction: an export cut short (a closed pipe) still left data.
+        if complete or exported:
+            with unit_of_work() as session:
+                audit.record_export(
+                    session, actor=actor(), fmt=fmt, since=start, count=exported, complete=complete
+                )
 
 
 # --- users ------------------------------------------------------------------

@@ -216,7 +216,11 @@ class DncEntry(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """Append-only, hash-chained record of every change and decision."""
+    """Append-only, HMAC-chained record of every change and decision.
+
+    ``seq`` runs 1, 2, 3 ... with no gap; ``key_id`` names the key that chained the event
+    (a fingerprint, not the key).
+    """
 
     __tablename__ = "audit_event"
 
@@ -230,6 +234,7 @@ class AuditEvent(SQLModel, table=True):
     payload: str = Field(sa_type=Text)
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64, unique=True)
+    key_id: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
 
 
 class StateRuleRow(SQLModel, table=True):

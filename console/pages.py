@@ -24,7 +24,14 @@ from campaigns.outcomes import Outcome
 from campaigns.phones import to_e164
 from campaigns.pipeline import Pipeline
 from campaigns.users import Principal
-from console.api.routes import dnc_rows, export_response, parse_time, run_import, verify_document
+from console.api.routes import (
+    dnc_rows,
+    export_response,
+    parse_time,
+    run_import,
+    take_checkpoint,
+    verify_document,
+)
 from console.deps import (
     DB,
     LOGIN_CSRF_COOKIE,
@@ -370,7 +377,7 @@ def audit_verify(request: Request, user: Auditor, session: DB) -> Response:
 @router.post("/audit/checkpoint")
 def audit_checkpoint(request: Request, user: Auditor, session: DB) -> Response:
     page_context(request, session, user)
-    return _audit_page(request, session, {}, checkpoint=audit.checkpoint(session))
+    return _audit_page(request, session, {}, checkpoint=take_checkpoint(session, user))
 
 
 @router.get("/audit/export")

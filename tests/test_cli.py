@@ -23,9 +23,9 @@ from sqlmodel import col, select
 from typer.testing import CliRunner, Result
 
 from campaigns import audit
-from campaigns.cli import app
+from campaigns.cli import actor, app
 from campaigns.db import get_engine, make_engine, session_factory
-from campaigns.models import Appointment, AttemptState, CallAttempt, Clinic
+from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.outcomes import Outcome
 from campaigns.settings import get_settings
 from tests.conftest import add_appointment
@@ -328,6 +328,120 @@ def test_audit_export_csv_neutralises_formula_cells(app_env: str) -> None:
     assert (rows[1]["kind"], rows[1]["actor"]) == ("plain.event", "tester")
     assert_one_line_error(cli("audit", "export", "--format", "xml"), "--format")
     assert_one_line_error(cli("audit", "export", "--since", "2026-05-01"), "needs a UTC offset")
+
+
+def _audit_events(url: str, kind: str) -> list[AuditEvent]:
+    with database(url) as session:
+        query = select(AuditEvent).where(col(AuditEvent.kind) == kind).order_by(col(AuditEvent.seq))
+        return list(session.execute(query).scalars())
+
+
+def test_audit_checkpoint_anchors_the_log_until_events_are_removed(
+    app_env: str, tmp_path: Path
+) -> None:
+    add_clinic_cli()
+    anchor = tmp_path / "checkpoint.json"
+
+    taken = cli("audit", "checkpoint", "--out", str(anchor))
+
+    assert taken.exit_code == 0, taken.output
+    assert anchor.stat().st_mode & 0o777 == 0o600
+    checkpoint = json.loads(anchor.read_text())
+    assert list(checkpoint) == ["seq", "hash", "at", "count"]
+    assert (checkpoint["seq"], checkpoint["count"]) == (2, 2)
+    [event] = _audit_events(app_env, "audit.checkpoint")
+    assert (event.seq, event.actor, event.hash) == (2, actor(), checkpoint["hash"])
+
+    assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0  # the log grows: still fine
+    verified = cli_json("audit", "verify", "--checkpoint", str(anchor))
+    assert (verified["ok"], verified["events"], verified["first_bad_seq"]) == (True, 3, None)
+    assert verified["checkpoint"] == checkpoint
+
+    with database(app_env) as session:
+        _lift_append_only_guard(session)
+        session.execute(text("DELETE FROM audit_event WHERE seq >= 2"))
+    assert cli("audit", "verify").exit_code == 0  # what is left still chains
+    result = cli("audit", "verify", "--checkpoint", str(anchor))
+    line = assert_one_line_error(result, "audit log broken at event 2", "event 2 is missing")
+    assert "truncated" in line
+
+
+@SQLITE_ONLY
+def test_a_refused_checkpoint_leaves_the_last_one_and_the_log_as_they_were(
+    app_env: str, tmp_path: Path
+) -> None:
+    add_clinic_cli()
+    anchors = tmp_path / "anchors"
+    anchors.mkdir()
+    anchor = anchors / "checkpoint.json"
+    assert cli("audit", "checkpoint", "--out", str(anchor)).exit_code == 0
+    kept = anchor.read_text()
+
+    nowhere = cli("audit", "checkpoint", "--out", str(tmp_path / "no-such-dir" / "c.json"))
+    assert_one_line_error(nowhere, "--out: cannot write")
+    assert len(_audit_events(app_env, "audit.checkpoint")) == 1
+
+    with database(app_env) as session:
+        _lift_append_only_guard(session)
+        session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 1"))
+    broken = cli("audit", "checkpoint", "--out", str(anchor))
+
+    assert_one_line_error(broken, "audit log broken at event 1", "no checkpoint taken")
+    assert anchor.read_text() == kept
+    assert [path.name for path in anchors.iterdir()] == ["checkpoint.json"]  # no staged file left
+    assert len(_audit_events(app_env, "audit.checkpoint")) == 1
+
+
+@SQLITE_ONLY
+def test_audit_checkpoint_prints_to_stdout(app_env: str) -> None:
+    add_clinic_cli()
+
+    result = cli("audit", "checkpoint")
+
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)) == {"seq", "hash", "at", "count"}
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("not json", "Invalid JSON"),
+        ('{"seq": 1, "hash": "%s", "at": "2026-11-29T10:00:00+00:00"}' % ("0" * 64), "count"),
+        (None, "cannot read"),
+    ],
+)
+def test_a_malformed_checkpoint_file_is_a_one_line_usage_error(
+    app_env: str, tmp_path: Path, content: str | None, fragment: str
+) -> None:
+    path = tmp_path / "checkpoint.json"
+    if content is not None:
+        path.write_text(content)
+
+    result = cli("audit", "verify", "--checkpoint", str(path))
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: --checkpoint: ") and fragment in line
+
+
+def test_audit_export_is_itself_audited(app_env: str) -> None:
+    add_clinic_cli()
+    assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0
+
+    exported = cli("audit", "export", "--since", "2020-01-01T00:00:00+00:00", "--format", "csv")
+
+    assert exported.exit_code == 0, exported.output
+    [event] = _audit_events(app_env, "audit.exported")
+    assert event.actor == actor()
+    assert json.loads(event.payload) == {
+        "format": "csv",
+        "since": "2020-01-01T00:00:00+00:00",
+        "count": 2,
+        "complete": True,
+    }
+    assert cli_json("audit", "verify")["events"] == 3
 
 
 # --------------------------------------------------------------------------- run-daily, status

@@ -383,7 +383,9 @@ def test_reviewers_browse_verify_checkpoint_and_export_the_audit_log(console: Co
     assert verified["ok"] is True and verified["first_bad_seq"] is None
     checkpoint = console.client.post("/api/v1/audit/checkpoint", headers=headers).json()
     assert set(checkpoint) == {"seq", "hash", "at", "count"}
-    assert checkpoint["count"] == verified["events"] and len(checkpoint["hash"]) == 64
+    # The checkpoint verifies the log, records itself, and covers its own event.
+    assert checkpoint["count"] == verified["events"] + 1 and len(checkpoint["hash"]) == 64
+    assert events(console, "audit.checkpoint")[0].actor == f"user:{REVIEWER}"
 
     exported = console.client.get("/api/v1/audit/export", params={"format": "csv"}, headers=headers)
     assert exported.status_code == 200

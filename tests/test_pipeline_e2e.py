@@ -39,6 +39,7 @@ from campaigns.models import (
     DncSource,
     Trunk,
 )
+from campaigns.settings import get_settings
 from demo.daytime import daytime_zone
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
@@ -87,6 +88,9 @@ class Stack:
         return counts
 
 
+AUDIT_KEY = "pipeline-test-audit-key-0123456789abcdef"
+
+
 def _redis_db(worker_id: str) -> int:
     # Concurrent test runs on one machine each set their own base index.
     base = int(os.environ.get("CAMPAIGNS_TEST_REDIS_DB", "5"))
@@ -107,6 +111,11 @@ def _stack(
     scenario: dict[str, Any] | None = None,
 ) -> Iterator[Stack]:
     database = "postgresql" if kind.startswith("postgresql") else "sqlite"
+    # The test process records and verifies audit events too: under the workers' key.
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setenv("CAMPAIGNS_AUDIT_KEY", AUDIT_KEY)
+    get_settings.cache_clear()
+    request.addfinalizer(get_settings.cache_clear)
     env_extra: dict[str, str] = {}
     if kind.startswith("postgresql"):
         index = _redis_db(getattr(request.config, "workerinput", {}).get("workerid", "main"))
@@ -131,7 +140,7 @@ def _stack(
                 "LIVEKIT_API_SECRET": sim.api_secret,
                 # Real-length secrets: outside the embedded default the worker refuses others.
                 "CAMPAIGNS_REPORT_SECRET": "pipeline-test-report-secret-0123456789",
-                "CAMPAIGNS_AUDIT_KEY": "pipeline-test-audit-key-0123456789abcdef",
+                "CAMPAIGNS_AUDIT_KEY": AUDIT_KEY,
                 "CAMPAIGNS_TICK_SECONDS": "0.5",
                 "CAMPAIGNS_RECONCILE_SECONDS": "1",
                 "CAMPAIGNS_QUEUED_TIMEOUT_SECONDS": "10",

@@ -16,6 +16,8 @@ from campaigns.settings import get_settings
 
 config = context.config
 target_metadata = SQLModel.metadata
+# Migrations that chain audit events get the key from here, not from the database.
+config.attributes.setdefault("audit_key", get_settings().audit_key.get_secret_value())
 
 
 def run_migrations_online() -> None:

@@ -20,7 +20,7 @@ from campaigns.db import session_scope
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.importer import ImportFileError, import_appointments
 from campaigns.masking import mask_phone
-from campaigns.models import Clinic, DncSource
+from campaigns.models import AuditEvent, Clinic, DncSource
 from campaigns.phones import to_e164
 from campaigns.pipeline import Pipeline
 from campaigns.users import Principal
@@ -325,24 +325,39 @@ EXPORTERS: dict[str, tuple[Callable[..., Iterator[str]], str]] = {
 def export_response(
     session: Session, user: Principal, pipeline: Pipeline, fmt: str, since: datetime | None
 ) -> StreamingResponse:
-    """The audit log as a download; the export itself is audited (and committed) first."""
+    """The audit log as a download; the export is audited once streamed (or cut short)."""
     if fmt not in EXPORTERS:
         raise InvalidInputError("format must be csv or jsonl")
-    audit.record(
-        session,
-        "audit.exported",
-        {"format": fmt, "since": since.isoformat() if since else None},
-        actor=user.actor,
-    )
-    # Committed before streaming: the request's transaction outlives the response, and
-    # on SQLite it would hold the write lock while the export streams.
+    # The request's transaction outlives the streamed response: end it now, so that on
+    # SQLite it does not hold the write lock while the export streams.
     session.commit()
     writer, media_type = EXPORTERS[fmt]
 
     def chunks() -> Iterator[str]:
-        # Its own session: the response streams after the request's transaction ended.
-        with session_scope(pipeline.sessions) as reader:
-            yield from writer(audit.iter_events(reader, since))
+        exported = 0
+        complete = False
+
+        def counted(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
+            nonlocal exported
+            for event in events:
+                exported += 1
+                yield event
+
+        try:
+            with session_scope(pipeline.sessions) as reader:
+                yield from writer(counted(audit.iter_events(reader, since)))
+            complete = True
+        finally:
+            if complete or exported:
+                with session_scope(pipeline.sessions) as recorder:
+                    audit.record_export(
+                        recorder,
+                        actor=user.actor,
+                        fmt=fmt,
+                        since=since,
+                        count=exported,
+                        complete=complete,
+                    )
 
     filename = f"audit-{now():%Y%m%dT%H%M%SZ}.{fmt}"
     return StreamingResponse(
@@ -379,7 +394,15 @@ def audit_verify(user: Auditor, session: DB) -> dict[str, Any]:
 
 @router.post("/audit/checkpoint")
 def audit_checkpoint(user: Auditor, session: DB) -> dict[str, Any]:
-    return audit.checkpoint(session)
+    """Verify the log and return its head, ``{"seq", "hash", "at", "count"}``, to keep
+    outside the database (as ``campaigns audit checkpoint`` prints it)."""
+    return take_checkpoint(session, user)
+
+
+def take_checkpoint(session: Session, user: Principal) -> dict[str, Any]:
+    checkpoint = audit.take_checkpoint(session, actor=user.actor, out="console download")
+    document: dict[str, Any] = checkpoint.model_dump(mode="json")
+    return document
 
 
 # --------------------------------------------------------------------------- users
