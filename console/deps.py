@@ -10,6 +10,7 @@ sent by a browser on its own, so it needs none.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -58,7 +59,20 @@ def _bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-async def principal(request: Request, session: DB) -> Principal:
+async def csrf_sent(request: Request) -> str | None:
+    """The CSRF token a request carries, in its header or its form."""
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        field = (await request.form()).get(CSRF_FIELD)
+        sent = field if isinstance(field, str) else None
+    return sent
+
+
+def principal(
+    request: Request, session: DB, sent: Annotated[str | None, Depends(csrf_sent)]
+) -> Principal:
     token = _bearer(request)
     by_cookie = token is None
     if by_cookie:
@@ -66,16 +80,9 @@ async def principal(request: Request, session: DB) -> Principal:
     found = users.principal_for(session, token, now()) if token else None
     if found is None:
         raise NotSignedInError
-    if by_cookie and request.method not in _SAFE_METHODS:
-        sent = request.headers.get(CSRF_HEADER)
-        if sent is None and request.headers.get("content-type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data")
-        ):
-            form = await request.form()
-            field = form.get(CSRF_FIELD)
-            sent = field if isinstance(field, str) else None
-        if sent != found.csrf_token:
-            raise HTTPException(403, "missing or wrong CSRF token")
+    csrf_ok = sent is not None and secrets.compare_digest(sent.encode(), found.csrf_token.encode())
+    if by_cookie and request.method not in _SAFE_METHODS and not csrf_ok:
+        raise HTTPException(403, "missing or wrong CSRF token")
     request.state.principal = found
     return found
 

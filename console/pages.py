@@ -102,7 +102,7 @@ def login(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
-    if not cookie or not secrets.compare_digest(cookie, csrf_token):
+    if not cookie or not secrets.compare_digest(cookie.encode(), csrf_token.encode()):
         raise HTTPException(403, "the sign-in form expired; reload the page and try again")
     settings = pipeline.settings
     try:

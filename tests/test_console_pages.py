@@ -99,8 +99,9 @@ def test_every_form_needs_the_sessions_csrf_token(console: Console) -> None:
         (f"/clinics/{clinic}/dnc", {"phone": "2125550123"}),
         ("/logout", {}),
     ):
-        refused = console.client.post(path, data=data | {"csrf_token": "wrong"})
-        assert refused.status_code == 403, path
+        for wrong in ("wrong", "épreuve"):
+            refused = console.client.post(path, data=data | {"csrf_token": wrong})
+            assert refused.status_code == 403, path
     assert "clinic.paused" not in kinds(console) and "dnc.added" not in kinds(console)
     paused = console.client.post(
         f"/clinics/{clinic}/pause", data={"reason": "flu", "csrf_token": csrf}
@@ -176,3 +177,22 @@ def test_users_page_is_for_admins(console: Console) -> None:
     )
     assert "new@example.org disabled" in disabled.text
     assert kinds(console).count("user.added") == 4 and "user.disabled" in kinds(console)
+
+
+@SQLITE_ONLY
+def test_session_cookies_are_httponly_lax_and_secure_over_https(console: Console) -> None:
+    console.client.base_url = "https://testserver"
+    form = console.client.get("/login")
+    token = _CSRF.search(form.text)
+    assert token is not None
+    response = console.client.post(
+        "/login",
+        data={"email": STAFF, "password": PASSWORD, "csrf_token": token.group(1)},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    cookie = next(
+        c for c in response.headers.get_list("set-cookie") if c.startswith("campaigns_session=")
+    )
+    attributes = {part.strip().lower() for part in cookie.split(";")}
+    assert {"httponly", "secure", "samesite=lax"} <= attributes
