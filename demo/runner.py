@@ -221,12 +221,20 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
     return 0 if verified.ok else 1
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _keep_running(console: Console, console_port: int, password: str) -> None:
+    console.print()
     console.print(
         f"the campaign is over; everything keeps running. Console: http://127.0.0.1:{console_port} "
         f"({DEMO_USER} / {password}). Press Ctrl-C to stop.",
         highlight=False,
     )
+    # Ctrl-C, or a TERM from a supervisor: either way the services are stopped on the way out.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             time.sleep(1)
