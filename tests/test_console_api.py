@@ -386,6 +386,13 @@ def test_reviewers_browse_verify_checkpoint_and_export_the_audit_log(console: Co
     # The checkpoint verifies the log, records itself, and covers its own event.
     assert checkpoint["count"] == verified["events"] + 1 and len(checkpoint["hash"]) == 64
     assert events(console, "audit.checkpoint")[0].actor == f"user:{REVIEWER}"
+    anchored = console.client.post("/api/v1/audit/verify", json=checkpoint, headers=headers)
+    assert anchored.json()["ok"] is True and anchored.json()["checkpoint"] == checkpoint
+    beyond = checkpoint | {"seq": checkpoint["seq"] + 50, "count": checkpoint["count"] + 50}
+    truncated = console.client.post("/api/v1/audit/verify", json=beyond, headers=headers).json()
+    assert truncated["ok"] is False and "truncated" in truncated["problem"]
+    malformed = console.client.post("/api/v1/audit/verify", json={"seq": 1}, headers=headers)
+    assert malformed.status_code == 400
 
     exported = console.client.get("/api/v1/audit/export", params={"format": "csv"}, headers=headers)
     assert exported.status_code == 200

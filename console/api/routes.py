@@ -6,11 +6,12 @@ clinic the caller may not read is 404, one they may read but not change 403.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, Depends, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -379,17 +380,26 @@ def audit_export(
 
 
 def verify_document(result: audit.VerifyResult) -> dict[str, Any]:
+    """As ``audit verify --json`` prints it."""
     return {
         "ok": result.ok,
         "events": result.events,
         "first_bad_seq": result.first_bad_seq,
         "problem": result.problem,
+        "checkpoint": result.checkpoint.model_dump(mode="json") if result.checkpoint else None,
     }
 
 
 @router.post("/audit/verify")
-def audit_verify(user: Auditor, session: DB) -> dict[str, Any]:
-    return verify_document(audit.verify(session))
+def audit_verify(
+    user: Auditor,
+    session: DB,
+    checkpoint: Annotated[dict[str, Any] | None, Body()] = None,
+) -> dict[str, Any]:
+    """Re-walk the chain; with a checkpoint taken earlier as the body, also check that the
+    events it covers are still there as they were."""
+    anchor = audit.Checkpoint.parse(json.dumps(checkpoint)) if checkpoint else None
+    return verify_document(audit.verify(session, anchor))
 
 
 @router.post("/audit/checkpoint")
