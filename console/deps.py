@@ -40,6 +40,9 @@ def get_pipeline(request: Request) -> Pipeline:
     return pipeline
 
 
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

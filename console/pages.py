@@ -22,7 +22,6 @@ from campaigns.masking import mask_phone
 from campaigns.models import AppointmentStatus, DncSource, Role
 from campaigns.outcomes import Outcome
 from campaigns.phones import to_e164
-from campaigns.pipeline import Pipeline
 from campaigns.users import Principal
 from console.api.routes import (
     dnc_rows,
@@ -40,14 +39,13 @@ from console.deps import (
     Auditor,
     CurrentUser,
     OperableClinic,
+    PipelineDep,
     ReadableClinic,
-    get_pipeline,
     now,
 )
 from console.render import render
 
 router = APIRouter(include_in_schema=False)
-PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 
 def _secure(request: Request) -> bool:

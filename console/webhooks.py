@@ -17,9 +17,9 @@ may still be on its way when that webhook arrives.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from livekit.api import TokenVerifier, WebhookReceiver
 from livekit.protocol.webhook import WebhookEvent
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from campaigns import audit
 from campaigns.db import session_scope
 from campaigns.pipeline import Pipeline
-from console.deps import get_pipeline
+from console.deps import PipelineDep
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -36,9 +36,7 @@ ACTOR = "livekit"
 
 
 @router.post("/livekit/webhook", include_in_schema=False)
-async def livekit_webhook(
-    request: Request, pipeline: Annotated[Pipeline, Depends(get_pipeline)]
-) -> dict[str, Any]:
+async def livekit_webhook(request: Request, pipeline: PipelineDep) -> dict[str, Any]:
     settings = pipeline.settings
     receiver = WebhookReceiver(
         TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret.get_secret_value())

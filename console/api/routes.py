@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, File, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Body, File, HTTPException, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
@@ -31,13 +31,12 @@ from console.deps import (
     Auditor,
     CurrentUser,
     OperableClinic,
+    PipelineDep,
     ReadableClinic,
-    get_pipeline,
     now,
 )
 
 router = APIRouter(prefix="/api/v1")
-PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
