@@ -1,13 +1,20 @@
-"""Per-trunk pacing through RedisPacer: two worker processes, one shared pool of calls.
+"""Per-trunk pacing through RedisPacer: two worker processes, one shared pool of calls,
+measured where the callee is.
 
 Two processes (each with a pool of threads, like Celery workers with threads)
-pull pseudo-calls from one shared queue, acquire a slot on one trunk, "hold the
-call" for a random short time, and release. A refused acquire puts the call back
-in the pool and that thread idles for ``--requeue-delay`` (the next tick). Per
-run it prints the worst one-second window of call starts against the CPS limit,
-the mean rate as a share of it, and the most concurrent calls against the cap.
-Loopback Redis only; each run stops by itself (``--limit`` seconds at most) and
-deletes its keys.
+pull calls from one shared queue and place each as a worker does: acquire a
+slot on one trunk a second ahead (``PACING_LEAD``), spend a random time
+preparing it (``--prep-max``: the database commit, here a sleep), then dispatch
+the agent and dial through the real LiveKit client against the simulator in
+this process, the dial held back until the slot's start. Every callee is busy
+after a random ring (``--hold-min``/``--hold-max``), then the slot is released.
+A refused acquire or a missed start puts the call back in the pool and that
+thread idles for ``--requeue-delay`` (the next tick). Per run it prints the
+worst one-second window of dials as the simulator received them (and as the
+workers sent them, and as granted) against the CPS limit, how late dials
+arrived after their granted start, the mean rate as a share of the limit, and
+the most concurrent calls against the cap. Loopback Redis only; each run stops
+by itself (``--limit`` seconds at most) and deletes its keys.
 
     .venv/bin/python bench/pacing_bench.py                 # cps 20, then cps 50
     .venv/bin/python bench/pacing_bench.py --cps 5 --calls 200
@@ -23,12 +30,19 @@ import threading
 import time
 import uuid
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 
 import redis
 
-from campaigns.pacing import RedisPacer
+from campaigns.livekit_gateway import LiveKitTelephony
+from campaigns.pacing import RedisPacer, Slot, wait_for_start
+from campaigns.pipeline import PACING_LEAD
+from campaigns.telephony import CallRequest
+from simulator.scenario import DEFAULT_SUFFIXES
+from simulator.testing import running_simulator
+from workers.runtime import EventLoopThread
 
 TRUNK = "bench-trunk"
 
@@ -56,13 +70,36 @@ def max_overlap(intervals: list[tuple[int, int]]) -> int:
     return best
 
 
+def _request(call: int, run_id: str) -> CallRequest:
+    return CallRequest(
+        attempt_id=call,
+        room_name=f"bench-{run_id}-{call}",
+        participant_identity=f"callee-{call}",
+        trunk_id=TRUNK,
+        call_to=f"+1212555{call % 10_000:04d}",
+        caller_id=None,
+        agent_name="bench-agent",
+        agent_metadata={"report_token": "bench"},
+        ringing_timeout=timedelta(seconds=15),
+        max_call_duration=timedelta(seconds=60),
+    )
+
+
 def worker_process(cfg: dict[str, Any], pool: Any, done: Any, requeued: Any, out: Any) -> None:
     client = redis.Redis.from_url(cfg["redis_url"])
     pacer = RedisPacer(client, prefix=cfg["prefix"])
+    io = EventLoopThread()
+    telephony = LiveKitTelephony(cfg["sim_url"], cfg["sim_key"], cfg["sim_secret"])
     deadline = time.monotonic() + cfg["limit"]
-    records: list[tuple[int, int, int]] = []
+    records: list[tuple[int, int, int, str]] = []
     lock = threading.Lock()
     rng = random.Random()
+
+    async def sent_on_time(slot: Slot, sent: list[int]) -> bool:
+        if not await wait_for_start(slot):
+            return False
+        sent.append(now_us())
+        return True
 
     def work() -> None:
         while done.value < cfg["calls"] and time.monotonic() < deadline:
@@ -77,20 +114,24 @@ def worker_process(cfg: dict[str, Any], pool: Any, done: Any, requeued: Any, out
                 max_concurrent=cfg["max_concurrent"],
                 lease=timedelta(seconds=30),
                 max_wait=timedelta(seconds=cfg["max_wait"]),
+                lead=PACING_LEAD,
             )
-            if slot is None:
+            if slot is not None:
+                time.sleep(rng.uniform(0, cfg["prep_max"]))
+                request = _request(call, cfg["prefix"][-8:])
+                sent: list[int] = []
+                result = io.run(telephony.place_call(request, partial(sent_on_time, slot, sent)))
+                ended = now_us()
+                pacer.release(TRUNK, call)
+            if slot is None or result.missed_start:
                 pool.put(call)
                 with requeued.get_lock():
                     requeued.value += 1
                 time.sleep(cfg["requeue_delay"])
                 continue
-            began = now_us()
-            time.sleep(rng.uniform(cfg["hold_min"], cfg["hold_max"]))
-            ended = now_us()
-            pacer.release(TRUNK, call)
             granted = int(slot.start.timestamp() * 1_000_000 + 0.5)
             with lock:
-                records.append((granted, began, ended))
+                records.append((granted, sent[0], ended, request.room_name))
             with done.get_lock():
                 done.value += 1
 
@@ -99,11 +140,22 @@ def worker_process(cfg: dict[str, Any], pool: Any, done: Any, requeued: Any, out
         thread.start()
     for thread in threads:
         thread.join()
+    io.run(telephony.aclose())
     out.put(records)
     client.close()
 
 
 def run(args: argparse.Namespace, cps: float) -> bool:
+    scenario = {
+        "weights": {"busy": 1},
+        "suffixes": dict.fromkeys(DEFAULT_SUFFIXES),
+        "latency": {"reject": [args.hold_min, args.hold_max], "api": [0, 0]},
+    }
+    with running_simulator(speed=1.0, default_trunk_id=TRUNK, scenario=scenario) as sim:
+        return _run(args, cps, sim)
+
+
+def _run(args: argparse.Namespace, cps: float, sim: Any) -> bool:
     ctx = mp.get_context("spawn")
     prefix = f"bench:pacing:{uuid.uuid4().hex}"
     cfg = {
@@ -117,7 +169,11 @@ def run(args: argparse.Namespace, cps: float) -> bool:
         "hold_max": args.hold_max,
         "threads": args.threads,
         "requeue_delay": args.requeue_delay,
+        "prep_max": args.prep_max,
         "limit": args.limit,
+        "sim_url": sim.url,
+        "sim_key": sim.api_key,
+        "sim_secret": sim.api_secret,
     }
     pool = ctx.Queue()
     for call in range(args.calls):
@@ -133,7 +189,7 @@ def run(args: argparse.Namespace, cps: float) -> bool:
     for proc in procs:
         proc.start()
     try:
-        records: list[tuple[int, int, int]] = []
+        records: list[tuple[int, int, int, str]] = []
         pending = len(procs)
         while pending:
             in_flight_max = max(in_flight_max, sampler.in_flight(TRUNK))
@@ -154,36 +210,50 @@ def run(args: argparse.Namespace, cps: float) -> bool:
         client.close()
     elapsed = time.monotonic() - started
 
+    received_at = {
+        c["room_name"]: round(c["received_at"] * 1_000_000)
+        for c in sim.calls()
+        if c["room_name"].startswith("bench-")
+    }
+    received = sorted(received_at.values())
     granted = sorted(r[0] for r in records)
-    observed = sorted(r[1] for r in records)
-    worst_granted, worst_observed = max_in_window(granted), max_in_window(observed)
-    span = (observed[-1] - observed[0]) / 1e6 if len(observed) > 1 else 0.0
-    rate = (len(observed) - 1) / span if span else 0.0
+    sent = sorted(r[1] for r in records)
+    worst_received = max_in_window(received)
+    worst_granted, worst_sent = max_in_window(granted), max_in_window(sent)
+    span = (received[-1] - received[0]) / 1e6 if len(received) > 1 else 0.0
+    rate = (len(received) - 1) / span if span else 0.0
     overlap = max_overlap([(r[1], r[2]) for r in records])
+    at_callee = sim.stats()["max_in_flight"]
     ok = (
-        len(records) == args.calls
-        and worst_observed <= cps
+        len(records) == args.calls == len(received)
+        and worst_received <= cps
+        and worst_sent <= cps
         and worst_granted <= cps
         and overlap <= args.max_concurrent
         and in_flight_max <= args.max_concurrent
+        and at_callee <= args.max_concurrent
     )
     print(
         f"cps={cps:g} max_concurrent={args.max_concurrent}: {len(records)}/{args.calls} calls "
         f"in {elapsed:.1f}s, {requeued.value} requeued (max_wait {args.max_wait:g}s)"
     )
     print(
-        f"  worst 1-s window: {worst_observed} real starts, {worst_granted} granted (limit {cps:g})"
+        f"  worst 1-s window: {worst_received} dials received by the simulator, "
+        f"{worst_sent} sent, {worst_granted} granted (limit {cps:g})"
     )
-    late = sorted(r[1] - r[0] for r in records)
+    for what, lags in (
+        ("dial sent", sorted(r[1] - r[0] for r in records)),
+        ("dial received", sorted(received_at[r[3]] - r[0] for r in records)),
+    ):
+        print(
+            f"  {what} after granted start: median {lags[len(lags) // 2] / 1000:.1f} ms, "
+            f"p99 {lags[len(lags) * 99 // 100] / 1000:.1f} ms, max {lags[-1] / 1000:.1f} ms, "
+            f"{sum(d > 10_000 for d in lags)} over 10 ms"
+        )
+    print(f"  mean rate at the simulator: {rate:.2f}/s = {100 * rate / cps:.1f}% of the limit")
     print(
-        f"  real start after granted start: median {late[len(late) // 2] / 1000:.1f} ms, "
-        f"p99 {late[len(late) * 99 // 100] / 1000:.1f} ms, max {late[-1] / 1000:.1f} ms, "
-        f"{sum(d > 10_000 for d in late)} over 10 ms"
-    )
-    print(f"  mean rate: {rate:.2f}/s = {100 * rate / cps:.1f}% of the limit")
-    print(
-        f"  max concurrency: {overlap} calls held, {in_flight_max} slots in Redis "
-        f"(cap {args.max_concurrent})"
+        f"  max concurrency: {overlap} calls held, {in_flight_max} slots in Redis, "
+        f"{at_callee} at the simulator (cap {args.max_concurrent})"
     )
     print(f"  {'OK' if ok else 'LIMIT EXCEEDED OR CALLS LOST'}")
     return ok
@@ -200,6 +270,9 @@ def main() -> None:
     parser.add_argument("--hold-max", type=float, default=0.9, help="seconds")
     parser.add_argument("--max-wait", type=float, default=2.0, help="seconds")
     parser.add_argument("--requeue-delay", type=float, default=0.5, help="seconds")
+    parser.add_argument(
+        "--prep-max", type=float, default=0.3, help="seconds of work before the dial, at most"
+    )
     parser.add_argument("--limit", type=float, default=240.0, help="seconds per run, at most")
     args = parser.parse_args()
     host = urlparse(args.redis_url).hostname

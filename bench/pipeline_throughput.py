@@ -49,7 +49,7 @@ from sqlmodel import col, select
 from campaigns import calls, clinics, migrate
 from campaigns.db import make_engine, session_factory
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt, Trunk
-from demo.daytime import daytime_zone
+from demo.daytime import daytime_zone, local_number
 
 CAMPAIGNS = str(Path(sys.executable).with_name("campaigns"))
 PG_ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -58,13 +58,12 @@ REDIS_HOST_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 TRUNK = "ST_bench"
 API_KEY = "benchkey"
 API_SECRET = "bench-secret-0123456789abcdef0123456789"  # loopback simulator only
-PHONE_PREFIX = "+1212555"  # + 4 digits: 212-555-0000..9999, all valid for phonenumbers
 
 SCENARIOS: dict[str, dict[str, Any]] = {
     # Every callee answers and confirms: the full path (dial, answer, agent report).
     "confirm": {"suffixes": {f"{n:02d}": "confirmed" for n in range(100)}},
     # The simulator's default weights (55% confirmed, 15% no answer, ...), no suffix map.
-    "mix": {"suffixes": {f"{n:02d}": None for n in range(11)}},
+    "mix": {"suffixes": {f"{n:02d}": None for n in range(12)}},
 }
 
 
@@ -151,7 +150,7 @@ def seed(
                 clinic_id=clinic.id,
                 external_id=f"BENCH-{n:05d}",
                 patient_name=f"Patient {n:05d}",
-                phone_e164=f"{PHONE_PREFIX}{n:04d}",
+                phone_e164=local_number(zone, f"{n:04d}"),
                 patient_timezone=zone,
                 starts_at=starts_at,
             )
@@ -503,9 +502,14 @@ def print_table(results: list[RunResult]) -> None:
         )
     for r in results:
         outcomes = ", ".join(f"{k}={v}" for k, v in sorted(r.outcomes.items()))
+        # The real agent plays every answered call inside the simulator: its CPU per call.
+        sim_cpu = sum(cpu for name, cpu, _ in r.procs if name == "simulator")
+        reports = r.sim.get("reports") or 0
+        per_call = f"{1000 * sim_cpu / reports:.1f} ms" if reports else "-"
         print(
             f"  {r.config}: states {dict(sorted(r.states.items()))}; outcomes {outcomes}; "
-            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}"
+            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}, "
+            f"cpu {per_call} per answered call"
         )
     best = max(results, key=lambda r: r.rate if r.finished else 0.0)
     print(f"best: {best.config} (workers x threads) at {best.rate:.1f} calls/s")
@@ -531,7 +535,7 @@ def main() -> None:
     parser.add_argument("--loglevel", default="INFO", help="worker and beat log level")
     args = parser.parse_args()
     if args.calls > 10_000:
-        parser.error("--calls: at most 10000 distinct 212-555-XXXX numbers")
+        parser.error("--calls: at most 10000 distinct numbers")
     results = []
     for item in args.configs.split(","):
         workers, concurrency = (int(x) for x in item.lower().split("x"))

@@ -23,7 +23,7 @@ from campaigns.db import make_engine, session_factory
 from campaigns.pacing import LocalPacer
 from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
-from demo.daytime import daytime_zone
+from demo.daytime import daytime_zone, local_number
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 DB = "campaigns_tick_bench"
@@ -68,7 +68,7 @@ def load(appointments: int, pending: int, due: int) -> None:
                         1,
                         f"A{n}",
                         "Bench Patient",
-                        f"+1212{n % 10_000_000:07d}",
+                        local_number(zone, f"{n % 10_000:04d}"),
                         "bench",
                         zone,
                         starts,

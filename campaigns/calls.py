@@ -22,7 +22,7 @@ from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -41,6 +41,7 @@ from campaigns.models import (
     DailyRun,
     DncSource,
     Trunk,
+    WorkerHeartbeat,
 )
 from campaigns.outcomes import AGENT_OUTCOMES, Outcome, is_retryable
 from campaigns.policy import Decision
@@ -63,6 +64,7 @@ _STATUS_FOR_OUTCOME = {
     Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
     Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
     Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
 }
 
 
@@ -392,7 +394,7 @@ def claim_due_attempts(
         session.execute(
             update(CallAttempt)
             .where(one_of(session, col(CallAttempt.id), queued))
-            .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now)
+            .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now, worker_id=None)
             .execution_options(synchronize_session=False)
         )
     if updates:
@@ -440,6 +442,15 @@ def dial_target(session: Session, attempt_id: int, default_trunk: str | None) ->
         trunk_id=trunk_id,
         calls_per_second=limits.calls_per_second if limits else DEFAULT_CPS,
         max_concurrent=limits.max_concurrent if limits else DEFAULT_MAX_CONCURRENT,
+    )
+
+
+def take_attempt(session: Session, attempt_id: int, worker_id: str) -> None:
+    """Mark a queued attempt as the worker's, so reconciliation notices if that worker dies."""
+    session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
+        .values(worker_id=worker_id)
     )
 
 
@@ -541,9 +552,6 @@ def begin_dial(
     attempt.caller_id = clinic.caller_id
     attempt.room_name = f"appt-{attempt.id}-{secrets.token_hex(4)}"
     attempt.participant_identity = f"callee-{attempt.id}-{secrets.token_hex(4)}"
-    local_start = appointment.starts_at.astimezone(
-        ZoneInfo(appointment.patient_timezone or clinic.timezone)
-    )
     audit.record(
         session,
         "attempt.dialing",
@@ -572,27 +580,66 @@ def begin_dial(
         call_to=attempt.number_called,
         caller_id=clinic.caller_id,
         agent_name=clinic.agent_name or config.default_agent,
-        agent_metadata={
-            "attempt_id": attempt.id,
-            "report_token": sign_report_token(
-                attempt.id,
-                attempt.room_name,
-                now + config.ringing_timeout + config.max_call_duration + config.report_grace,
-                config.report_secret,
-            ),
-            "clinic_name": clinic.name,
-            "patient_first_name": appointment.patient_name.split()[0],
-            "appointment_local_time": local_start.isoformat(),
-            "appointment_timezone": str(local_start.tzinfo),
-            "provider": appointment.provider,
-            "location": appointment.location,
-            "callback_number": clinic.caller_id,
-            "language": appointment.language,
-            "script_version": config.agent_script_version,
-        },
+        agent_metadata=agent_metadata(
+            attempt.id,
+            attempt.room_name,
+            attempt.participant_identity,
+            now + config.ringing_timeout + config.max_call_duration + config.report_grace,
+            appointment,
+            clinic,
+            config.report_secret,
+            config.agent_script_version,
+        ),
         ringing_timeout=config.ringing_timeout,
         max_call_duration=config.max_call_duration,
     )
+
+
+def agent_metadata(
+    attempt_id: int,
+    room_name: str,
+    participant_identity: str,
+    token_expires_at: datetime,
+    appointment: Appointment,
+    clinic: Clinic,
+    report_secret: str,
+    script_version: str,
+) -> dict[str, Any]:
+    """What the agent is dispatched with, and no more: the patient's first name (never
+    the full name), the appointment in the patient's zone, the clinic's numbers, the
+    callee's identity in the room, and the report token signed for the attempt and its
+    room (``agent.metadata``)."""
+    local_start = appointment.starts_at.astimezone(
+        ZoneInfo(appointment.patient_timezone or clinic.timezone)
+    )
+    return {
+        "attempt_id": attempt_id,
+        "report_token": sign_report_token(attempt_id, room_name, token_expires_at, report_secret),
+        "participant_identity": participant_identity,
+        "clinic_name": clinic.name,
+        "callback_number": clinic.caller_id,
+        "transfer_number": clinic.transfer_number,
+        "patient_first_name": appointment.patient_name.split()[0],
+        "appointment_local_time": local_start.isoformat(),
+        "appointment_timezone": str(local_start.tzinfo),
+        "provider": appointment.provider,
+        "location": appointment.location,
+        "language": appointment.language,
+        "script_version": script_version,
+    }
+
+
+def next_attempt_id(session: Session, appointment: Appointment) -> int:
+    """The id of the appointment's open attempt, else the id its next attempt would get."""
+    open_attempt = session.execute(
+        select(CallAttempt.id).where(
+            col(CallAttempt.appointment_id) == appointment.id,
+            col(CallAttempt.state).in_(OPEN_ATTEMPT_STATES),
+        )
+    ).scalar_one_or_none()
+    if open_attempt is not None:
+        return int(open_attempt)
+    return int(session.execute(select(func.max(CallAttempt.id))).scalar_one() or 0) + 1
 
 
 def pause_clinic(
@@ -662,16 +709,22 @@ def finish_dial(
             **base,
         )
         return FinishedDial(attempt.state, None, release_slot=False)
-    if result.config_error:
-        # Nothing was dialed: the attempt goes back, the clinic stops until fixed.
+    if result.config_error or result.missed_start:
+        # Nothing was dialed: the attempt goes back; on a configuration error the
+        # clinic stops until fixed.
         attempt.state = AttemptState.SCHEDULED
         attempt.dialing_at = None
         attempt.error = result.error
-        pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        if result.config_error:
+            why = "configuration error"
+            pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
+        else:
+            why = "trunk at its limit"
+            attempt.due_at = now
         audit.record(
             session,
             "attempt.requeued",
-            {"why": "configuration error", "error": result.error},
+            {"why": why, "error": result.error},
             actor=WORKER,
             at=now,
             **base,
@@ -1097,24 +1150,36 @@ def stale_attempts(
     queued_timeout: timedelta,
     dialing_timeout: timedelta,
     answered_timeout: timedelta,
+    worker_lost: timedelta | None = None,
 ) -> list[StaleAttempt]:
-    """Attempts past the deadline of their state: lost tasks, killed workers, silent agents."""
-    rows = session.execute(
-        select(CallAttempt).where(
-            (
-                (col(CallAttempt.state) == AttemptState.QUEUED)
-                & (col(CallAttempt.queued_at) < now - queued_timeout)
+    """Attempts past the deadline of their state: lost tasks, killed workers, silent agents.
+
+    With ``worker_lost``, a queued or dialing attempt whose worker has not beaten
+    its heartbeat for that long is stale at once, whatever its own deadline.
+    """
+    overdue = [
+        (col(CallAttempt.state) == AttemptState.QUEUED)
+        & (col(CallAttempt.queued_at) < now - queued_timeout),
+        (col(CallAttempt.state) == AttemptState.DIALING)
+        & (col(CallAttempt.dialing_at) < now - dialing_timeout),
+        (col(CallAttempt.state) == AttemptState.ANSWERED)
+        & (col(CallAttempt.answered_at) < now - answered_timeout),
+    ]
+    if worker_lost is not None:
+        alive = (
+            select(WorkerHeartbeat.worker_id)
+            .where(
+                col(WorkerHeartbeat.worker_id) == col(CallAttempt.worker_id),
+                col(WorkerHeartbeat.seen_at) >= now - worker_lost,
             )
-            | (
-                (col(CallAttempt.state) == AttemptState.DIALING)
-                & (col(CallAttempt.dialing_at) < now - dialing_timeout)
-            )
-            | (
-                (col(CallAttempt.state) == AttemptState.ANSWERED)
-                & (col(CallAttempt.answered_at) < now - answered_timeout)
-            )
+            .exists()
         )
-    ).scalars()
+        overdue.append(
+            col(CallAttempt.state).in_((AttemptState.QUEUED, AttemptState.DIALING))
+            & col(CallAttempt.worker_id).is_not(None)
+            & ~alive
+        )
+    rows = session.execute(select(CallAttempt).where(or_(*overdue))).scalars()
     return [
         StaleAttempt(a.id or 0, a.state, a.room_name, a.participant_identity, a.trunk_id)
         for a in rows
@@ -1175,6 +1240,7 @@ def reconcile_attempt(
     if attempt.state == AttemptState.QUEUED:
         # Never dialed (dialing is a committed state before any dial): safe to queue again.
         attempt.due_at = now
+        attempt.worker_id = None
         return move(AttemptState.SCHEDULED, "rescheduled")
     if room_participants is None:
         return None
@@ -1201,6 +1267,33 @@ def reconcile_attempt(
         ambiguous=True,
     )
     return "failed"
+
+
+# --------------------------------------------------------------------------- worker heartbeats
+
+# A heartbeat row this old belongs to a worker long gone and owning nothing in flight.
+_FORGET_WORKERS_AFTER = timedelta(days=1)
+
+
+def heartbeat(session: Session, worker_id: str, now: datetime) -> None:
+    """Record that the worker is alive now."""
+    beaten = session.execute(
+        update(WorkerHeartbeat)
+        .where(col(WorkerHeartbeat.worker_id) == worker_id)
+        .values(seen_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if not beaten:
+        session.execute(
+            delete(WorkerHeartbeat).where(
+                col(WorkerHeartbeat.seen_at) < now - _FORGET_WORKERS_AFTER
+            )
+        )
+        session.add(WorkerHeartbeat(worker_id=worker_id, started_at=now, seen_at=now))
+
+
+def forget_worker(session: Session, worker_id: str) -> None:
+    """A worker's clean exit: it has finished its calls, nothing of it is in flight."""
+    session.execute(delete(WorkerHeartbeat).where(col(WorkerHeartbeat.worker_id) == worker_id))
 
 
 # --------------------------------------------------------------------------- status

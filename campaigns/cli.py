@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import appointments, audit, calls, clinics, compliance, dnc, migrate, users
+from campaigns import audit, calls, clinics, compliance, dnc, migrate, users
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
-from campaigns.masking import mask_phone
+from campaigns.masking import inert, mask_phone
 from campaigns.models import DncSource
 from campaigns.phones import to_e164
 from campaigns.settings import DATA_DIR, InsecureSecretError, get_settings, require_secrets
@@ -65,7 +65,7 @@ class _OneLineErrors(TyperGroup):
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}", markup=False, highlight=False)
+    err.print(inert(f"error: {message}"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -82,14 +82,26 @@ dnc_app = _typer("Do-not-call lists.")
 audit_app = _typer("The tamper-evident audit log.")
 trunk_app = _typer("LiveKit SIP outbound trunks and their calling limits.")
 user_app = _typer("People who use the web console and the API, and their roles.")
+agent_app = _typer("The appointment-confirmation voice agent.")
 app.add_typer(db_app, name="db")
 app.add_typer(trunk_app, name="trunk")
 app.add_typer(clinic_app, name="clinic")
 app.add_typer(dnc_app, name="dnc")
 app.add_typer(audit_app, name="audit")
 app.add_typer(user_app, name="user")
+app.add_typer(agent_app, name="agent")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+MaxPerDay = Annotated[
+    int | None, typer.Option(help="Dials per number in any 24 hours, all appointments (3)")
+]
+MaxPerWeek = Annotated[
+    int | None, typer.Option(help="Dials per number in any 7 days, all appointments (6)")
+]
+HealthcareExemption = Annotated[
+    bool,
+    typer.Option("--healthcare-exemption", help="FCC healthcare-exemption caps: 1 a day, 3 a week"),
+]
 
 
 def actor() -> str:
@@ -103,7 +115,7 @@ def print_table(columns: dict[str, str], rows: list[dict[str, Any]], **options: 
     """Rows as a table; ``columns`` maps each heading to its key in the rows."""
     table = Table(*columns, **options)
     for row in rows:
-        table.add_row(*("" if row[key] is None else str(row[key]) for key in columns.values()))
+        table.add_row(*(inert("" if row[key] is None else row[key]) for key in columns.values()))
     out.print(table)
 
 
@@ -164,16 +176,24 @@ def clinic_add(
         str | None, typer.Option(help="No calls on these holidays: US or US-NY")
     ] = None,
     caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
     trunk: Annotated[str | None, typer.Option(help="LiveKit SIP outbound trunk id")] = None,
     agent_name: Annotated[str | None, typer.Option(help="LiveKit agent to dispatch")] = None,
     max_attempts: Annotated[int, typer.Option(help="Calls per appointment at most")] = 4,
     lead_days: Annotated[str, typer.Option(help="Call this many days before: 1,2")] = "1",
     daily_run_time: Annotated[str, typer.Option(help="Local time of the daily run")] = "10:00",
+    max_per_day: MaxPerDay = None,
+    max_per_week: MaxPerWeek = None,
+    healthcare_exemption: HealthcareExemption = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a clinic."""
+    caps = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
     spec = clinics.validate_spec(
-        {
+        caps
+        | {
             "name": name,
             "timezone": timezone,
             "country": country,
@@ -181,6 +201,7 @@ def clinic_add(
             "days": days,
             "holidays": holidays,
             "caller_id": caller_id,
+            "transfer_number": transfer_number,
             "trunk_id": trunk,
             "agent_name": agent_name,
             "max_attempts": max_attempts,
@@ -194,7 +215,51 @@ def clinic_add(
     if as_json:
         emit_json(described)
     else:
-        out.print(f"clinic {clinic.name!r} created (id {clinic.id})")
+        out.print(inert(f"clinic {clinic.name!r} created (id {clinic.id})"))
+
+
+@clinic_app.command("update")
+def clinic_update(
+    name: str,
+    transfer_number: Annotated[
+        str | None, typer.Option(help="Staff line the agent transfers callers to (E.164)")
+    ] = None,
+    caller_id: Annotated[str | None, typer.Option(help="Number shown to patients (E.164)")] = None,
+    window: Annotated[
+        str | None, typer.Option(help="Calling hours in the callee's local time, HH:MM-HH:MM")
+    ] = None,
+    max_per_day: MaxPerDay = None,
+    max_per_week: MaxPerWeek = None,
+    healthcare_exemption: HealthcareExemption = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Change a clinic's settings (audited with their values before and after)."""
+    changes: dict[str, Any] = clinics.cap_settings(max_per_day, max_per_week, healthcare_exemption)
+    changes |= {
+        key: value
+        for key, value in {
+            "transfer_number": transfer_number,
+            "caller_id": caller_id,
+            "window": window,
+        }.items()
+        if value is not None
+    }
+    if not changes:
+        raise InvalidInputError(
+            "nothing to update: give --transfer-number, --caller-id, --window, "
+            "--max-per-day, --max-per-week or --healthcare-exemption"
+        )
+    with unit_of_work() as session:
+        changed = clinics.update_clinic(
+            session, clinics.get_clinic(session, name), changes, actor=actor()
+        )
+    if as_json:
+        emit_json(changed)
+        return
+    if not changed:
+        out.print(inert(f"clinic {name!r}: nothing changed"))
+    for key, change in changed.items():
+        out.print(inert(f"{key}: {change['before']} -> {change['after']}"))
 
 
 @clinic_app.command("list")
@@ -239,7 +304,7 @@ def clinic_resume(name: str) -> None:
     """Resume calling for a clinic paused by a configuration error."""
     with unit_of_work() as session:
         resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
-    err.print(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}")
+    err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))
 
 
 # --- import -----------------------------------------------------------------
@@ -276,13 +341,13 @@ def import_file(
         emit_json(document)
     else:
         out.print(
-            f"{file.name}: {report.imported} imported, {report.updated} updated, "
-            f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
+            inert(
+                f"{file.name}: {report.imported} imported, {report.updated} updated, "
+                f"{report.unchanged} unchanged, {len(report.rejected_lines)} rows rejected"
+            )
         )
         for rejection in report.rejected[:50]:
-            out.print(
-                f"  line {rejection.line}, {rejection.column}: {rejection.reason}", markup=False
-            )
+            out.print(inert(f"  line {rejection.line}, {rejection.column}: {rejection.reason}"))
         if len(report.rejected) > 50:
             out.print(f"  ... and {len(report.rejected) - 50} more (use --json for all)")
     if report.usable_rows == 0:
@@ -322,22 +387,26 @@ def explain(
     with unit_of_work() as session:
         found_clinic = clinics.get_clinic(session, clinic)
         found = compliance.find_appointment(session, found_clinic, appointment)
-        document = appointments.explain(session, found_clinic, found, now)
+        number = compliance.next_attempt_number(session, found)
+        decision = compliance.decide_for(session, found, found_clinic, number, now)
+        document = {"appointment": appointment, "attempt_number": number, "at": now.isoformat()}
+        document |= compliance.decision_document(decision)
     if as_json:
         emit_json(document)
         return
-    verdict = "[green]may be called[/]" if document["allowed"] else "[red]may not be called[/]"
+    verdict = "[green]may be called[/]" if decision.allowed else "[red]may not be called[/]"
     out.print(
-        f"appointment {appointment} (attempt {document['attempt_number']}) {verdict} "
-        f"at {now.isoformat()}"
+        inert(f"appointment {appointment} (attempt {number}) "),
+        verdict,
+        inert(f" at {now.isoformat()}"),
+        sep="",
     )
-    for reason in document["reasons"]:
-        out.print(f"  - {reason}", markup=False)
-    for zone, local in document["callee_local_times"].items():
-        out.print(f"  callee local time in {zone}: {local}", markup=False)
-    out.print(
-        f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}", markup=False
-    )
+    for reason in decision.reasons:
+        out.print(inert(f"  - {reason}"))
+    for zone, local in decision.callee_local_times.items():
+        sources = ", ".join(decision.zone_sources.get(zone, ()))
+        out.print(inert(f"  callee local time in {zone} (from {sources}): {local}"))
+    out.print(inert(f"  next allowed at: {document['next_allowed_at'] or 'never (see reasons)'}"))
 
 
 # --- do-not-call ------------------------------------------------------------
@@ -709,8 +778,10 @@ def run_daily(
         return
     for d in documents:
         out.print(
-            f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
-            f"{d['skipped']} not callable"
+            inert(
+                f"{d['clinic']} {d['date']}: {d['created']} calls scheduled, "
+                f"{d['skipped']} not callable"
+            )
         )
 
 
@@ -751,8 +822,14 @@ def worker(
     """Start a Celery worker that places calls."""
     _refuse_insecure_secrets()
     from workers.celery_app import app as celery_app
+    from workers.runtime import SoleWorkerError, claim_sole_worker
 
     settings = get_settings()
+    try:
+        claim_sole_worker(settings)
+    except SoleWorkerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     celery_app.worker_main(
         [
             "worker",
@@ -792,7 +869,7 @@ def simulator(
         str | None, typer.Option(help="Send LiveKit webhooks here (the console's /livekit/webhook)")
     ] = None,
 ) -> None:
-    """Serve the LiveKit simulator (Twirp API, scripted callees, simulated agent)."""
+    """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
     from simulator.server import run
 
     settings = get_settings()
@@ -912,6 +989,117 @@ def trunk_list(as_json: JsonFlag = False) -> None:
         },
         [row | {"numbers": ",".join(row["numbers"])} for row in rows],
     )
+
+
+# --- agent ------------------------------------------------------------------
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _agent_cli(command: str, ctx: typer.Context) -> None:
+    from agent.worker import run
+
+    run(command, list(ctx.args))
+
+
+@agent_app.command("start", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_start(ctx: typer.Context) -> None:
+    """Run the agent worker in production mode (the framework's `start`)."""
+    _agent_cli("start", ctx)
+
+
+@agent_app.command("dev", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_dev(ctx: typer.Context) -> None:
+    """Run the agent worker with reload and debug logs (the framework's `dev`)."""
+    _agent_cli("dev", ctx)
+
+
+@agent_app.command("console", context_settings=_PASS_THROUGH, add_help_option=False)
+def agent_console(ctx: typer.Context) -> None:
+    """Talk to the agent in the terminal (the framework's `console`)."""
+    _agent_cli("console", ctx)
+
+
+@agent_app.command("rehearse")
+def agent_rehearse(
+    script: Annotated[Path, typer.Option(dir_okay=False, help="Rehearsal script (JSON)")],
+    metadata: Annotated[
+        Path | None, typer.Option(dir_okay=False, help="Job metadata (JSON) to rehearse with")
+    ] = None,
+    clinic: Annotated[str | None, typer.Option(help="Clinic name (with --appointment)")] = None,
+    appointment: Annotated[
+        str | None, typer.Option(help="The clinic's appointment id: its next call's metadata")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the real agent offline on a scripted call; nothing is dialed, reported or stored."""
+    from agent.metadata import MetadataError, parse_metadata
+    from agent.rehearsal import Script, ScriptError, rehearse
+
+    if (metadata is None) == (clinic is None or appointment is None) or (
+        metadata is not None and (clinic or appointment)
+    ):
+        _usage_error("give either --metadata FILE or --clinic C --appointment ID")
+    try:
+        rehearsal_script = Script.load(script)
+        if metadata is not None:
+            try:
+                raw = metadata.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise MetadataError(f"cannot read metadata {metadata}: {exc}", None, None) from None
+            meta = parse_metadata(raw)
+        else:
+            assert clinic is not None and appointment is not None
+            meta = parse_metadata(_next_call_metadata(clinic, appointment))
+    except (ScriptError, MetadataError) as exc:
+        _usage_error(str(exc))
+    result = asyncio.run(rehearse(meta, rehearsal_script))
+    if as_json:
+        emit_json(result.to_json())
+        return
+    for line in result.transcript:
+        out.print(f"{line['role']:>6}: {line['text']}", markup=False, highlight=False)
+    for call in result.tool_calls:
+        out.print(f"  tool: {call['name']} {json.dumps(call['args'])}", markup=False)
+    for report in result.reports:
+        out.print(f"report: {report.outcome} {json.dumps(report.detail)}", markup=False)
+    ending = (
+        f"transferred to {result.transferred_to}"
+        if result.transferred_to
+        else ("hung up" if result.hung_up else "call still open at the end of the script")
+    )
+    out.print(ending, markup=False)
+
+
+def _usage_error(message: str) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False)
+    raise typer.Exit(2)
+
+
+def _next_call_metadata(clinic: str, appointment: str) -> dict[str, Any]:
+    """The metadata the engine would dispatch for the appointment's next call; read only."""
+    settings = get_settings()
+    with unit_of_work() as session:
+        found_clinic = clinics.get_clinic(session, clinic)
+        found = compliance.find_appointment(session, found_clinic, appointment)
+        attempt_id = calls.next_attempt_id(session, found)
+        longest_call = (
+            settings.ringing_timeout_seconds
+            + settings.max_call_duration_seconds
+            + settings.report_grace_seconds
+        )
+        document = calls.agent_metadata(
+            attempt_id,
+            f"appt-{attempt_id}-rehearsal",
+            f"callee-{attempt_id}-rehearsal",
+            datetime.now(UTC) + timedelta(seconds=longest_call),
+            found,
+            found_clinic,
+            settings.report_secret.get_secret_value(),
+            settings.agent_script_version,
+        )
+        session.rollback()
+    return document
 
 
 @app.command("demo")

@@ -271,6 +271,7 @@ def decision_document(decision: Decision) -> dict[str, Any]:
         "callee_local_times": dict(decision.callee_local_times),
         "callee_states": list(decision.callee_states),
         "zone_source": decision.zone_source,
+        "zone_sources": {zone: list(found) for zone, found in decision.zone_sources.items()},
         "ruleset_version": decision.ruleset_version,
         "dnc_list_versions": dict(decision.dnc_list_versions),
     }

@@ -2,15 +2,19 @@
 
 Pure lookups, no I/O: the tables below ship with the code.
 
-- ``locate(...)`` returns a :class:`Location` with the candidate IANA zones and the
-  US states whose rules apply to a call.
-- Zones, in order of precedence: the patient's explicit timezone; else the zones
-  of the states of the patient's address (``state`` and/or ``zip_code``); else the
-  phone number: the zones of its area-code state (every zone of that state: the
-  presumption is by state) plus ``phonenumbers.timezone.time_zones_for_number``.
-  An unknown or too broad answer for a US number falls back to
-  :data:`US_FALLBACK_ZONES` (safe in every zone of the 50 states + DC, never a
-  guess). A non-US number uses phonenumbers' zones, or its country's zones.
+- ``locate(...)`` returns a :class:`Location` with the candidate IANA zones, the
+  signals that brought each zone, and the US states whose rules apply to a call.
+- Zones are the UNION of every signal (a call must be allowed in each, so a stated
+  zone never overrides the number: mobile numbers move, data entry errs):
+  ``stated_timezone`` (the patient's timezone column); ``zip`` (the ZIP's zones, by
+  its 3-digit prefix) else ``address_state`` (every zone of the address state);
+  ``number`` (``phonenumbers.timezone.time_zones_for_number``, which resolves to the
+  exchange: +1 850 432 is Central, +1 850 222 Eastern), else ``area_code_state``
+  (every zone of the state the area code presumes, when phonenumbers knows no zone
+  for it). The state an area code presumes brings its state's rules, not all of its
+  zones. With no signal at all: ``us_fallback``, :data:`US_FALLBACK_ZONES` (safe in
+  every zone of the 50 states + DC, never a guess) for a US number, else
+  ``number_country``, the zones of the number's country.
 - States: the union of the address state, the ZIP3 state and the area-code state
   (calls to e.g. Florida area codes are presumed to reach Florida residents).
 
@@ -22,9 +26,10 @@ US; an area code missing from it is looked up in the geocoder at run time.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import phonenumbers
@@ -40,6 +45,7 @@ __all__ = [
     "state_for_zip",
     "zones_for_number",
     "zones_for_state",
+    "zones_for_zip",
 ]
 
 UNKNOWN_ZONE = "Etc/Unknown"
@@ -196,6 +202,60 @@ _ZIP3_RANGES: tuple[tuple[int, int, str], ...] = (
     (995, 999, "AK"),
 )
 
+# ZIP3 prefix -> zones, for the states with several zones (generated from the `zipcodes`
+# package's per-ZIP zones; a prefix whose ZIPs straddle a zone line lists every zone of
+# them). West Wendover, NV (898) keeps Mountain time. Other states: the state's zone.
+_ZIP3_BY_ZONE: dict[str, str] = {
+    "America/Adak": "995",
+    "America/Anchorage": "995 996 997",
+    "America/Boise": "832 833 834 835 836 837 979",
+    "America/Chicago": (
+        "324 325 370 371 372 373 374 375 377 380 381 382 383 384 385 401 420 421 422 423 "
+        "424 426 427 463 464 475 476 477 479 570 571 572 573 574 575 576 580 581 582 583 "
+        "584 585 587 588 660 661 662 664 665 666 667 668 669 670 671 672 673 674 675 676 "
+        "677 678 679 680 681 683 684 685 686 687 688 689 690 691 692 733 739 750 751 752 "
+        "753 754 755 756 757 758 759 760 761 762 763 764 765 766 767 768 769 770 772 773 "
+        "774 775 776 777 778 779 780 781 782 783 784 785 786 787 788 789 790 791 792 793 "
+        "794 795 796 797 798 799"
+    ),
+    "America/Denver": "575 576 577 585 586 677 678 690 691 692 693 798 799 860 865 885 898",
+    "America/Detroit": (
+        "480 481 482 483 484 485 486 487 488 489 490 491 492 493 494 495 496 497 498 499"
+    ),
+    "America/Indiana/Indianapolis": "460 461 462 465 466 467 468 469 470 471 472 473 474 478 479",
+    "America/Indiana/Knox": "463 465 469",
+    "America/Indiana/Marengo": "471",
+    "America/Indiana/Petersburg": "475",
+    "America/Indiana/Tell_City": "475",
+    "America/Indiana/Vevay": "470",
+    "America/Indiana/Vincennes": "475",
+    "America/Indiana/Winamac": "469 479",
+    "America/Juneau": "998 999",
+    "America/Kentucky/Louisville": "400 401 402 471",
+    "America/Kentucky/Monticello": "426",
+    "America/Los_Angeles": (
+        "835 838 889 890 891 893 894 895 897 898 970 971 972 973 974 975 976 977 978 979"
+    ),
+    "America/Menominee": "498 499",
+    "America/Metlakatla": "999",
+    "America/New_York": (
+        "320 321 322 323 324 326 327 328 329 330 331 332 333 334 335 336 337 338 339 341 "
+        "342 344 346 347 349 373 374 376 377 378 379 400 401 403 404 405 406 407 408 409 "
+        "410 411 412 413 414 415 416 417 418 425 426 427 470"
+    ),
+    "America/Nome": "995 996 997",
+    "America/North_Dakota/Beulah": "585",
+    "America/North_Dakota/Center": "585",
+    "America/North_Dakota/New_Salem": "585 586",
+    "America/Phoenix": "850 851 852 853 855 856 857 859 860 863 864 865",
+    "America/Sitka": "998 999",
+    "America/Yakutat": "996",
+}
+_ZONES_BY_ZIP3: dict[str, tuple[str, ...]] = {
+    prefix: tuple(zone for zone, prefixes in _ZIP3_BY_ZONE.items() if prefix in prefixes.split())
+    for prefix in {p for prefixes in _ZIP3_BY_ZONE.values() for p in prefixes.split()}
+}
+
 # NANP area code -> state for numbers whose region is US (generated, see module doc).
 _NPA_BY_STATE: dict[str, str] = {
     "AK": "907",
@@ -323,7 +383,6 @@ _STATE_NAMES: dict[str, str] = {
 # A US number's phonenumbers zones longer than this (e.g. toll-free: every NANP zone)
 # say nothing about where the callee is.
 _MAX_SPECIFIC_ZONES = 3
-_US_ZONES: frozenset[str] = frozenset(z for zs in US_STATE_ZONES.values() for z in zs)
 
 
 @dataclass(frozen=True)
@@ -332,7 +391,13 @@ class Location:
 
     zones: tuple[str, ...]
     states: tuple[str, ...]
-    zone_source: str  # patient_timezone | address_state | phone_number | us_fallback | unknown
+    zone_sources: Mapping[str, tuple[str, ...]]  # zone -> the signals that brought it
+
+    @property
+    def zone_source(self) -> str:
+        """The signals behind the zones, e.g. ``stated_timezone+number``; ``unknown``."""
+        signals = _dedupe(s for found in self.zone_sources.values() for s in found)
+        return "+".join(signals) or "unknown"
 
 
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
@@ -429,11 +494,18 @@ def zones_for_number(phone_e164: str, country: str = "US") -> tuple[str, ...]:
         return ()
     zones = tuple(z for z in pn_timezone.time_zones_for_number(number) if z != UNKNOWN_ZONE)
     region = phonenumbers.region_code_for_number(number)
-    if region == "US" and (
-        len(zones) > _MAX_SPECIFIC_ZONES or any(z not in _US_ZONES for z in zones)
-    ):
+    if region == "US" and len(zones) > _MAX_SPECIFIC_ZONES:
         return ()
     return tuple(z for z in zones if _valid_zone(z))
+
+
+def zones_for_zip(zip_code: str) -> tuple[str, ...]:
+    """Zones of a US ZIP code by its 3-digit prefix (its state's zones where the state has
+    one zone or the prefix is not listed); () when the ZIP gives no state."""
+    state = state_for_zip(zip_code)
+    if state is None:
+        return ()
+    return _ZONES_BY_ZIP3.get(re.sub(r"\D", "", zip_code)[:3]) or zones_for_state(state)
 
 
 def _address_states(state: str | None, zip_code: str | None) -> tuple[str, ...]:
@@ -445,6 +517,30 @@ def _address_states(state: str | None, zip_code: str | None) -> tuple[str, ...]:
         if zip_state:
             found.append(zip_state)
     return _dedupe(found)
+
+
+def _address_zones(state: str | None, zip_code: str | None) -> list[tuple[str, str]]:
+    """(zone, signal) of the address: the ZIP's zones, else every zone of the state; both
+    when the ZIP lies in another state than the one stated."""
+    stated = state.strip().upper() if state and state.strip().upper() in US_STATE_ZONES else None
+    zip_state = state_for_zip(zip_code) if zip_code else None
+    found: list[tuple[str, str]] = []
+    if zip_code and zip_state is not None:
+        found.extend((zone, "zip") for zone in zones_for_zip(zip_code))
+    if stated is not None and stated != zip_state:
+        found.extend((zone, "address_state") for zone in zones_for_state(stated))
+    return found
+
+
+def _number_zones(phone_e164: str, country: str, number_state: str | None) -> list[tuple[str, str]]:
+    """(zone, signal) of the number: its own zones (to the exchange), else the zones of the
+    state its area code presumes."""
+    own = zones_for_number(phone_e164, country)
+    if own:
+        return [(zone, "number") for zone in own]
+    if number_state is not None:
+        return [(zone, "area_code_state") for zone in zones_for_state(number_state)]
+    return []
 
 
 @lru_cache(maxsize=65_536)
@@ -460,26 +556,21 @@ def locate(
     number_state = state_for_number(phone_e164, country)
     states = tuple(sorted(set(address) | ({number_state} if number_state else set())))
 
+    signals: list[tuple[str, str]] = []
     if timezone and _valid_zone(timezone.strip()):
-        return Location((timezone.strip(),), states, "patient_timezone")
-    if address:
-        zones = _dedupe(z for s in address for z in zones_for_state(s))
-        return Location(zones, states, "address_state")
-
-    number = _parse(phone_e164, country)
-    region = phonenumbers.region_code_for_number(number) if number is not None else None
-    region = region or country.upper()
-    phone_zones = _dedupe(
-        [
-            *(zones_for_state(number_state) if number_state else ()),
-            *zones_for_number(phone_e164, country),
-        ]
-    )
-    if phone_zones:
-        return Location(phone_zones, states, "phone_number")
-    if region == "US" or (region in ("ZZ", "001") and country.upper() == "US"):
-        return Location(US_FALLBACK_ZONES, states, "us_fallback")
-    country_zones = _country_zones(region)
-    if country_zones:
-        return Location(country_zones, states, "country")
-    return Location((), states, "unknown")
+        signals.append((timezone.strip(), "stated_timezone"))
+    signals.extend(_address_zones(state, zip_code))
+    signals.extend(_number_zones(phone_e164, country, number_state))
+    if not signals:
+        number = _parse(phone_e164, country)
+        region = phonenumbers.region_code_for_number(number) if number is not None else None
+        region = region or country.upper()
+        if region == "US" or (region in ("ZZ", "001") and country.upper() == "US"):
+            signals = [(zone, "us_fallback") for zone in US_FALLBACK_ZONES]
+        else:
+            signals = [(zone, "number_country") for zone in _country_zones(region)]
+    sources: dict[str, tuple[str, ...]] = {}
+    for zone, signal in signals:
+        if signal not in sources.get(zone, ()):
+            sources[zone] = (*sources.get(zone, ()), signal)
+    return Location(tuple(sources), states, MappingProxyType(sources))

@@ -16,6 +16,12 @@ Rules a clinic should know:
 - Naive times are local to the row's timezone column, else the clinic's zone; a time
   that does not exist (DST spring-forward gap) is rejected; an ambiguous one (fall
   back) is the first occurrence. ``MM/DD/YYYY`` is month first. Stored in UTC.
+- Phones: one number per cell, parsed with the clinic's country, only numbers the
+  clinic may call (:func:`campaigns.phones.to_callable_e164`).
+- A cell with a NUL, a control or a bidi-override character is rejected (line breaks
+  are fine in a quoted cell, not in a name), as is a start more than
+  :data:`MAX_START_AHEAD` ahead or outside the dates Python can hold; UTF-16, with
+  or without a byte-order mark, is refused as a file.
 - Re-import updates by (clinic, appointment id). Optional columns absent from the
   file keep their stored values; an empty cell clears them.
 - Status: a ``cancelled`` row cancels the appointment and skips its scheduled
@@ -39,10 +45,11 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -56,7 +63,7 @@ from sqlmodel import col
 from campaigns import audit
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.models import Appointment, AppointmentStatus, AttemptState, CallAttempt, Clinic
-from campaigns.phones import to_e164
+from campaigns.phones import to_callable_e164
 
 __all__ = [
     "FIELD_ALIASES",
@@ -79,6 +86,16 @@ _DELIMITERS = ",;\t"
 _SKIP_CANCELLED = "appointment_cancelled"
 _SKIP_RESCHEDULED = "appointment_rescheduled"
 _SKIP_PHONE_CHANGED = "appointment_phone_changed"
+# Appointments further ahead than this are typing errors (e.g. 2062 for 2026).
+MAX_START_AHEAD = timedelta(days=5 * 366)
+# Characters that reorder or hide text where it is shown (Trojan Source).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+# A file whose first bytes (its header) have this share of NULs on one side of each
+# pair is UTF-16; a UTF-8 header has none.
+_UTF16_NUL_SHARE = 0.8
+_UTF16_PROBE = 128
 
 
 class ImportFileError(CampaignError):
@@ -424,6 +441,27 @@ def _localize(naive: datetime, zone: ZoneInfo) -> datetime:
 
 # --------------------------------------------------------------------------- rows
 
+_OUT_OF_RANGE = "appointment start is outside the supported range of dates"
+
+
+_NAME_KEYS = frozenset({"patient_name", "first_name", "last_name"})
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
+def _unsafe_characters(cell: str, *, name: bool) -> str | None:
+    """Why a cell cannot be stored and shown as given: NUL, a bidi override, a control
+    character (a quoted multi-line cell may break lines, except in a name)."""
+    if cell.isprintable():  # no control, format or line-separator character: the usual case
+        return None
+    for ch in cell:
+        if ch == "\x00":
+            return "contains a NUL character (U+0000)"
+        if ch in _BIDI_CONTROLS:
+            return f"contains a bidirectional-text control character (U+{ord(ch):04X})"
+        if unicodedata.category(ch) == "Cc" and (name or ch not in _LINE_BREAKS):
+            return f"contains a control character (U+{ord(ch):04X})"
+    return None
+
 
 @dataclass
 class _Row:
@@ -468,6 +506,14 @@ class _RowParser:
             )
             return None, [Rejection(line, "", reason)]
 
+        for key, index in cols.index.items():
+            cell = record[index] if index < len(record) else ""
+            unsafe = _unsafe_characters(cell, name=key in _NAME_KEYS)
+            if unsafe is not None:
+                reject(key, unsafe)
+        if errors:  # nothing else is said of such a row: its text is not repeated
+            return None, errors
+
         values: dict[str, Any] = {"external_id": self.cell(record, "external_id")}
         if not values["external_id"]:
             reject("external_id", "appointment id is missing")
@@ -475,8 +521,15 @@ class _RowParser:
         values["phone_e164"] = self._phone(record, reject)
         zone = self._zone(record, values, reject)
         starts_at = self._start(record, zone, reject)
+        start_key = "start" if cols.has("start") else "date"
         if starts_at is not None and starts_at <= self.now:
-            reject("start" if cols.has("start") else "date", "appointment start is in the past")
+            reject(start_key, "appointment start is in the past")
+        elif starts_at is not None and starts_at > self.now + MAX_START_AHEAD:
+            reject(
+                start_key,
+                f"appointment start is outside the supported range (at most "
+                f"{MAX_START_AHEAD.days} days ahead)",
+            )
         values["starts_at"] = starts_at
         self._address(record, values, reject)
         for key in self.optional:
@@ -508,7 +561,7 @@ class _RowParser:
             reject("phone", "phone number is missing")
             return None
         try:
-            return to_e164(raw, self.region)
+            return to_callable_e164(raw, self.region)
         except InvalidInputError as exc:
             reject("phone", str(exc))
             return None
@@ -570,6 +623,9 @@ class _RowParser:
             except _BadValueError as exc:
                 reject("start", str(exc))
                 return None
+            except OverflowError:
+                reject("start", _OUT_OF_RANGE)
+                return None
         date_text, time_text = self.cell(record, "date"), self.cell(record, "time")
         day: date | None = None
         clock: tuple[time, str | None] | None = None
@@ -587,18 +643,33 @@ class _RowParser:
         if day is None or clock is None:
             return None
         value = datetime.combine(day, clock[0])
-        if clock[1]:
-            return value.replace(tzinfo=_offset_tz(clock[1])).astimezone(UTC)
         try:
+            if clock[1]:
+                return value.replace(tzinfo=_offset_tz(clock[1])).astimezone(UTC)
             return _localize(value, zone)
         except _BadValueError as exc:
             reject("time", str(exc))
+            return None
+        except OverflowError:
+            reject("date", _OUT_OF_RANGE)
             return None
 
 
 # --------------------------------------------------------------------------- file
 
 Source = BinaryIO | IO[bytes] | str | os.PathLike[str]
+
+
+def _refuse_utf16_without_bom(head: bytes) -> None:
+    """UTF-16 without a byte-order mark is valid UTF-8 (ASCII and NULs): tell by the NULs."""
+    pairs = len(head) // 2
+    if pairs == 0:
+        return
+    for order, nuls in (("UTF-16-BE", head[0::2]), ("UTF-16-LE", head[1::2])):
+        if nuls[:pairs].count(0) >= _UTF16_NUL_SHARE * pairs:
+            raise ImportFileError(
+                f"file is {order} text without a byte-order mark; save it as 'CSV UTF-8'"
+            )
 
 
 def _check_and_hash(stream: IO[bytes], sink: IO[bytes] | None = None) -> str:
@@ -617,6 +688,7 @@ def _check_and_hash(stream: IO[bytes], sink: IO[bytes] | None = None) -> str:
                 raise ImportFileError(
                     "file is UTF-16 text; save it as 'CSV UTF-8' (UTF-8 with or without BOM)"
                 )
+            _refuse_utf16_without_bom(block[:_UTF16_PROBE])
         digest.update(block)
         if sink is not None:
             sink.write(block)

@@ -68,6 +68,7 @@ from campaigns.masking import mask_phone
 from campaigns.outcomes import Outcome, classify_dial_error
 from campaigns.settings import Settings
 from campaigns.telephony import (
+    BeforeDial,
     CallRequest,
     CallResult,
     ConfigurationError,
@@ -245,7 +246,9 @@ class LiveKitTelephony:
         data["participant_identity"] = req.participant_identity
         return json.dumps(data, separators=(",", ":"), sort_keys=True, default=str)
 
-    async def place_call(self, req: CallRequest) -> CallResult:
+    async def place_call(
+        self, req: CallRequest, before_dial: BeforeDial | None = None
+    ) -> CallResult:
         api = self._client()
         where = f"attempt={req.attempt_id} room={req.room_name} to={mask_phone(req.call_to)}"
         dispatch_req = CreateAgentDispatchRequest(
@@ -294,7 +297,17 @@ class LiveKitTelephony:
                 f"dialed ({_describe(err)})",
             )
 
-        # 2. the dial: re-sent only when no connection was ever made
+        # 2. the dial: paced right here, re-sent only when no connection was ever made
+        if before_dial is not None and not await before_dial():
+            logger.info("pacing start missed, nothing dialed %s", where)
+            await self._discard_room(req.room_name)
+            return CallResult(
+                answered=False,
+                outcome=None,
+                dispatch_id=dispatch.id,
+                error="the trunk's pacing start passed before the dial; nothing dialed",
+                missed_start=True,
+            )
         logger.info("dialing %s trunk=%s dispatch=%s", where, req.trunk_id, dispatch.id)
         try:
             info = await self._retry(

@@ -31,6 +31,7 @@ class AppointmentStatus(StrEnum):
     WRONG_NUMBER = "wrong_number"
     INVALID_NUMBER = "invalid_number"
     OPTED_OUT = "opted_out"
+    TRANSFERRED = "transferred"
     UNREACHED = "unreached"
 
 
@@ -72,6 +73,9 @@ class Clinic(SQLModel, table=True):
     weekdays: str = Field(default="mon,tue,wed,thu,fri", max_length=40)
     holidays: str | None = Field(default=None, max_length=16, description="e.g. US or US-NY")
     caller_id: str | None = Field(default=None, max_length=20)
+    transfer_number: str | None = Field(
+        default=None, max_length=20, description="E.164 of the staff line callers are handed to"
+    )
     trunk_id: str | None = Field(default=None, max_length=64)
     agent_name: str | None = Field(default=None, max_length=100)
     max_attempts: int = Field(default=4)
@@ -172,6 +176,20 @@ class CallAttempt(SQLModel, table=True):
     answered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    worker_id: str | None = Field(
+        default=None, max_length=64, description="the worker process that took it from the queue"
+    )
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A worker process and when it last proved alive; the attempts of a silent
+    one are orphans for reconciliation."""
+
+    __tablename__ = "worker_heartbeat"
+
+    worker_id: str = Field(primary_key=True, max_length=64)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    seen_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class DailyRun(SQLModel, table=True):

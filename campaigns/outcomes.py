@@ -46,6 +46,7 @@ class Outcome(StrEnum):
     INVALID_NUMBER = "invalid_number"
     WRONG_NUMBER = "wrong_number"
     OPTED_OUT = "opted_out"
+    TRANSFERRED = "transferred"  # cold transfer to the clinic's staff: a person took over
     FAILED = "failed"
 
 
@@ -58,6 +59,7 @@ AGENT_OUTCOMES: frozenset[Outcome] = frozenset(
         Outcome.VOICEMAIL,
         Outcome.WRONG_NUMBER,
         Outcome.OPTED_OUT,
+        Outcome.TRANSFERRED,
     }
 )
 

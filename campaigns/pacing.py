@@ -5,22 +5,30 @@ calls at once. Every worker process (on every host) asks the same :class:`Pacer`
 before dialing:
 
     slot = pacer.acquire(trunk_id, attempt_id, cps=..., max_concurrent=...,
-                         lease=max_call + ringing + margin, max_wait=timedelta(seconds=5))
+                         lease=max_call + ringing + margin, max_wait=timedelta(seconds=5),
+                         lead=timedelta(seconds=1))
     if slot is None:
         ...  # put the attempt back in the database queue; nothing was reserved
     try:
-        ...  # dial now: acquire() has already slept until slot.start
+        ...  # prepare the call: acquire() has slept until ``lead`` before slot.start
+        if await wait_for_start(slot):
+            ...  # send the dial now
+        else:
+            ...  # too late for this start: dial nothing, queue the attempt again
     finally:
         pacer.release(trunk_id, attempt_id)
 
+The limit holds where the callee is, so the dial itself is paced: the work
+before it (database, agent dispatch) takes a varying time and fits in ``lead``.
+
 Rate: virtual scheduling (GCRA without burst). Each grant reserves
-``start = max(now, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a
+``start = max(now + lead, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a
 small ``headroom``, see :data:`DEFAULT_HEADROOM`), so granted start times are at
 least ``1/cps`` apart: no window of W seconds holds more than ``ceil(cps * W)``
 starts, i.e. never more than ``cps`` in any second for a whole-number ``cps``.
-A grant whose start is further away than ``max_wait`` is refused without
+A grant whose start is further away than ``lead + max_wait`` is refused without
 reserving anything. A caller that wakes from its wait too late to use its start
-(more than half the headroom late: a stalled process) gives that start up and
+(more than a fifth of the headroom late: a stalled process) gives that start up and
 takes a later one, so real dial times keep within the limit as well.
 
 Concurrency: the attempts holding a slot, each with a lease expiry. An expired
@@ -39,11 +47,11 @@ never the worker's; :class:`LocalPacer` keeps it in memory for the embedded mode
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -52,12 +60,15 @@ from typing import Any, Protocol
 import redis
 
 _US = 1_000_000
-# Granted starts are spaced 4% wider than 1/cps. The call really starts when the
-# worker wakes from its sleep, a little late by a varying amount (timer slack, GIL,
-# a busy CPU); exact spacing would then put cps + 1 real starts in some second.
-# 4% absorbs up to 40 ms of such jitter within any one-second window (measured:
-# p99 4 ms, max 22 ms on a loaded 2-core machine) and still runs at 96% of the limit.
-DEFAULT_HEADROOM = 0.04
+# Granted starts are spaced 15% wider than 1/cps. A dial reaches the callee's side
+# a little after its granted start, late by a varying amount (timer slack, GIL, a
+# busy CPU, the HTTP request's way to LiveKit); exact spacing would then put
+# cps + 1 arrivals in some second. 15% absorbs up to 150 ms of such spread within
+# any one-second window, a fifth of it at the sender (see _tolerance), and still
+# runs at 87% of the limit. Measured with bench/pacing_bench.py at the simulator,
+# two worker processes on a loaded 2-core machine: at 20 cps dials were sent at
+# most 29 ms after their start and received at most 136 ms after it (p99 72 ms).
+DEFAULT_HEADROOM = 0.15
 # How long a refused caller sleeps before asking again while every slot is taken.
 _POLL_SECONDS = 0.05
 
@@ -74,6 +85,10 @@ class Slot:
     attempt_id: int
     start: datetime
     lease_expires: datetime
+    # ``start`` and the last instant it may still be used, on this process's
+    # ``time.monotonic()`` clock (see :func:`wait_for_start`).
+    due: float = field(default=0.0, compare=False)
+    latest: float = field(default=math.inf, compare=False)
 
 
 class Pacer(Protocol):
@@ -86,10 +101,12 @@ class Pacer(Protocol):
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
         """Wait (sleeping) at most ``max_wait`` for a concurrency slot and a start
-        time within the rate, then until that start time. ``None``: nothing was
-        reserved; requeue the call."""
+        time within the rate at least ``lead`` ahead, then until ``lead`` before
+        that start (time to prepare the call; :func:`wait_for_start` waits out
+        the rest). ``None``: nothing was reserved; requeue the call."""
         ...
 
     def release(self, trunk_id: str, attempt_id: int) -> None:
@@ -115,13 +132,15 @@ def _check_headroom(headroom: float) -> float:
     return headroom
 
 
-def _check(max_concurrent: int, lease: timedelta, max_wait: timedelta) -> None:
+def _check(max_concurrent: int, lease: timedelta, max_wait: timedelta, lead: timedelta) -> None:
     if max_concurrent < 1:
         raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
     if lease <= timedelta(0):
         raise ValueError(f"lease must be positive, got {lease}")
     if max_wait < timedelta(0):
         raise ValueError(f"max_wait must not be negative, got {max_wait}")
+    if lead < timedelta(0):
+        raise ValueError(f"lead must not be negative, got {lead}")
 
 
 def _us(delta: timedelta) -> int:
@@ -137,19 +156,25 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(left)
 
 
-def _lateness_check(headroom: float) -> Callable[[float], bool]:
-    """Whether a caller woke too late (``monotonic() - wake``) to use its start.
+def _tolerance(headroom: float) -> float:
+    """Seconds a caller may start after its granted start.
 
     Starts are ``headroom`` seconds per second further apart than the limit needs,
     so real starts stay within it while each one lags its granted start by less
-    than that. A caller that overslept by more than half of it (a busy CPU, a
-    stalled process) gives its start up and asks again for a later one, rather
-    than crowd the calls granted after it.
+    than that. A caller later than a fifth of it (a busy CPU, a stalled
+    process) gives its start up and asks again for a later one, rather than crowd
+    the calls granted after it; the rest is left for the way from the caller to
+    the callee's side.
     """
-    if headroom == 0:
-        return lambda wake: False
-    tolerance = headroom / 2
-    return lambda wake: time.monotonic() - wake > tolerance
+    return math.inf if headroom == 0 else headroom / 5
+
+
+async def wait_for_start(slot: Slot) -> bool:
+    """Sleep on the running event loop until the slot's start; False when it is
+    too late to use it (give the start up: nothing may be started on it)."""
+    while (left := slot.due - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+    return time.monotonic() <= slot.latest
 
 
 # Numbers cross into Redis as strings made with %.0f: Lua's own tostring keeps
@@ -161,6 +186,7 @@ local interval = tonumber(ARGV[2])
 local max_concurrent = tonumber(ARGV[3])
 local lease = tonumber(ARGV[4])
 local max_wait = tonumber(ARGV[5])
+local lead = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%.0f', x) end
@@ -184,8 +210,8 @@ if redis.call('ZCARD', slots_key) >= max_concurrent then
   return {0, fmt(now), 'concurrency', first[2]}
 end
 
-local start = math.max(now, tonumber(redis.call('GET', next_key) or '0'))
-if start - now > max_wait then
+local start = math.max(now + lead, tonumber(redis.call('GET', next_key) or '0'))
+if start - now - lead > max_wait then
   return {0, fmt(now), 'rate', fmt(start)}
 end
 
@@ -233,7 +259,7 @@ class RedisPacer:
     ) -> None:
         self._client = client
         self._headroom = _check_headroom(headroom)
-        self._too_late = _lateness_check(headroom)
+        self._tolerance = _tolerance(headroom)
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -252,25 +278,39 @@ class RedisPacer:
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
-        _check(max_concurrent, lease, max_wait)
+        _check(max_concurrent, lease, max_wait, lead)
         step = interval_us(cps, self._headroom)
         keys = self._keys(trunk_id)
         deadline = time.monotonic() + max_wait.total_seconds()
         while True:
             wait_us = max(0, math.floor((deadline - time.monotonic()) * _US))
-            args = [attempt_id, step, max_concurrent, _us(lease), wait_us]
+            args = [attempt_id, step, max_concurrent, _us(lease), wait_us, _us(lead)]
+            asked = time.monotonic()
             reply: list[Any] = self._acquire(keys=keys, args=args)
             received = time.monotonic()
             granted, now = int(reply[0]), int(reply[1])
             if granted:
                 start, expires = int(reply[2]), int(reply[3])
-                # Sleep by the server's clock, counted from the reply's arrival
-                # (after the server read ``now``): a call never starts early.
-                wake = received + (start - now) / _US
+                # The server read ``now`` between ``asked`` and ``received``. Sleep
+                # counted from the reply's arrival: a call never starts early. Judge
+                # lateness counted from the question: a slow reply (a busy process)
+                # cannot hide how late the call really is.
+                ahead = (start - now) / _US
+                due = received + ahead
+                latest = asked + ahead + self._tolerance
+                wake = due - lead.total_seconds()
                 _sleep_until(wake)
-                if granted == 2 or not self._too_late(wake):
-                    return Slot(trunk_id, attempt_id, _utc(start), _utc(expires))
+                if granted == 2 or time.monotonic() - lead.total_seconds() <= latest:
+                    return Slot(
+                        trunk_id,
+                        attempt_id,
+                        _utc(start),
+                        _utc(expires),
+                        due=due,
+                        latest=latest,
+                    )
                 self.release(trunk_id, attempt_id)
                 continue
             if reply[2] in (b"rate", "rate"):
@@ -312,14 +352,22 @@ class LocalPacer:
 
     def __init__(self, *, headroom: float = DEFAULT_HEADROOM) -> None:
         self._headroom = _check_headroom(headroom)
-        self._too_late = _lateness_check(headroom)
+        self._tolerance = _tolerance(headroom)
         self._cond = threading.Condition()
         self._trunks: dict[str, _Trunk] = {}
         self._wall_offset_us = time.time_ns() // 1000 - time.monotonic_ns() // 1000
 
     def _slot(self, trunk_id: str, attempt_id: int, start: int, expires: int) -> Slot:
         offset = self._wall_offset_us
-        return Slot(trunk_id, attempt_id, _utc(start + offset), _utc(expires + offset))
+        due = start / _US
+        return Slot(
+            trunk_id,
+            attempt_id,
+            _utc(start + offset),
+            _utc(expires + offset),
+            due=due,
+            latest=due + self._tolerance,
+        )
 
     def acquire(
         self,
@@ -330,8 +378,9 @@ class LocalPacer:
         max_concurrent: int,
         lease: timedelta,
         max_wait: timedelta,
+        lead: timedelta = timedelta(0),
     ) -> Slot | None:
-        _check(max_concurrent, lease, max_wait)
+        _check(max_concurrent, lease, max_wait, lead)
         step = interval_us(cps, self._headroom)
         deadline = time.monotonic_ns() // 1000 + _us(max_wait)
         while True:
@@ -341,14 +390,15 @@ class LocalPacer:
                 step=step,
                 max_concurrent=max_concurrent,
                 lease=lease,
+                lead=_us(lead),
                 deadline=deadline,
             )
             if reserved is None:
                 return None
             start, expires, fresh = reserved
-            wake = start / _US
+            wake = (start - _us(lead)) / _US
             _sleep_until(wake)
-            if not fresh or not self._too_late(wake):
+            if not fresh or time.monotonic() - wake <= self._tolerance:
                 return self._slot(trunk_id, attempt_id, start, expires)
             self.release(trunk_id, attempt_id)
 
@@ -360,6 +410,7 @@ class LocalPacer:
         step: int,
         max_concurrent: int,
         lease: timedelta,
+        lead: int,
         deadline: int,
     ) -> tuple[int, int, bool] | None:
         """(start, lease expiry, newly taken) in monotonic µs, or None by the deadline."""
@@ -374,8 +425,8 @@ class LocalPacer:
                     trunk.slots[attempt_id] = (start, expires)
                     return start, expires, False
                 if len(trunk.slots) < max_concurrent:
-                    start = max(now, trunk.next_start)
-                    if start > deadline:
+                    start = max(now + lead, trunk.next_start)
+                    if start - lead > deadline:
                         return None
                     trunk.next_start = start + step
                     expires = start + _us(lease)

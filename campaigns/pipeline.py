@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,18 +25,30 @@ from campaigns.db import session_scope
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
 from campaigns.outcomes import Outcome
-from campaigns.pacing import Pacer
+from campaigns.pacing import Pacer, wait_for_start
 from campaigns.settings import Settings
 from campaigns.telephony import CallResult, Telephony
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Runner = Callable[[Awaitable[T]], T]
 Clock = Callable[[], datetime]
+
+
+class Runner(Protocol):
+    """Runs a coroutine to completion from a worker thread; past ``timeout``
+    seconds the coroutine is cancelled and :class:`TimeoutError` raised."""
+
+    def __call__(self, coroutine: Awaitable[T], timeout: float | None = None) -> T: ...
+
 
 # How soon a call that found its trunk full is due again.
 PACING_RETRY_DELAY = timedelta(seconds=1)
+# A trunk's start is granted this long ahead: time for the dialing state's commit
+# and the agent's dispatch, so the dial itself leaves on time (see campaigns.pacing).
+PACING_LEAD = timedelta(seconds=1)
+# Seconds a room request (hang-up, who is in it) may take.
+ROOM_REQUEST_TIME_LIMIT = 15.0
 
 
 def utc_clock() -> datetime:
@@ -50,9 +63,10 @@ class Pipeline:
     settings: Settings
     pacer: Pacer
     telephony: Telephony | None = None
-    run: Runner[Any] | None = None
+    run: Runner | None = None
     clock: Clock = utc_clock
     rng: random.Random | None = None
+    worker_id: str | None = None  # recorded on every attempt this process takes
 
     def transaction(self) -> AbstractContextManager[Session]:
         return session_scope(self.sessions)
@@ -80,7 +94,14 @@ class Pipeline:
             seconds=s.ringing_timeout_seconds + s.max_call_duration_seconds + s.dial_grace_seconds
         )
 
-    def _telephony(self) -> tuple[Telephony, Runner[Any]]:
+    @property
+    def dial_time_limit(self) -> float:
+        """Seconds a dial may take before the worker gives up on it (ambiguous: failed):
+        within the ringing timeout and half the grace reconciliation waits for."""
+        s = self.settings
+        return s.ringing_timeout_seconds + s.dial_grace_seconds / 2
+
+    def _telephony(self) -> tuple[Telephony, Runner]:
         if self.telephony is None or self.run is None:
             raise RuntimeError("this pipeline has no telephony")
         return self.telephony, self.run
@@ -125,6 +146,8 @@ class Pipeline:
         """Dial one queued attempt at most once. Returns what happened, for logs and tests."""
         telephony, run = self._telephony()
         with self.transaction() as session:
+            if self.worker_id is not None:
+                calls.take_attempt(session, attempt_id, self.worker_id)
             target = calls.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
         if target is None:
             return "not-queued"
@@ -137,6 +160,7 @@ class Pipeline:
                 max_concurrent=target.max_concurrent,
                 lease=self.slot_lease,
                 max_wait=timedelta(seconds=self.settings.pacing_max_wait_seconds),
+                lead=PACING_LEAD,
             )
             if slot is None:
                 with self.transaction() as session:
@@ -156,8 +180,25 @@ class Pipeline:
             if request is None:
                 return "not-dialed"
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
+            abandoned = False
             try:
-                result: CallResult = run(telephony.place_call(request))
+                paced = None if slot is None else partial(wait_for_start, slot)
+                result: CallResult = run(
+                    telephony.place_call(request, paced), timeout=self.dial_time_limit
+                )
+            except TimeoutError:
+                # The call may be ringing: record an ambiguous failure, hang up, never re-dial.
+                abandoned = True
+                log.error(
+                    "attempt %s: dial still running after %ss", attempt_id, self.dial_time_limit
+                )
+                result = CallResult(
+                    answered=False,
+                    outcome=Outcome.FAILED,
+                    error=f"no result from LiveKit within {self.dial_time_limit:g}s; "
+                    "the call may have been placed",
+                    ambiguous=True,
+                )
             except Exception as exc:
                 # The request may have reached LiveKit: record an ambiguous failure, never re-dial.
                 log.exception("attempt %s: dial raised", attempt_id)
@@ -173,10 +214,19 @@ class Pipeline:
                 )
             release = finished.release_slot
             log.info("attempt %s: %s %s", attempt_id, finished.state, finished.outcome or "")
+            if abandoned:
+                self._hang_up(request.room_name)
             return finished.state
         finally:
             if release and target.trunk_id is not None:
                 self.pacer.release(target.trunk_id, attempt_id)
+
+    def _hang_up(self, room_name: str) -> None:
+        telephony, run = self._telephony()
+        try:
+            run(telephony.hang_up(room_name), timeout=ROOM_REQUEST_TIME_LIMIT)
+        except Exception as exc:
+            log.warning("could not hang up room %s: %s", room_name, exc)
 
     # ------------------------------------------------------------------ agent reports
 
@@ -212,13 +262,17 @@ class Pipeline:
                 answered_timeout=timedelta(
                     seconds=s.max_call_duration_seconds + s.report_grace_seconds
                 ),
+                worker_lost=timedelta(seconds=s.worker_lost_seconds),
             )
         settled: dict[str, int] = {}
         for attempt in stale:
             participants: list[str] | None = None
             if attempt.room_name and self.telephony is not None and self.run is not None:
                 try:
-                    participants = self.run(self.telephony.room_participants(attempt.room_name))
+                    participants = self.run(
+                        self.telephony.room_participants(attempt.room_name),
+                        timeout=ROOM_REQUEST_TIME_LIMIT,
+                    )
                 except Exception:
                     log.warning("attempt %s: room not inspectable, retry later", attempt.attempt_id)
             with self.transaction() as session:

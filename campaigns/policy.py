@@ -8,9 +8,10 @@ and counts earlier dials (:class:`History`).
 
 Every rule intersects (SPEC section 4):
 
-- candidate zones and states come from :func:`campaigns.geography.locate`; with
-  several zones a call must be allowed in EVERY zone, judged by converting the
-  instant to each zone's local wall time;
+- candidate zones and states come from :func:`campaigns.geography.locate`: the
+  union of every signal (stated zone, address, the number's own zones), and a call
+  must be allowed in EVERY zone, judged by converting the instant to each zone's
+  local wall time;
 - per local date: the federal window (08:00-21:00), the clinic window, weekdays
   and holidays (``holidays.country_holidays``), and for each callee state the
   :class:`StateRule` effective that date (``effective_from <= d < effective_to``):
@@ -33,7 +34,8 @@ The search stops at 60 days (then None).
 
 ``StateRule.saturday_window`` replaces the weekday window on Saturdays (RI);
 ``Policy.require_national_registry`` blocks calling until registry data is
-loaded; ``Decision.zone_source`` says where the candidate zones came from.
+loaded; ``Decision.zone_sources`` names, per zone, the signals that brought it
+(``zone_source`` joins them: ``stated_timezone+number``).
 
 Reason codes (``"code: detail"``):
 ``within_all_windows`` (allowed), ``dnc_listed``, ``national_registry_stale``,
@@ -87,6 +89,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset(
         "opted_out",
         "wrong_number",
         "invalid_number",
+        "transferred",
     }
 )
 
@@ -197,6 +200,7 @@ class Decision:
     ruleset_version: str
     dnc_list_versions: Mapping[str, int]
     zone_source: str = ""
+    zone_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- seed data
@@ -334,7 +338,7 @@ class _Rules:
         return result
 
     def cap_24h(self, days: list[date]) -> tuple[int, str]:
-        cap, source = self.policy.max_dials_per_number_24h, "clinic"
+        cap, source = self.policy.max_dials_per_number_24h, "clinic max per day"
         for day in days:
             for state in self.states:
                 rule = self.rule_for(state, day)
@@ -547,7 +551,8 @@ def decide(
     in_7d = sum(1 for d in dials if now - timedelta(days=7) < d <= now)
     if in_7d >= policy.max_dials_per_number_7d:
         reasons.append(
-            f"number_cap_7d: {in_7d} dials in 7 days (cap {policy.max_dials_per_number_7d})"
+            f"number_cap_7d: {in_7d} dials in 7 days "
+            f"(cap {policy.max_dials_per_number_7d}, clinic max per week)"
         )
     for zone in zones:
         reasons.extend(_zone_failures(rules, zone, now))
@@ -579,6 +584,7 @@ def decide(
         ruleset_version=policy.ruleset_version,
         dnc_list_versions=MappingProxyType(dict(dnc.list_versions)),
         zone_source=location.zone_source,
+        zone_sources=location.zone_sources,
     )
 
 

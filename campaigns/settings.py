@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         default=None,
-        description="Redis for pacing shared by all workers; in-process pacing when unset.",
+        description="Redis for pacing shared by all workers; unset: the broker when it is "
+        "Redis, else in-process pacing and a single worker process.",
     )
     report_secret: SecretStr = Field(
         default=SecretStr("change-me-report-secret"),
@@ -67,15 +68,38 @@ class Settings(BaseSettings):
         default="appointment-confirmer", description="Agent dispatched per call."
     )
     agent_script_version: str = Field(default="confirm-v1", description="Recorded with every dial.")
+    agent_llm: str = Field(
+        default="openai/gpt-4.1-mini", description="The agent's LLM (LiveKit Inference model)."
+    )
+    agent_stt: str = Field(
+        default="deepgram/nova-3", description="The agent's speech-to-text model."
+    )
+    agent_tts: str = Field(
+        default="cartesia/sonic-2", description="The agent's text-to-speech model."
+    )
+    agent_amd_llm: str | None = Field(
+        default=None, description="Answering-machine classifier model; unset: the agent's LLM."
+    )
+    agent_amd_timeout_seconds: float = Field(
+        default=8.0, gt=0, description="No AMD verdict by then: the agent talks as to a person."
+    )
     ringing_timeout_seconds: int = Field(default=30, ge=15, description="Calls ring 15 s or more.")
     max_call_duration_seconds: int = Field(default=300, ge=30)
     tick_seconds: float = Field(default=5.0, gt=0, description="How often beat claims due calls.")
     tick_batch: int = Field(default=1000, ge=1, description="Attempts claimed per tick at most.")
-    reconcile_seconds: float = Field(default=30.0, gt=0)
+    reconcile_seconds: float = Field(
+        default=10.0, gt=0, description="How often stuck and orphaned attempts are settled."
+    )
     queued_timeout_seconds: int = Field(
-        default=300,
+        default=30,
         ge=10,
         description="A queued attempt no worker took is queued again after this.",
+    )
+    worker_lost_seconds: float = Field(
+        default=20.0,
+        ge=2,
+        description="A worker silent this long is presumed dead and its calls reconciled; "
+        "each worker beats four times as often.",
     )
     dial_grace_seconds: float = Field(
         default=90.0,
@@ -106,6 +130,15 @@ class Settings(BaseSettings):
         description="The console's address, where an agent outside the broker's network "
         "posts its outcome reports (e.g. https://console.example.org).",
     )
+
+    @property
+    def pacing_redis_url(self) -> str | None:
+        """The Redis that paces every worker's calls; None: in-process pacing."""
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return None
 
 
 @lru_cache(maxsize=1)

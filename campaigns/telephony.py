@@ -21,6 +21,7 @@ for the same causes and :class:`TelephonyError` for anything else.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -65,6 +66,8 @@ class CallResult:
     error: str | None = None
     ambiguous: bool = False
     config_error: bool = False
+    # Nothing dialed: the trunk's pacing start had passed once the call was ready.
+    missed_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,18 @@ class TrunkInfo:
     destination_country: str | None = None
 
 
+# Awaited right before the dial is sent; False: send nothing.
+BeforeDial = Callable[[], Awaitable[bool]]
+
+
 class Telephony(Protocol):
-    async def place_call(self, req: CallRequest) -> CallResult:
+    async def place_call(
+        self, req: CallRequest, before_dial: BeforeDial | None = None
+    ) -> CallResult:
         """Dispatch the agent into ``req.room_name`` and dial ``req.call_to`` once,
-        waiting until answered or failed. Never raises for a failed dial."""
+        waiting until answered or failed. Never raises for a failed dial.
+        ``before_dial`` (pacing) may hold the dial back or cancel it, which ends
+        in ``CallResult(missed_start=True)`` with the room discarded."""
         ...
 
     async def hang_up(self, room_name: str) -> None:

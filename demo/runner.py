@@ -4,8 +4,10 @@ SQLite for the data, Celery's SQLAlchemy transport on a SQLite file as the
 broker, and the LiveKit simulator; worker, beat, simulator and the web console
 run as the same `campaigns` subprocesses an operator would start. The sample
 appointments are placed where it is early afternoon now, so every calling rule
-stays on. ``keep=True`` leaves everything running after the campaign until
-interrupted, so a person can look around the console.
+stays on. Answered calls are played by the real confirmation agent (``agent/``)
+inside the simulator, so every outcome after an answer, the transfer to staff
+included, is the agent's. ``keep=True`` leaves everything running after the
+campaign until interrupted, so a person can look around the console.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ from sqlmodel import col, select
 from campaigns import audit, calls, clinics, migrate, users
 from campaigns.db import make_engine, session_factory
 from campaigns.importer import import_appointments
-from campaigns.masking import mask_name, mask_phone
+from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR
-from demo.daytime import daytime_zone
+from demo.daytime import country_of, daytime_zone, local_number
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
 TRUNK_ID = "ST_demo"
@@ -55,14 +57,17 @@ def _free_port() -> int:
 
 
 def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
-    """The sample file with its appointments moved to tomorrow, patients living in ``zone``."""
+    """The sample file with its appointments moved to tomorrow, patients living in ``zone``
+    (numbers there, ending as in the sample: the simulator's behaviour)."""
     tomorrow = (now.astimezone(ZoneInfo(zone)) + timedelta(days=1)).date().isoformat()
     reader = csv.DictReader(io.StringIO(sample.read_text(encoding="utf-8")))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(reader.fieldnames or []))
     writer.writeheader()
     for row in reader:
-        writer.writerow(row | {"Date": tomorrow, "Timezone": zone})
+        last_four = "".join(ch for ch in row["Phone"] if ch.isdigit())[-4:]
+        phone = local_number(zone, last_four)
+        writer.writerow(row | {"Date": tomorrow, "Timezone": zone, "Phone": phone})
     return out.getvalue().encode()
 
 
@@ -160,10 +165,12 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
             {
                 "name": CLINIC,
                 "timezone": zone,
+                "country": country_of(zone),
                 "window": "09:00-19:00",
                 "days": "mon,tue,wed,thu,fri,sat,sun",
                 "trunk_id": TRUNK_ID,
                 "caller_id": "+12125550199",
+                "transfer_number": "+12125550123",
                 "max_attempts": 3,
                 "lead_days": "1",
             }
@@ -202,7 +209,8 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
             result = calls.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
             session.commit()
         console.print(
-            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator..."
+            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator, "
+            "where the confirmation agent talks to each scripted patient..."
         )
         finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
         if keep:
@@ -288,12 +296,12 @@ def _summary(console: Console, session: Session) -> None:
             .all()
         )
         table.add_row(
-            appointment.external_id,
-            mask_name(appointment.patient_name),
+            inert(appointment.external_id),
+            inert(mask_name(appointment.patient_name)),
             mask_phone(appointment.phone_e164),
             str(len(attempts)),
-            ", ".join(a.outcome or a.state for a in attempts),
-            appointment.status,
+            inert(", ".join(a.outcome or a.state for a in attempts)),
+            inert(appointment.status),
         )
     console.print(table)
     counts = calls.status_counts(session)

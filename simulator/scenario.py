@@ -46,6 +46,7 @@ ANSWERED_OUTCOMES = (
     "voicemail",
     "opted_out",
     "wrong_number",
+    "transferred",
 )
 
 
@@ -122,6 +123,7 @@ DEFAULT_SUFFIXES: dict[str, str] = {
     "08": "reschedule_requested",
     "09": "opted_out",
     "10": "wrong_number",
+    "11": "transferred",
 }
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -321,6 +323,9 @@ class SimulatorConfig:
     # Real seconds (not scaled by speed) a room stays after its last call ended,
     # like LiveKit's departure timeout; DeleteRoom in that window still succeeds.
     departure_timeout: float = 20.0
+    # Answered calls the agent plays at once; more wait their turn (each costs ~15-20 ms
+    # of CPU on the event loop, and hundreds at once only add memory and switching).
+    agent_concurrency: int = 32
     # Where to send LiveKit webhooks (room_finished, participant_left), signed like LiveKit.
     webhook_url: str | None = None
     request_id_cache_size: int = 10_000

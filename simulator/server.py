@@ -7,8 +7,11 @@ The engine's real ``livekit.api.LiveKitAPI`` talks to this server over HTTP:
 
 Calls are asyncio tasks (no thread per call): a ringing call is a sleep, so
 thousands can ring at once. After an answered call has lasted its simulated
-duration the scripted agent reports its outcome through a pluggable
-:data:`Reporter` (by default the Celery task ``campaigns.record_outcome``).
+duration, the real agent (``agent.rehearsal``) plays it with the room's dispatch
+metadata and the scripted persona of the callee (``simulator.personas``); its
+reports go to a pluggable :data:`Reporter` (by default the agent's Celery
+adapter, task ``campaigns.record_outcome``), its hang-up ends the call and its
+transfer (as ``TransferSIPParticipant``) hands the callee over.
 
 Test endpoints: ``GET /_sim/calls``, ``GET /_sim/reports``,
 ``GET /_sim/dispatches``, ``GET /_sim/stats``, ``POST /_sim/reset``,
@@ -20,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -30,7 +32,6 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,11 @@ from livekit.protocol import room as pb_room
 from livekit.protocol import sip as pb_sip
 from livekit.protocol import webhook as pb_webhook
 
+from agent.metadata import MetadataError, parse_metadata
+from agent.ports import Report
+from agent.rehearsal import RehearsalCall, rehearse
+from agent.reporting import CeleryReporter
+from simulator.personas import PERSONAS
 from simulator.scenario import (
     FAILURES,
     Scenario,
@@ -58,7 +64,6 @@ from simulator.scenario import (
 
 logger = logging.getLogger("simulator")
 
-REPORT_TASK = "campaigns.record_outcome"
 REQUEST_ID_HEADER = "X-Livekit-Request-Id"
 # Rooms that got a dispatch but never a call are dropped after this (real seconds).
 EMPTY_ROOM_TIMEOUT = 300.0
@@ -69,46 +74,30 @@ TOKEN_LEEWAY = 60.0  # seconds of clock skew accepted, as livekit's TokenVerifie
 
 
 @dataclass(frozen=True)
-class OutcomeReport:
-    attempt_id: int
-    outcome: str
-    token: str
-    detail: dict[str, Any]
-    room_name: str
+class OutcomeReport(Report):
+    """An agent's report, with the room of the call it was made in."""
+
+    room_name: str = ""
 
 
 Reporter = Callable[[OutcomeReport], Awaitable[None]]
 
 
-class CeleryReporter:
-    """Sends ``campaigns.record_outcome`` by name, as the real agent does.
+class SimulatedCall(RehearsalCall):
+    """The agent's call control on a simulated call: hang-up and transfer act on it."""
 
-    The blocking ``send_task`` runs in a one-thread executor so the event loop
-    never blocks and sends are serialised on one broker connection.
-    """
+    def __init__(self, sim: Simulator, call: Call, amd: str) -> None:
+        super().__init__(amd=amd)
+        self._sim = sim
+        self._call = call
 
-    def __init__(self, broker_url: str) -> None:
-        from celery import Celery
+    async def hang_up(self) -> None:
+        await super().hang_up()
+        self._call.record["end"] = "completed"
 
-        self._app = Celery("livekit-simulator", broker=broker_url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-report")
-
-    async def __call__(self, report: OutcomeReport) -> None:
-        send = functools.partial(
-            self._app.send_task,
-            REPORT_TASK,
-            kwargs={
-                "attempt_id": report.attempt_id,
-                "outcome": report.outcome,
-                "token": report.token,
-                "detail": report.detail,
-            },
-        )
-        await asyncio.get_running_loop().run_in_executor(self._executor, send)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self._app.close()
+    async def transfer(self, to: str) -> None:
+        self._sim.transfer(self._call, to)
+        await super().transfer(to)
 
 
 # --- Twirp plumbing -------------------------------------------------------------
@@ -219,6 +208,7 @@ class Simulator:
         self.dispatch_log: deque[dict[str, Any]] = deque(maxlen=config.max_call_log)
         self.replies: OrderedDict[tuple[str, str], asyncio.Future[Reply]] = OrderedDict()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.agents = asyncio.Semaphore(config.agent_concurrency)
         self._reset_counters()
         self._install_default_trunk()
 
@@ -416,13 +406,18 @@ class Simulator:
 
     # -- calls --
 
-    def start_call(self, req: pb_sip.CreateSIPParticipantRequest, request_id: str) -> Call:
+    def start_call(
+        self,
+        req: pb_sip.CreateSIPParticipantRequest,
+        request_id: str,
+        received_at: float | None = None,
+    ) -> Call:
         trunk_id = req.sip_trunk_id
         sip_number = req.sip_number
         if trunk_id:
             trunk = self.trunks.get(trunk_id)
             if trunk is None:
-                self._log_dial(req, request_id, "unknown_trunk", sip_number, "failed")
+                self._log_dial(req, request_id, "unknown_trunk", sip_number, "failed", received_at)
                 raise TwirpError(404, "not_found", "requested sip trunk does not exist")
             if not sip_number and trunk.numbers:
                 sip_number = trunk.numbers[0]
@@ -448,7 +443,9 @@ class Simulator:
             else 0.0
         )
         identity = req.participant_identity or f"sip_{req.sip_call_to}"
-        record = self._log_dial(req, request_id, result_string(behaviour), sip_number, None)
+        record = self._log_dial(
+            req, request_id, result_string(behaviour), sip_number, None, received_at
+        )
         record["participant_identity"] = identity
         call = Call(
             record=record,
@@ -490,9 +487,13 @@ class Simulator:
         result: str,
         sip_number: str,
         end: str | None,
+        received_at: float | None,
     ) -> dict[str, Any]:
+        at = time.time()
         record: dict[str, Any] = {
-            "at": time.time(),
+            "at": at,
+            # when the request reached the server, before any scripted API latency
+            "received_at": received_at or at,
             "request_id": request_id,
             "sip_trunk_id": req.sip_trunk_id,
             "sip_number": sip_number,
@@ -541,8 +542,7 @@ class Simulator:
                 length = min(length, call.max_call_duration)
             await asyncio.sleep(cfg.scaled(length))
             # The agent reports before hanging up; a DeleteRoom now must not lose it.
-            await asyncio.shield(self.spawn(self._report(call, length)))
-            call.record["end"] = "completed"
+            await asyncio.shield(self.spawn(self._converse(call, length)))
         except asyncio.CancelledError:
             if not call.answer.done():
                 call.answer.set_result(FAILURES["aborted"])
@@ -574,36 +574,46 @@ class Simulator:
             # Like a real room: it closes once the last participant has left.
             self._schedule_expiry(room, self.config.departure_timeout)
 
-    async def _report(self, call: Call, length: float) -> None:
+    async def _converse(self, call: Call, length: float) -> None:
+        """The real agent plays the answered call with the callee's persona."""
         room = self.rooms.get(call.room_name)
         dispatch = room.dispatches[-1] if room and room.dispatches else None
         if dispatch is None:
             logger.info("room=%s has no agent dispatch: no outcome report", call.room_name)
+            call.record["end"] = "completed"
             return
+
+        async def report(outcome: Report) -> None:
+            entry = OutcomeReport(**vars(outcome), room_name=call.room_name)
+            await self._report(entry, call, dispatch, length)
+
         try:
-            meta = json.loads(dispatch.metadata or "{}")
-            attempt_id = int(meta["attempt_id"])
-            token = str(meta["report_token"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning(
-                "room=%s dispatch metadata lacks attempt_id/report_token", call.room_name
-            )
+            meta = parse_metadata(dispatch.metadata)
+        except MetadataError as exc:
+            logger.warning("room=%s: %s", call.room_name, exc)
+            refused = exc.failure_report()
+            if refused is not None:
+                await report(refused)
+            call.record["end"] = "completed"
             return
-        # What a real agent sends: only keys the engine keeps (campaigns.calls.DETAIL_KEYS).
-        detail: dict[str, Any] = {
-            "amd": "machine" if call.behaviour == "voicemail" else "human",
-            "script_version": str(meta.get("script_version", "")),
-        }
-        if call.behaviour == "reschedule_requested":
-            detail["preferred_times"] = ["weekday mornings"]
-        report = OutcomeReport(attempt_id, call.behaviour, token, detail, call.room_name)
+        persona = PERSONAS[call.behaviour]
+        async with self.agents:
+            await rehearse(
+                meta, persona, reporter=report, call=SimulatedCall(self, call, persona.amd)
+            )
+        if call.record.get("end") is None:
+            call.record["end"] = "completed"
+
+    async def _report(
+        self, report: OutcomeReport, call: Call, dispatch: pb_dispatch.AgentDispatch, length: float
+    ) -> None:
         entry: dict[str, Any] = {
             "at": time.time(),
-            "attempt_id": attempt_id,
-            "outcome": call.behaviour,
-            "token": token,
-            "detail": detail,
-            "room_name": call.room_name,
+            "attempt_id": report.attempt_id,
+            "outcome": report.outcome,
+            "token": report.token,
+            "detail": report.detail,
+            "room_name": report.room_name,
             "sip_call_id": call.sip_call_id,
             "participant_identity": call.identity,
             "dispatch_id": dispatch.id,
@@ -620,14 +630,25 @@ class Simulator:
             entry["sent"] = True
         except Exception as exc:  # the broker is outside our control: record, go on
             entry["error"] = f"{type(exc).__name__}: {exc}"
-            logger.warning("outcome report for attempt %s failed: %s", attempt_id, exc)
+            logger.warning("outcome report for attempt %s failed: %s", report.attempt_id, exc)
+
+    def transfer(self, call: Call, to: str) -> None:
+        """Hand an answered callee over to ``to``: they leave the room (a cold transfer)."""
+        if call.state != "active":
+            raise TwirpError(412, "failed_precondition", "participant is not in an active call")
+        call.record["transferred_to"] = to.removeprefix("tel:")
+        call.record["end"] = "transferred"
+        self._hang_up(call)
 
     # -- endpoint bodies --
 
     async def create_sip_participant(
-        self, req: pb_sip.CreateSIPParticipantRequest, request_id: str
+        self,
+        req: pb_sip.CreateSIPParticipantRequest,
+        request_id: str,
+        received_at: float | None = None,
     ) -> Message:
-        call = self.start_call(req, request_id)
+        call = self.start_call(req, request_id, received_at)
         if not req.wait_until_answered:
             return call.info()
         failure = await asyncio.shield(call.answer)
@@ -684,6 +705,18 @@ class Simulator:
             }
         )
         return dispatch
+
+    def transfer_sip_participant(self, req: pb_sip.TransferSIPParticipantRequest) -> Message:
+        if not req.transfer_to:
+            raise TwirpError(400, "invalid_argument", "missing transfer destination")
+        room = self.rooms.get(req.room_name)
+        call = room.calls.get(req.participant_identity) if room else None
+        if call is None:
+            raise TwirpError(404, "not_found", "requested participant does not exist")
+        self.transfer(call, req.transfer_to)
+        return pb_sip.TransferSIPParticipantResponse(
+            transfer_id=_new_id("STR_"), status=pb_sip.SIPTransferStatus.STS_TRANSFER_SUCCESSFUL
+        )
 
     def delete_room(self, req: pb_room.DeleteRoomRequest) -> Message:
         room = self.rooms.get(req.room)
@@ -744,6 +777,12 @@ def _room_admin(claims: Claims, req: Any) -> bool:
     return bool(video and video.room_admin and video.room == req.room)
 
 
+def _sip_call_and_room_admin(claims: Claims, req: Any) -> bool:
+    video = claims.video
+    in_room = bool(video and video.room_admin and video.room == req.room_name)
+    return _sip_call(claims, req) and in_room
+
+
 def _room_create(claims: Claims, _req: Any) -> bool:
     return bool(claims.video and claims.video.room_create)
 
@@ -758,6 +797,9 @@ class Method:
 METHODS: dict[str, Method] = {
     "livekit.SIP/CreateSIPParticipant": Method(
         pb_sip.CreateSIPParticipantRequest, _sip_call, "CreateSIPParticipant"
+    ),
+    "livekit.SIP/TransferSIPParticipant": Method(
+        pb_sip.TransferSIPParticipantRequest, _sip_call_and_room_admin, "TransferSIPParticipant"
     ),
     "livekit.SIP/CreateSIPOutboundTrunk": Method(
         pb_sip.CreateSIPOutboundTrunkRequest, _sip_admin, "CreateSIPOutboundTrunk"
@@ -778,14 +820,19 @@ SIM_KEY: web.AppKey[Simulator] = web.AppKey("simulator", Simulator)
 
 
 async def _execute(
-    sim: Simulator, method: Method, req: Any, request_id: str, as_json: bool
+    sim: Simulator,
+    method: Method,
+    req: Any,
+    request_id: str,
+    as_json: bool,
+    received_at: float | None = None,
 ) -> Reply:
     low, high = sim.scenario.latency["api"]
     if high > 0:
         await asyncio.sleep(sim.config.scaled(random.uniform(low, high)))  # noqa: S311
     try:
         if method.name == "CreateSIPParticipant":
-            result = await sim.create_sip_participant(req, request_id)
+            result = await sim.create_sip_participant(req, request_id, received_at)
         elif method.name == "CreateSIPOutboundTrunk":
             result = sim.create_outbound_trunk(req)
         elif method.name == "ListSIPOutboundTrunk":
@@ -794,6 +841,8 @@ async def _execute(
             result = sim.create_dispatch(req)
         elif method.name == "DeleteRoom":
             result = sim.delete_room(req)
+        elif method.name == "TransferSIPParticipant":
+            result = sim.transfer_sip_participant(req)
         else:
             result = sim.list_participants(req)
     except TwirpError as err:
@@ -805,6 +854,7 @@ async def _execute(
 
 
 async def twirp_handler(request: web.Request) -> web.StreamResponse:
+    received_at = time.time()
     sim = request.app[SIM_KEY]
     sim.counters["requests"] += 1
     path = f"{request.match_info['service']}/{request.match_info['method']}"
@@ -848,7 +898,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         sim.counters["rejected_5xx"] += 1
         if scenario.fail_503_after_dialing and method.name == "CreateSIPParticipant":
             # The ambiguous case: LiveKit dialled but the caller sees a 5xx.
-            task = sim.spawn(_execute(sim, method, req, request_id, as_json))
+            task = sim.spawn(_execute(sim, method, req, request_id, as_json, received_at))
             if request_id:
                 sim.remember(key, task)
         return error_reply(TwirpError(503, "unavailable", "simulated server error")).response()
@@ -859,7 +909,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         return reply.response()
     # No await between the look-up above and remember(): a concurrent duplicate
     # always finds this task.
-    task = sim.spawn(_execute(sim, method, req, request_id, as_json))
+    task = sim.spawn(_execute(sim, method, req, request_id, as_json, received_at))
     if request_id:
         sim.remember(key, task)
     reply = await asyncio.shield(task)

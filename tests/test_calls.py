@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, func, insert
+from sqlalchemy import Engine, func, insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -478,6 +478,9 @@ def test_begin_dial_dials_a_queued_attempt_once_with_what_the_agent_needs(
     assert len({request.room_name, other.room_name}) == 2
     assert len({request.participant_identity, other.participant_identity}) == 2
     metadata = json.loads(json.dumps(request.agent_metadata))
+    assert metadata["participant_identity"] == request.participant_identity
+    assert metadata["callback_number"] == "+12125550199"
+    assert "Lovelace" not in json.dumps(metadata)  # the first name only
     assert metadata["provider"] == "Dr. Who"
     assert metadata["patient_first_name"] == "Ada"
     assert metadata["script_version"] == "script-v7"
@@ -614,6 +617,30 @@ def test_a_configuration_error_requeues_the_attempt_and_pauses_the_clinic(
     assert (only.state, only.dialing_at, only.outcome) == (AttemptState.SCHEDULED, None, None)
     session.refresh(clinic)
     assert "unknown trunk ST_lakeside" in (clinic.paused_reason or "")
+
+
+def test_a_missed_pacing_start_requeues_the_attempt_undialed(session: Session) -> None:
+    clinic = _clinic(session)
+    appointment = _appointment(session, clinic)
+    attempt, _ = _dialing(session, clinic, appointment)
+    assert attempt.id is not None
+    late = CallResult(answered=False, outcome=None, missed_start=True, error="start passed")
+    at = NOW + timedelta(seconds=2)
+
+    finished = calls.finish_dial(session, attempt.id, late, at, jitter=MID_JITTER)
+    _commit(session)
+
+    assert finished.state == AttemptState.SCHEDULED and finished.release_slot
+    (only,) = _attempts(session, appointment)
+    assert (only.state, only.dialing_at, only.outcome, only.due_at) == (
+        AttemptState.SCHEDULED,
+        None,
+        None,
+        at,
+    )
+    session.refresh(clinic)
+    assert clinic.paused_reason is None
+    assert calls.claim_due_attempts(session, at, limit=10).queued == [attempt.id]
 
 
 def test_an_answered_dial_waits_for_the_agent(session: Session) -> None:
@@ -764,6 +791,23 @@ def test_a_voicemail_schedules_the_next_attempt(session: Session) -> None:
     assert appointment.status == AppointmentStatus.SCHEDULED
 
 
+def test_a_transfer_to_staff_is_final_and_shows_in_status(session: Session) -> None:
+    clinic = _clinic(session, retry_voicemail=True)
+    appointment = _appointment(session, clinic)
+    attempt, request = _answered(session, clinic, appointment)
+    assert attempt.id is not None
+    token = request.agent_metadata["report_token"]
+
+    result = _report(session, attempt.id, "transferred", token, NOW + timedelta(minutes=1))
+
+    assert result.accepted and result.release_slot
+    (only,) = _attempts(session, appointment)  # no retry: a person took the call over
+    assert (only.state, only.outcome) == (AttemptState.COMPLETED, Outcome.TRANSFERRED)
+    session.refresh(appointment)
+    assert appointment.status == AppointmentStatus.TRANSFERRED
+    assert calls.status_counts(session, clinic.id)["outcomes"]["transferred"] == 1
+
+
 # --------------------------------------------------------------------------- reconciliation
 
 
@@ -843,6 +887,64 @@ def test_a_stale_dial_whose_room_cannot_be_inspected_is_left_alone(session: Sess
 
     (only,) = _attempts(session, appointment)
     assert (only.state, only.outcome) == (AttemptState.DIALING, None)
+
+
+def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
+    session: Session,
+) -> None:
+    clinic = _clinic(session)
+    lost, _ = _dialing(session, clinic, _appointment(session, clinic))
+    waiting = _queued(session, clinic, _appointment(session, clinic))
+    busy, _ = _dialing(session, clinic, _appointment(session, clinic))
+    _dialing(session, clinic, _appointment(session, clinic))  # no worker recorded
+    assert lost.id and waiting.id and busy.id
+    calls.heartbeat(session, "worker-a", NOW)
+    calls.heartbeat(session, "worker-b", NOW)
+    for attempt_id, worker in ((lost.id, "worker-a"), (waiting.id, "worker-a")):
+        session.execute(
+            update(CallAttempt).where(col(CallAttempt.id) == attempt_id).values(worker_id=worker)
+        )
+    session.execute(
+        update(CallAttempt).where(col(CallAttempt.id) == busy.id).values(worker_id="worker-b")
+    )
+    _commit(session)
+    later = NOW + timedelta(seconds=25)
+    calls.heartbeat(session, "worker-b", later - timedelta(seconds=3))  # worker-a fell silent
+    _commit(session)
+
+    def stale(at: datetime) -> list[calls.StaleAttempt]:
+        return calls.stale_attempts(
+            session,
+            at,
+            queued_timeout=timedelta(minutes=5),
+            dialing_timeout=timedelta(minutes=2),
+            answered_timeout=timedelta(minutes=7),
+            worker_lost=timedelta(seconds=20),
+        )
+
+    assert stale(NOW + timedelta(seconds=10)) == []
+    found = {s.attempt_id: s for s in stale(later)}
+    assert {k: s.state for k, s in found.items()} == {
+        lost.id: AttemptState.DIALING,
+        waiting.id: AttemptState.QUEUED,
+    }
+    action = calls.reconcile_attempt(session, found[waiting.id], None, later, jitter=MID_JITTER)
+    assert action == "rescheduled"
+    _commit(session)
+    session.refresh(waiting)
+    assert (waiting.state, waiting.worker_id) == (AttemptState.SCHEDULED, None)
+
+
+def test_a_worker_takes_only_a_queued_attempt(session: Session) -> None:
+    clinic = _clinic(session)
+    queued = _queued(session, clinic, _appointment(session, clinic))
+    dialing, _ = _dialing(session, clinic, _appointment(session, clinic))
+    assert queued.id and dialing.id
+    calls.take_attempt(session, queued.id, "worker-a")
+    calls.take_attempt(session, dialing.id, "worker-a")
+    _commit(session)
+    assert session.get(CallAttempt, queued.id).worker_id == "worker-a"  # type: ignore[union-attr]
+    assert session.get(CallAttempt, dialing.id).worker_id is None  # type: ignore[union-attr]
 
 
 # --------------------------------------------------------------------------- status

@@ -198,6 +198,24 @@ def test_explain_json_says_when_the_patient_may_be_called(app_env: str) -> None:
 
 
 @SQLITE_ONLY
+def test_explain_json_names_the_signal_behind_each_zone(app_env: str) -> None:
+    add_clinic_cli("--window", "08:00-21:00", "--days", "mon,tue,wed,thu,fri,sat,sun")
+    add_patient(app_env, patient_timezone="Pacific/Kiritimati")
+
+    late = cli_json(  # 23:30 in New York, 17:30 the next day in Kiritimati
+        "explain", "--clinic", CLINIC, "--appointment", "A-1", "--at", "2026-05-12T23:30:00-04:00"
+    )
+
+    assert late["allowed"] is False
+    assert late["zone_sources"] == {
+        "Pacific/Kiritimati": ["stated_timezone"],
+        "America/New_York": ["number"],
+    }
+    assert late["zone_source"] == "stated_timezone+number"
+    assert set(late["callee_zones"]) == {"Pacific/Kiritimati", "America/New_York"}
+
+
+@SQLITE_ONLY
 def test_explain_for_a_dnc_listed_patient_never_allows_a_call(app_env: str) -> None:
     add_clinic_cli()
     add_patient(app_env)
@@ -609,3 +627,41 @@ def test_import_without_a_required_column_is_a_one_line_error(app_env: str, tmp_
     assert_one_line_error(
         cli("import", str(tmp_path / "absent.csv"), "--clinic", CLINIC), "no such file"
     )
+
+
+def test_import_of_bad_cells_reports_each_and_never_an_unexpected_error(
+    app_env: str, tmp_path: Path
+) -> None:
+    add_clinic_cli()
+    day = _future_day(10)
+    text = (
+        "Appointment ID,Patient Name,Phone,Start\n"
+        f"A-1,Ada Lovelace,(212) 555-0100,{day} 10:30\n"
+        f"A-2,Alan\x00Turing,212-555-0101,{day} 11:00\n"
+        f"A-3,Grace \u202eHopper,212-555-0102,{day} 11:30\n"
+        f"A-4,Edsger Dijkstra,212-555-0103 x99,{day} 12:00\n"
+        "A-5,Barbara Liskov,212-555-0104,9999-12-31 23:59\n"
+        f"A-6,Donald Knuth,1-800-FLOWERS,{day} 12:30\n"
+        f"A-7,Frances Allen,+1 876 555 0105,{day} 13:00\n"
+    )
+    upload = tmp_path / "appointments.csv"
+    upload.write_bytes(text.encode())
+
+    report = cli_json("import", str(upload), "--clinic", CLINIC)
+
+    assert report["imported"] == 1
+    assert [(r["line"], r["column"]) for r in report["rejected"]] == [
+        (3, "Patient Name"),
+        (4, "Patient Name"),
+        (5, "Phone"),
+        (6, "Start"),
+        (7, "Phone"),
+        (8, "Phone"),
+    ]
+    assert stored_appointments(app_env) == 1
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes(text.encode("utf-16-le"))
+    assert_one_line_error(
+        cli("import", str(utf16), "--clinic", CLINIC), "UTF-16-LE", "byte-order mark"
+    )
+    assert stored_appointments(app_env) == 1

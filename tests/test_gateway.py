@@ -28,6 +28,7 @@ from campaigns.telephony import (
 )
 from campaigns.tokens import TokenCheck, check_report_token, sign_report_token
 from simulator.testing import SimulatorHandle, running_simulator
+from tests.agent_helpers import call_metadata
 
 TRUNK = "ST_gateway_test"
 CALLER_ID = "+15550100000"
@@ -51,14 +52,13 @@ def call_request(to: str, attempt_id: int | None = None, **overrides: Any) -> Ca
         "call_to": to,
         "caller_id": CALLER_ID,
         "agent_name": "appointment-confirmer",
+        # What the engine dispatches; the gateway adds the attempt id and callee identity.
         "agent_metadata": {
-            "report_token": sign_report_token(attempt_id, room_name, TOKEN_EXPIRY, SECRET),
-            "patient_first_name": "Ada",
-            "clinic_name": "Lakeside Clinic",
-            "appointment_local": "Tuesday, March 3 at 9:30 AM",
-            "provider": "Dr. Hopper",
-            "language": "en",
-        },
+            key: value
+            for key, value in call_metadata(attempt_id, patient_first_name="Ada").items()
+            if key not in ("attempt_id", "participant_identity")
+        }
+        | {"report_token": sign_report_token(attempt_id, room_name, TOKEN_EXPIRY, SECRET)},
         "ringing_timeout": timedelta(seconds=15),
         "max_call_duration": timedelta(minutes=5),
     }
@@ -175,7 +175,7 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     )
     for key, value in req.agent_metadata.items():
         assert meta[key] == value
-    # The simulated agent reports through the real path, with that token.
+    # The agent plays the call in the simulator and reports through the real path.
     report = wait_for(
         lambda: next((r for r in sim.reports() if r["room_name"] == req.room_name), None)
     )
@@ -184,6 +184,7 @@ def test_dispatch_metadata_carries_what_the_agent_needs(sim: SimulatorHandle) ->
     # The token comes back unchanged.
     assert report["token"] == meta["report_token"]
     assert check_report_token(report["token"], 4242, req.room_name, now, SECRET) is TokenCheck.VALID
+    assert report["detail"] == {"script_version": "confirm-v1"}
     assert report["sip_call_id"] == result.sip_call_id
 
 
@@ -196,6 +197,41 @@ def test_failed_call_closes_the_room(sim: SimulatorHandle) -> None:
             return await tel.room_participants(req.room_name)
 
     assert asyncio.run(go()) == []  # room deleted, the dispatched agent gone with it
+
+
+def test_a_dial_is_held_until_pacing_lets_it_go_or_never_sent(sim: SimulatorHandle) -> None:
+    released_at: list[float] = []
+
+    async def go_ahead_later() -> bool:
+        await asyncio.sleep(0.2)
+        released_at.append(time.time())
+        return True
+
+    async def too_late() -> bool:
+        return False
+
+    async def go() -> tuple[CallResult, CallResult]:
+        async with gateway(sim) as tel:
+            return (
+                await tel.place_call(held, go_ahead_later),
+                await tel.place_call(dropped, too_late),
+            )
+
+    held, dropped = call_request(number("01")), call_request(number("01"))
+    held_result, dropped_result = asyncio.run(go())
+
+    assert held_result.outcome is Outcome.BUSY
+    [dial] = dials(sim, held.room_name)
+    assert dial["received_at"] >= released_at[0]  # the request left only when pacing said so
+    assert dropped_result.missed_start and dropped_result.outcome is None
+    assert not dropped_result.ambiguous
+    assert dials(sim, dropped.room_name) == []  # nothing dialed
+
+    async def room() -> list[str]:
+        async with gateway(sim) as tel:
+            return await tel.room_participants(dropped.room_name)
+
+    assert asyncio.run(room()) == []  # the dispatched agent's room is gone
 
 
 def test_short_ringing_timeout_is_raised_to_fifteen_seconds(sim: SimulatorHandle) -> None:

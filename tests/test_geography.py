@@ -5,6 +5,7 @@ from campaigns.geography import (
     state_for_number,
     state_for_zip,
     zones_for_state,
+    zones_for_zip,
 )
 
 
@@ -38,11 +39,17 @@ def test_multi_zone_states() -> None:
     assert zones_for_state("XX") == ()
 
 
-def test_explicit_timezone_wins_but_states_still_union() -> None:
+def test_a_stated_zone_adds_to_the_numbers_zones_never_replaces_them() -> None:
+    loc = locate("+12125551234", "US", timezone="Pacific/Kiritimati")
+    assert set(loc.zones) == {"Pacific/Kiritimati", "America/New_York"}
+    assert dict(loc.zone_sources) == {
+        "Pacific/Kiritimati": ("stated_timezone",),
+        "America/New_York": ("number",),
+    }
     loc = locate("+13055551234", "US", timezone="America/Los_Angeles", state="CA")
-    assert loc.zones == ("America/Los_Angeles",)
+    assert set(loc.zones) == {"America/Los_Angeles", "America/New_York"}
     assert loc.states == ("CA", "FL")
-    assert loc.zone_source == "patient_timezone"
+    assert loc.zone_sources["America/Los_Angeles"] == ("stated_timezone", "address_state")
 
 
 def test_invalid_timezone_is_ignored() -> None:
@@ -50,20 +57,46 @@ def test_invalid_timezone_is_ignored() -> None:
     assert loc.zones == ("America/New_York",)
 
 
-def test_address_state_beats_phone_zones() -> None:
+def test_the_numbers_zones_resolve_to_the_exchange() -> None:
+    assert locate("+18504321234", "US").zones == ("America/Chicago",)
+    assert locate("+18502221234", "US").zones == ("America/New_York",)
+    assert locate("+19067741234", "US").zones == ("America/Chicago",)
+    assert locate("+15418891234", "US").zones == ("America/Denver",)
+
+
+def test_a_presumed_state_brings_its_rules_not_its_other_zones() -> None:
+    for number, zone, state in (
+        ("+13055551234", "America/New_York", "FL"),  # Miami: not Central too
+        ("+13135551234", "America/New_York", "MI"),  # Detroit: not Menominee
+        ("+12145551234", "America/Chicago", "TX"),  # Dallas: not Mountain
+    ):
+        loc = locate(number, "US")
+        assert loc.zones == (zone,), number
+        assert loc.states == (state,)
+        assert loc.zone_source == "number"
+
+
+def test_address_zones_add_to_the_numbers() -> None:
     loc = locate("+13055551234", "US", state="NY")
     assert loc.zones == ("America/New_York",)
+    assert loc.zone_sources["America/New_York"] == ("address_state", "number")
     assert loc.states == ("FL", "NY")
     loc = locate("+12125551234", "US", zip_code="79901")  # El Paso ZIP -> TX
-    assert set(loc.zones) == {"America/Chicago", "America/Denver"}
-    assert loc.zone_source == "address_state"
+    assert set(loc.zones) == {"America/Chicago", "America/Denver", "America/New_York"}
+    assert loc.zone_sources["America/Denver"] == ("zip",)
+    assert loc.zone_source == "zip+number"
 
 
-def test_tx_number_without_address_uses_every_tx_zone() -> None:
-    loc = locate("+12145551234", "US")
-    assert set(loc.zones) == {"America/Chicago", "America/Denver"}
-    assert loc.states == ("TX",)
-    assert loc.zone_source == "phone_number"
+def test_the_zips_zone_else_every_zone_of_the_state() -> None:
+    assert zones_for_zip("32501") == ("America/Chicago",)  # Pensacola
+    assert zones_for_zip("33101") == ("America/New_York",)  # Miami
+    assert zones_for_zip("10001") == ("America/New_York",)
+    assert zones_for_zip("09001") == ()
+    loc = locate("+13055551234", "US", state="FL", zip_code="32501")
+    assert set(loc.zones) == {"America/Chicago", "America/New_York"}
+    assert loc.zone_sources["America/Chicago"] == ("zip",)
+    loc = locate("+13055551234", "US", state="TX")
+    assert set(loc.zones) == {"America/Chicago", "America/Denver", "America/New_York"}
 
 
 def test_unknown_us_number_falls_back_to_every_us_zone() -> None:

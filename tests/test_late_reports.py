@@ -119,6 +119,7 @@ STATUS_AFTER = {
     Outcome.RESCHEDULE_REQUESTED: AppointmentStatus.RESCHEDULE_REQUESTED,
     Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
     Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
     Outcome.VOICEMAIL: AppointmentStatus.SCHEDULED,  # the waiting retry calls again
 }
 CLOSED_BY_THE_ENGINE = {"reconciliation": _reconciled, "ambiguous dial": _ambiguous_dial}

@@ -26,6 +26,7 @@ def test_vocabulary_is_exact() -> None:
         "invalid_number",
         "wrong_number",
         "opted_out",
+        "transferred",
         "failed",
     }
 
@@ -38,6 +39,7 @@ def test_outcome_sets() -> None:
         "voicemail",
         "wrong_number",
         "opted_out",
+        "transferred",
     }
     assert {o.value for o in RETRYABLE_OUTCOMES} == {"no_answer", "busy", "voicemail", "failed"}
     assert frozenset(Outcome) == TERMINAL_OUTCOMES | RETRYABLE_OUTCOMES
@@ -54,6 +56,7 @@ def test_outcome_sets() -> None:
         (Outcome.FAILED, False, True),
         (Outcome.CONFIRMED, True, False),
         (Outcome.OPTED_OUT, True, False),
+        (Outcome.TRANSFERRED, True, False),
     ],
 )
 def test_is_retryable(outcome: Outcome, retry_voicemail: bool, expected: bool) -> None:

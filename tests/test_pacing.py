@@ -6,6 +6,7 @@ Cross-process tests spawn fresh interpreters (no fork of a threaded pytest).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import multiprocessing as mp
 import os
@@ -20,7 +21,16 @@ import pytest
 import redis
 
 from campaigns import pacing
-from campaigns.pacing import LocalPacer, Pacer, RedisPacer, Slot, interval_us, pacer_from_settings
+from campaigns.pacing import (
+    LocalPacer,
+    Pacer,
+    RedisPacer,
+    Slot,
+    interval_us,
+    pacer_from_settings,
+    wait_for_start,
+)
+from campaigns.settings import Settings
 
 REDIS_URL = os.environ.get("CAMPAIGNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LONG = timedelta(seconds=30)
@@ -105,7 +115,7 @@ def test_interval_rounds_up() -> None:
     assert interval_us(20, headroom=0) == 50_000
     assert interval_us(0.5, headroom=0) == 2_000_000
     assert interval_us(3, headroom=0) == 333_334  # four starts never fit in a second
-    assert interval_us(20) == 52_000  # default 4% headroom for wake-up jitter
+    assert interval_us(20) == 57_500  # default 15% headroom for the way to the callee
     for bad in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="cps"):
             interval_us(bad)
@@ -386,6 +396,33 @@ def test_pacer_from_settings() -> None:
         assert isinstance(pacer_from_settings(REDIS_URL), RedisPacer)
     finally:
         pacer_from_settings.cache_clear()
+
+
+def test_pacing_shares_the_brokers_redis_unless_told_otherwise() -> None:
+    embedded = Settings(broker_url="sqla+sqlite:///broker.db", redis_url=None)
+    on_redis = Settings(broker_url="redis://broker:6379/0", redis_url=None)
+    elsewhere = Settings(broker_url="redis://broker:6379/0", redis_url="redis://pacing:6379/2")
+    assert embedded.pacing_redis_url is None
+    assert on_redis.pacing_redis_url == "redis://broker:6379/0"
+    assert elsewhere.pacing_redis_url == "redis://pacing:6379/2"
+
+
+def test_a_start_granted_ahead_leaves_time_to_prepare(pacer: Pacer) -> None:
+    kwargs: dict[str, Any] = {"cps": 10, "max_concurrent": 5, "lease": LONG, "max_wait": LONG}
+    lead = timedelta(seconds=0.3)
+    asked = time.monotonic()
+    first = pacer.acquire("trunk-p", 1, lead=lead, **kwargs)
+    returned = time.monotonic()
+    assert first is not None
+    assert returned - asked < 0.15  # back at once: the start is a lead ahead
+    assert first.due - asked >= 0.3 - 0.01
+    second = pacer.acquire("trunk-p", 2, lead=lead, **kwargs)
+    assert second is not None
+    assert us(second) - us(first) == interval_us(10)
+    assert asyncio.run(wait_for_start(first))
+    assert time.monotonic() >= first.due
+    time.sleep(second.latest - time.monotonic() + 0.01)
+    assert not asyncio.run(wait_for_start(second))  # prepared too slowly: start given up
 
 
 def test_late_waker_gives_its_start_up(pacer: Pacer, monkeypatch: pytest.MonkeyPatch) -> None:

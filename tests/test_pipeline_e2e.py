@@ -40,13 +40,12 @@ from campaigns.models import (
     Trunk,
 )
 from campaigns.settings import get_settings
-from demo.daytime import daytime_zone
+from demo.daytime import daytime_zone, local_number
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
 from tests.pipeline_harness import Processes, processes, wait_until
 
 TRUNK = "ST_pipeline"
-PHONE_PREFIX = "+121255501"
 _ROOM_ATTEMPT = re.compile(r"^appt-(\d+)-")
 
 
@@ -191,7 +190,7 @@ def _setup_clinic(
                 clinic_id=clinic.id,
                 external_id=f"APPT-{suffix}",
                 patient_name=f"Patient {suffix}",
-                phone_e164=PHONE_PREFIX + suffix,
+                phone_e164=local_number(stack.zone, "01" + suffix),
                 patient_timezone=stack.zone,
                 starts_at=now + timedelta(days=2),
             )
@@ -266,7 +265,7 @@ def test_a_campaign_ends_in_the_expected_outcomes_and_retries(stack: Stack) -> N
                 for local in decision["callee_local_times"].values():
                     hour = datetime.fromisoformat(local).time()
                     assert clock_time(8) <= hour < clock_time(21)
-        assert dnc.lookup(s, PHONE_PREFIX + "09", clinic_id).blocked_by == ("clinic",)
+        assert dnc.lookup(s, local_number(stack.zone, "0109"), clinic_id).blocked_by == ("clinic",)
         dialed = [a.id or 0 for group in by_appointment.values() for a in group if a.dialing_at]
         assert audit.verify(s).ok
         # Every simulated agent's report came back with its token unchanged and was applied.

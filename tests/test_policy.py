@@ -119,8 +119,8 @@ def test_clinic_window_weekdays_and_holidays() -> None:
 
 def test_clinic_holiday_uses_callee_local_date() -> None:
     policy = replace(POLICY, clinic_holidays=("US", None))
-    # 2026-12-25 03:00 UTC is still Christmas Eve in Los Angeles and Christmas in UTC.
-    c = callee(timezone="Pacific/Honolulu")
+    # 2026-12-25 03:00 UTC is still Christmas Eve in Honolulu and Christmas in UTC.
+    c = callee("+18085551234", timezone="Pacific/Honolulu")
     d = run(c, datetime(2026, 12, 25, 3, tzinfo=UTC), policy)  # 17:00 HST on the 24th
     assert d.allowed
 
@@ -129,16 +129,20 @@ def test_clinic_holiday_uses_callee_local_date() -> None:
 
 
 def test_florida_area_code_presumption_8_to_8() -> None:
-    c = callee("+13055551234")
-    assert set(run(c, at(NY, 2026, 1, 15, 12)).callee_zones) == {
-        "America/New_York",
-        "America/Chicago",
-    }
-    d = run(c, at(CHI, 2026, 1, 15, 19, 30))  # 20:30 in New York
+    c = callee("+13055551234")  # Miami: Eastern only, Florida's rules
+    assert run(c, at(NY, 2026, 1, 15, 12)).callee_zones == ("America/New_York",)
+    d = run(c, at(NY, 2026, 1, 15, 20, 30))
     assert "outside_state_window" in codes(d)
     assert any("FL" in r and "501.616" in r for r in d.reasons)
-    # next day 08:00 Chicago (= 09:00 New York) satisfies both zones
-    assert d.next_allowed_at == at(CHI, 2026, 1, 16, 8)
+    assert d.next_allowed_at == at(NY, 2026, 1, 16, 8)
+    assert run(c, at(NY, 2026, 1, 16, 8)).allowed  # not held to 08:00 Central
+
+
+def test_florida_panhandle_exchange_is_central() -> None:
+    c = callee("+18504321234")  # Pensacola exchange
+    assert run(c, at(CHI, 2026, 1, 15, 12)).callee_zones == ("America/Chicago",)
+    assert run(c, at(CHI, 2026, 1, 15, 19, 30)).allowed  # 20:30 in New York
+    assert not run(c, at(CHI, 2026, 1, 15, 20)).allowed
 
 
 def test_florida_rule_has_effective_date() -> None:
@@ -159,8 +163,8 @@ def test_oklahoma_and_maryland_windows() -> None:
     assert run(callee("+13015551234"), at(NY, 2026, 1, 15, 19, 59)).allowed
 
 
-def test_tx_number_no_address_intersects_chicago_and_denver() -> None:
-    c = callee("+12145551234")
+def test_tx_number_with_el_paso_zip_intersects_chicago_and_denver() -> None:
+    c = callee("+12145551234", zip_code="79901")
     d = run(c, at(CHI, 2026, 1, 15, 9, 30))  # 08:30 in Denver: TX says 9:00
     assert not d.allowed
     assert any("America/Denver" in r and r.startswith("outside_state_window") for r in d.reasons)
@@ -431,3 +435,28 @@ def test_seed_table() -> None:
 def test_window_validation() -> None:
     with pytest.raises(ValueError, match="before end"):
         CallingWindow(time(9), time(9))
+
+
+def test_a_stated_zone_never_overrides_the_number() -> None:
+    c = callee("+12125551234", timezone="Pacific/Kiritimati")
+    now = at(NY, 2026, 1, 15, 23, 30)  # 18:30 next day in Kiritimati
+    d = run(c, now)
+    assert not d.allowed
+    assert any("America/New_York not in 08:00-21:00" in r for r in d.reasons)
+    assert dict(d.zone_sources) == {
+        "Pacific/Kiritimati": ("stated_timezone",),
+        "America/New_York": ("number",),
+    }
+    nxt = d.next_allowed_at
+    assert nxt is not None
+    for zone in ("America/New_York", "Pacific/Kiritimati"):
+        assert time(8) <= nxt.astimezone(ZoneInfo(zone)).time() < time(21)
+
+
+def test_no_signal_uses_the_hours_safe_in_every_us_zone() -> None:
+    c = callee("+18005551234")  # toll-free: no zone, no state
+    assert not run(c, at(NY, 2026, 1, 15, 12)).allowed  # 07:00 in Honolulu
+    assert not run(c, at(NY, 2026, 1, 15, 9)).allowed  # 04:00 in Honolulu
+    d = run(c, at(NY, 2026, 1, 15, 13))  # 08:00 Honolulu, 09:00 Anchorage, 13:00 NY
+    assert d.allowed
+    assert d.zone_source == "us_fallback"

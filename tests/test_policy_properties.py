@@ -1,12 +1,16 @@
-"""Properties of decide(): allowed means inside every window in every zone, and
-next_allowed_at is itself allowed with nothing earlier allowed (DST days included)."""
+"""Properties of decide(): allowed means inside every window in every candidate zone
+(every signal's: stated zone, address, the number's own), and next_allowed_at is itself
+allowed with nothing earlier allowed (DST days included)."""
 
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from phonenumbers import timezone as pn_timezone
 
+from campaigns.geography import US_FALLBACK_ZONES, zones_for_state, zones_for_zip
 from campaigns.policy import (
     Callee,
     CallingWindow,
@@ -46,7 +50,14 @@ PHONES = [
     "+18005551234",
     "+16015551234",
     "+14015551234",
+    "+18504321234",  # FL panhandle exchange: Central
+    "+18502221234",  # Tallahassee: Eastern
+    "+19067741234",  # MI Upper Peninsula exchange: Central
+    "+15418891234",  # OR exchange: Mountain
+    "+13135551234",
 ]
+STATES = [None, "FL", "TX", "NY", "CA", "AK", "HI"]
+ZIPS = [None, "32501", "79901", "10001", "99501", "96813"]
 # DST transition days (and neighbours) for the zones above.
 DAYS = [
     date(2026, 3, 8),
@@ -73,26 +84,15 @@ def windows(draw: st.DrawFn) -> CallingWindow:
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Callee, Policy, datetime, History]:
-    if draw(st.booleans()):
-        callee = Callee(
-            draw(st.sampled_from(PHONES)),
-            "US",
-            None,
-            None,
-            None,
-            datetime(2099, 1, 1, tzinfo=UTC),
-            "scheduled",
-        )
-    else:
-        callee = Callee(
-            "+12125551234",
-            "US",
-            draw(st.sampled_from(ZONES)),
-            None,
-            None,
-            datetime(2099, 1, 1, tzinfo=UTC),
-            "scheduled",
-        )
+    callee = Callee(
+        draw(st.sampled_from(PHONES)),
+        "US",
+        draw(st.one_of(st.none(), st.sampled_from(ZONES))),
+        draw(st.sampled_from(STATES)),
+        draw(st.sampled_from(ZIPS)),
+        datetime(2099, 1, 1, tzinfo=UTC),
+        "scheduled",
+    )
     day = draw(st.sampled_from(DAYS))
     seconds = draw(st.integers(-36 * 3600, 60 * 3600))
     now = datetime.combine(day, time(0), tzinfo=UTC) + timedelta(seconds=seconds)
@@ -114,6 +114,21 @@ def scenarios(draw: st.DrawFn) -> tuple[Callee, Policy, datetime, History]:
     return callee, policy, now, history
 
 
+def _every_signals_zones(callee: Callee) -> set[str]:
+    """The zones each signal gives on its own, looked up one signal at a time."""
+    zones: set[str] = set()
+    if callee.timezone:
+        zones.add(callee.timezone)
+    if callee.zip_code:
+        zones.update(zones_for_zip(callee.zip_code))
+    elif callee.state:
+        zones.update(zones_for_state(callee.state))
+    own = pn_timezone.time_zones_for_number(phonenumbers.parse(callee.phone_e164))
+    if len(own) <= 3 and "Etc/Unknown" not in own:  # longer: toll-free, every NANP zone
+        zones.update(own)
+    return zones
+
+
 def _run(callee: Callee, policy: Policy, t: datetime, history: History) -> Decision:
     return decide(callee, history, t, policy, DNC)
 
@@ -126,9 +141,12 @@ def test_allowed_means_inside_every_window_in_every_zone(
     callee, policy, now, history = scenario
     decision = _run(callee, policy, now, history)
     assert decision.callee_zones
+    if not _every_signals_zones(callee):  # no signal: the hours safe in every US zone
+        assert decision.callee_zones == US_FALLBACK_ZONES
     if not decision.allowed:
         return
     assert decision.next_allowed_at == now
+    assert _every_signals_zones(callee) <= set(decision.callee_zones)
     for name in decision.callee_zones:
         local = now.astimezone(ZoneInfo(name))
         wall = local.time().replace(tzinfo=None)

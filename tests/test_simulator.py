@@ -29,6 +29,7 @@ from livekit.protocol.sip import (
 from simulator.scenario import DEFAULT_WEIGHTS, Scenario, ScenarioError
 from simulator.server import OutcomeReport
 from simulator.testing import SimulatorHandle, running_simulator
+from tests.agent_helpers import metadata_json, token_verifies
 
 SPEED = 50.0
 TRUNK = "ST_default"
@@ -139,6 +140,7 @@ def test_failed_callee_returns_livekit_error_shape(sim: SimulatorHandle, suffix:
         ("08", "reschedule_requested"),
         ("09", "opted_out"),
         ("10", "wrong_number"),
+        ("11", "transferred"),
     ],
 )
 def test_answered_callee_returns_participant_info(
@@ -490,34 +492,63 @@ def test_delete_room_while_ringing_aborts_the_dial(sim: SimulatorHandle) -> None
     assert sim.stats()["in_flight"] == 0
 
 
-@pytest.mark.parametrize(
-    ("suffix", "outcome"), [("00", "confirmed"), ("08", "reschedule_requested")]
-)
-def test_answered_call_reports_through_the_reporter(
-    sim: SimulatorHandle, suffix: str, outcome: str
-) -> None:
-    room = f"attempt-42-{suffix}"
-
+def dispatch_and_dial(sim: SimulatorHandle, number: str, room: str, metadata: str) -> None:
     async def go() -> None:
         async with lkapi(sim) as lk:
             await lk.agent_dispatch.create_dispatch(
                 CreateAgentDispatchRequest(
-                    agent_name="appointment-confirmer",
-                    room=room,
-                    metadata=json.dumps({"attempt_id": 42, "report_token": "sig.42", "clinic": 1}),
+                    agent_name="appointment-confirmer", room=room, metadata=metadata
                 )
             )
-            await lk.sip.create_sip_participant(dial_request(f"+155501234{suffix}", room))
+            await lk.sip.create_sip_participant(dial_request(number, room))
 
     asyncio.run(go())
-    wait_for(lambda: REPORTS)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "outcome", "detail", "end"),
+    [
+        ("00", "confirmed", {}, "completed"),
+        ("03", "voicemail", {"amd": "machine-vm"}, "completed"),
+        ("07", "cancelled", {}, "completed"),
+        (
+            "08",
+            "reschedule_requested",
+            {"preferred_times": "another day, mornings preferred"},
+            "completed",
+        ),
+        ("09", "opted_out", {}, "completed"),
+        ("10", "wrong_number", {}, "completed"),
+        ("11", "transferred", {"transferred_to": "+12125550111"}, "transferred"),
+    ],
+)
+def test_the_agent_plays_each_answered_persona_and_reports_once(
+    sim: SimulatorHandle, suffix: str, outcome: str, detail: dict[str, str], end: str
+) -> None:
+    room = f"attempt-42-{suffix}"
+    dispatch_and_dial(sim, f"+155501234{suffix}", room, metadata_json(42))
+    wait_for(lambda: sim.calls()[0]["end"] is not None)
     [report] = REPORTS
-    assert (report.attempt_id, report.outcome, report.token) == (42, outcome, "sig.42")
+    assert (report.attempt_id, report.outcome) == (42, outcome)
+    assert token_verifies(42, report.token)
+    assert report.detail == detail | {"script_version": "confirm-v1"}
     assert report.room_name == room
     [recorded] = sim.reports()
     assert recorded["sent"] is True
-    assert (recorded["attempt_id"], recorded["outcome"]) == (42, outcome)
-    wait_for(lambda: sim.calls()[0]["end"] == "completed")
+    [call] = sim.calls()
+    assert call["end"] == end
+    assert call.get("transferred_to") == detail.get("transferred_to")
+
+
+def test_unusable_metadata_reports_failed_when_the_attempt_is_known(
+    sim: SimulatorHandle,
+) -> None:
+    metadata = json.dumps({"attempt_id": 42, "report_token": "sig.42", "clinic": 1})
+    dispatch_and_dial(sim, "+15550123400", "attempt-42-bad", metadata)
+    wait_for(lambda: REPORTS)
+    [report] = REPORTS
+    assert (report.attempt_id, report.outcome, report.token) == (42, "failed", "sig.42")
+    assert report.detail == {"reason": "bad_metadata"}
 
 
 def test_no_dispatch_no_report(sim: SimulatorHandle) -> None:
@@ -536,7 +567,7 @@ def test_celery_reporter_sends_record_outcome() -> None:
                     CreateAgentDispatchRequest(
                         agent_name="a",
                         room="r-celery",
-                        metadata=json.dumps({"attempt_id": 5, "report_token": "t5"}),
+                        metadata=metadata_json(5),
                     )
                 )
                 await lk.sip.create_sip_participant(dial_request("+15550123407", "r-celery"))

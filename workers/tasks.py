@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery.signals import worker_init, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
+from campaigns.settings import get_settings
 from workers.celery_app import app
-from workers.runtime import get_pipeline
+from workers.runtime import Heartbeat, get_pipeline
 
-# A dial waits at most the ringing timeout plus the gateway's margin; this bounds a stuck task.
-PLACE_CALL_TIME_LIMIT = 600
+_heartbeat = Heartbeat(get_settings())
+
+
+@worker_init.connect  # before the first task is taken
+def _start_heartbeat(**_: Any) -> None:
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    _heartbeat.stop()
 
 
 @app.task(name="campaigns.tick", acks_late=False, ignore_result=True)
@@ -23,10 +34,11 @@ def tick() -> int:
     return len(result.queued)
 
 
-@app.task(name="campaigns.place_call", acks_late=True, soft_time_limit=PLACE_CALL_TIME_LIMIT)
+@app.task(name="campaigns.place_call", acks_late=True)
 def place_call(attempt_id: int) -> str:
     # Not retried by Celery: a second run of a dialed attempt is a no-op by its state,
     # and an undialed one is put back in the database queue by the step itself.
+    # Celery's time limits do not apply to the threads pool: the step bounds its own dial.
     return get_pipeline().place_call(int(attempt_id))
 
 

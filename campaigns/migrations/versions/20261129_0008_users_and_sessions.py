@@ -1,7 +1,7 @@
 """Console users, their clinics, and their sessions and API tokens.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0003
 Create Date: 2026-11-29
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import campaigns.db
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

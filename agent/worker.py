@@ -1,0 +1,82 @@
+"""The LiveKit worker: explicit dispatch by ``CAMPAIGNS_AGENT_NAME``, one job per call.
+
+``campaigns agent start|dev|console`` runs :func:`run`, which hands the command
+to the framework's own CLI. Models are configuration (``CAMPAIGNS_AGENT_LLM``,
+``CAMPAIGNS_AGENT_STT``, ``CAMPAIGNS_AGENT_TTS``): LiveKit Inference model
+strings by default, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from livekit.agents import AgentServer, AgentSession, JobContext, cli
+
+from agent.confirmer import ConfirmationAgent
+from agent.livekit_ports import AmdScreener, LiveKitCall
+from agent.metadata import MetadataError, parse_metadata
+from agent.reporting import CeleryReporter
+from campaigns.errors import InvalidInputError
+from campaigns.settings import get_settings
+
+log = logging.getLogger("agent")
+
+settings = get_settings()
+server = AgentServer()
+
+
+@server.rtc_session(agent_name=settings.agent_name)
+async def entrypoint(ctx: JobContext) -> None:
+    reporter = CeleryReporter(settings.broker_url)
+    ctx.add_shutdown_callback(lambda: _close(reporter))
+    try:
+        meta = parse_metadata(ctx.job.metadata)
+    except MetadataError as exc:
+        await _refuse(ctx, reporter, exc)
+        return
+    session: AgentSession[None] = AgentSession(
+        llm=settings.agent_llm, stt=settings.agent_stt, tts=settings.agent_tts
+    )
+    call = LiveKitCall(
+        ctx.api, ctx.room.name, meta.participant_identity, room=ctx.room, shutdown=ctx.shutdown
+    )
+    agent = ConfirmationAgent(
+        meta,
+        reporter=reporter,
+        call=call,
+        screener=AmdScreener(session, meta.participant_identity, settings.agent_amd_llm),
+        amd_timeout=settings.agent_amd_timeout_seconds,
+    )
+    await session.start(agent=agent, room=ctx.room)
+    try:
+        await agent.begin()
+    except RuntimeError as exc:
+        # The dial failed or the callee left before answering: the engine records that.
+        log.info("room %s: call not answered (%s); ending the job", ctx.room.name, exc)
+        ctx.shutdown("call not answered")
+
+
+async def _refuse(ctx: JobContext, reporter: CeleryReporter, exc: MetadataError) -> None:
+    """End a job whose metadata is unusable; report ``failed`` when it says which attempt."""
+    log.error("room %s: %s; ending the job", ctx.room.name, exc)
+    refused = exc.failure_report()
+    if refused is not None:
+        await reporter(refused)
+    ctx.shutdown("unusable job metadata")
+
+
+async def _close(reporter: CeleryReporter) -> None:
+    reporter.close()
+
+
+def run(command: str, args: list[str]) -> None:
+    """Run the framework's CLI (``start``, ``dev``, ``console``) on this worker."""
+    if command != "console" and "--help" not in args and not os.environ.get("LIVEKIT_URL"):
+        raise InvalidInputError(
+            "the agent worker connects to LiveKit: set LIVEKIT_URL, LIVEKIT_API_KEY and "
+            "LIVEKIT_API_SECRET (see README, Run the agent against LiveKit Cloud)"
+        )
+    sys.argv = ["campaigns agent", command, *args]
+    cli.run_app(server)
