@@ -6,6 +6,7 @@ COPY workers workers
 COPY scheduler scheduler
 COPY simulator simulator
 COPY demo demo
+COPY console console
 COPY examples examples
 RUN pip install --no-cache-dir . && useradd --create-home campaigns \
     && mkdir -p /app/.campaigns && chown campaigns /app/.campaigns

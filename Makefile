@@ -42,3 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/pacing_bench.py
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/agent_rehearsal.py
+	$(BIN)/python bench/console_bench.py

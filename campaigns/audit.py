@@ -452,3 +452,45 @@ def export_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
         buffer.truncate()
     if buffer.getvalue():
         yield buffer.getvalue()
+
+
+EVENTS_PAGE_SIZE = 100
+
+
+def list_events(
+    session: Session,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    kind: str | None = None,
+    actor: str | None = None,
+    page: int = 1,
+) -> dict[str, Any]:
+    """One page of events, newest first, filtered by time, kind (prefix) and actor."""
+    if page < 1:
+        raise ValueError("page starts at 1")
+    filters = []
+    if since is not None:
+        filters.append(col(AuditEvent.at) >= since)
+    if until is not None:
+        filters.append(col(AuditEvent.at) < until)
+    if kind:
+        filters.append(col(AuditEvent.kind).startswith(kind, autoescape=True))
+    if actor:
+        filters.append(col(AuditEvent.actor) == actor)
+    total = session.execute(
+        select(func.count()).select_from(AuditEvent).where(*filters)
+    ).scalar_one()
+    events = session.execute(
+        select(AuditEvent)
+        .where(*filters)
+        .order_by(col(AuditEvent.seq).desc())
+        .offset((page - 1) * EVENTS_PAGE_SIZE)
+        .limit(EVENTS_PAGE_SIZE)
+    ).scalars()
+    items = []
+    for event in events:
+        row = _as_row(event)
+        row["payload"] = json.loads(event.payload)
+        items.append(row)
+    return {"page": page, "page_size": EVENTS_PAGE_SIZE, "total": total, "items": items}

@@ -696,15 +696,17 @@ def rehearsal_metadata(
     )
 
 
-def pause_clinic(session: Session, clinic: Clinic, reason: str, now: datetime) -> None:
-    """Stop calling for a clinic whose configuration makes every call fail (no retry storm)."""
+def pause_clinic(
+    session: Session, clinic: Clinic, reason: str, now: datetime, *, actor: str = WORKER
+) -> None:
+    """Stop calling for a clinic: by hand, or when its configuration makes every call fail."""
     if clinic.paused_reason == reason:
         return
     clinic.paused_reason = reason
     clinic.updated_at = now
     log.error("clinic %s paused: %s", clinic.name, reason)
     audit.record(
-        session, "clinic.paused", {"reason": reason}, actor=WORKER, clinic_id=clinic.id, at=now
+        session, "clinic.paused", {"reason": reason}, actor=actor, clinic_id=clinic.id, at=now
     )
 
 
@@ -1236,6 +1238,21 @@ def stale_attempts(
         StaleAttempt(a.id or 0, a.state, a.room_name, a.participant_identity, a.trunk_id)
         for a in rows
     ]
+
+
+def answered_attempt_in_room(session: Session, room_name: str) -> StaleAttempt | None:
+    """The answered attempt whose call is in ``room_name`` (LiveKit says the call ended)."""
+    attempt = session.execute(
+        select(CallAttempt).where(
+            col(CallAttempt.room_name) == room_name,
+            col(CallAttempt.state) == AttemptState.ANSWERED,
+        )
+    ).scalar_one_or_none()
+    if attempt is None or attempt.id is None:
+        return None
+    return StaleAttempt(
+        attempt.id, attempt.state, attempt.room_name, attempt.participant_identity, attempt.trunk_id
+    )
 
 
 def reconcile_attempt(

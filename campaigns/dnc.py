@@ -92,7 +92,14 @@ def add(
     return entry
 
 
-def remove(session: Session, phone_e164: str, *, clinic_id: int | None, actor: str) -> bool:
+def remove(
+    session: Session,
+    phone_e164: str,
+    *,
+    clinic_id: int | None,
+    actor: str,
+    reason: str | None = None,
+) -> bool:
     name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
     dnc_list = _list(session, name)
     removed = session.execute(
@@ -106,7 +113,7 @@ def remove(session: Session, phone_e164: str, *, clinic_id: int | None, actor: s
     audit.record(
         session,
         "dnc.removed",
-        {"list": name, "list_version": dnc_list.version, "phone": phone_e164},
+        {"list": name, "list_version": dnc_list.version, "phone": phone_e164, "reason": reason},
         actor=actor,
         clinic_id=clinic_id,
     )

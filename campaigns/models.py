@@ -287,3 +287,48 @@ class Trunk(SQLModel, table=True):
     calls_per_second: float = Field(default=1.0)
     max_concurrent: int = Field(default=10)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    STAFF = "staff"
+    REVIEWER = "reviewer"
+
+
+class User(SQLModel, table=True):
+    """A person who signs in to the console or calls the API."""
+
+    __tablename__ = "app_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True, max_length=254)
+    password_hash: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    disabled: bool = Field(default=False)
+    failed_logins: int = Field(default=0)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class UserClinic(SQLModel, table=True):
+    """The clinics a staff user works for."""
+
+    __tablename__ = "user_clinic"
+
+    user_id: int = Field(foreign_key="app_user.id", primary_key=True)
+    clinic_id: int = Field(foreign_key="clinic.id", primary_key=True)
+
+
+class UserSession(SQLModel, table=True):
+    """A browser session or an API token; only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "user_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, max_length=64)
+    user_id: int = Field(foreign_key="app_user.id", index=True)
+    kind: str = Field(max_length=16, description="browser or api")
+    csrf_token: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

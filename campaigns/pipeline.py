@@ -288,6 +288,22 @@ class Pipeline:
             log.warning("reconciled stale attempts: %s", settled)
         return settled
 
+    def call_ended(self, room_name: str) -> str | None:
+        """LiveKit says the call in ``room_name`` is over: settle an answered attempt that
+        has no report yet now, not after the grace period. A report arriving later
+        still outranks this (see :func:`calls.record_outcome`)."""
+        with self.transaction() as session:
+            attempt = calls.answered_attempt_in_room(session, room_name)
+        if attempt is None:
+            return None
+        with self.transaction() as session:
+            action = calls.reconcile_attempt(
+                session, attempt, [], self.clock(), jitter=self.jitter()
+            )
+        if action == "failed" and attempt.trunk_id:
+            self.pacer.release(attempt.trunk_id, attempt.attempt_id)
+        return action
+
     # ------------------------------------------------------------------ daily runs
 
     def daily_runs(self) -> list[calls.DailyRunResult]:

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
         default=5.0, ge=0, description="A call waiting longer for its trunk goes back to the queue."
     )
     worker_concurrency: int = Field(default=200, ge=1, description="Calls in flight per worker.")
+    session_hours: float = Field(
+        default=12.0, gt=0, description="A console sign-in lasts this long."
+    )
+    api_token_days: float = Field(default=30.0, gt=0, description="An API token lasts this long.")
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed sign-ins in a row before the account is locked."
+    )
+    login_lockout_minutes: float = Field(
+        default=15.0, gt=0, description="How long a locked account stays locked."
+    )
+    api_url: str | None = Field(
+        default=None,
+        description="The console's address, where an agent outside the broker's network "
+        "posts its outcome reports (e.g. https://console.example.org).",
+    )
 
     @property
     def pacing_redis_url(self) -> str | None:

@@ -1,18 +1,23 @@
 """`campaigns demo`: the whole pipeline on the embedded default, with no server.
 
 SQLite for the data, Celery's SQLAlchemy transport on a SQLite file as the
-broker, and the LiveKit simulator; worker, beat and simulator run as the same
-`campaigns` subprocesses an operator would start. The sample appointments are
-placed where it is early afternoon now, so every calling rule stays on. Answered
-calls are played by the real confirmation agent (``agent/``) inside the simulator,
-so every outcome after an answer, the transfer to staff included, is the agent's.
+broker, and the LiveKit simulator; worker, beat, simulator and the web console
+run as the same `campaigns` subprocesses an operator would start. The sample
+appointments are placed where it is early afternoon now, so every calling rule
+stays on. Answered calls are played by the real confirmation agent (``agent/``)
+inside the simulator, so every outcome after an answer, the transfer to staff
+included, is the agent's. ``keep=True`` leaves everything running after the
+campaign until interrupted, so a person can look around the console.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import secrets
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +31,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col, select
 
-from campaigns import audit, calls, clinics, migrate
+from campaigns import audit, calls, clinics, migrate, users
 from campaigns.db import make_engine, session_factory
 from campaigns.importing import import_appointments
 from campaigns.masking import inert, mask_name, mask_phone
@@ -39,6 +44,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv
 TRUNK_ID = "ST_demo"
 CLINIC = "Lakeside Clinic (demo)"
 DEADLINE = timedelta(minutes=2, seconds=30)
+DEMO_USER = "demo@example.org"
 
 
 def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
@@ -57,26 +63,37 @@ def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
 
 
 @contextmanager
-def _services(env: dict[str, str], workdir: Path, port: int, speed: float) -> Iterator[None]:
+def _services(
+    env: dict[str, str], workdir: Path, port: int, console_port: int, speed: float
+) -> Iterator[None]:
     with processes(env, workdir, grace=15.0) as group:
         group.start(
-            "simulator", "simulator", f"--port={port}", f"--speed={speed}", f"--trunk={TRUNK_ID}"
+            "simulator",
+            "simulator",
+            f"--port={port}",
+            f"--speed={speed}",
+            f"--trunk={TRUNK_ID}",
+            f"--webhook-url=http://127.0.0.1:{console_port}/livekit/webhook",
         )
+        group.start("console", "serve", f"--port={console_port}")
         group.worker(loglevel="WARNING")
         group.beat(loglevel="WARNING")
-        try:
-            wait_until(lambda: port_open(port), timeout=20.0, what="the LiveKit simulator")
-        except TimeoutError:
-            raise RuntimeError("the LiveKit simulator did not start (see simulator.log)") from None
+        for service, service_port in (("simulator", port), ("console", console_port)):
+            try:
+                wait_until(lambda p=service_port: port_open(p), timeout=20.0, what=f"the {service}")
+            except TimeoutError:
+                raise RuntimeError(f"the {service} did not start (see {service}.log)") from None
         yield
 
 
-def run_demo(console: Console, *, speed: float = 10.0) -> int:
+def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> int:
     now = datetime.now(UTC)
     workdir = DATA_DIR / f"demo-{now:%Y%m%d-%H%M%S}"
     workdir.mkdir(parents=True)
     database_url = f"sqlite:///{workdir / 'campaigns.db'}"
     port = free_port()
+    console_port = free_port()
+    password = secrets.token_urlsafe(12)
     zone = daytime_zone(now)
     env = dict(os.environ) | {
         "CAMPAIGNS_DATABASE_URL": database_url,
@@ -129,12 +146,18 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             now=now,
             actor="demo",
         )
+        users.add_user(session, DEMO_USER, "admin", password, actor="demo")
         session.commit()
         console.print(
             f"imported {SAMPLE.name}: {report.imported} appointments tomorrow, "
             f"{len(report.rejected_lines)} rejected"
         )
-    with _services(env, workdir, port, speed):
+    with _services(env, workdir, port, console_port, speed):
+        console.print(
+            f"web console: [bold]http://127.0.0.1:{console_port}[/]  "
+            f"sign in as {DEMO_USER} with password {password}",
+            highlight=False,
+        )
         with sessions() as session:
             clinic = clinics.get_clinic(session, CLINIC)
             local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
@@ -145,6 +168,8 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
             "where the confirmation agent talks to each scripted patient..."
         )
         finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
+        if keep:
+            _keep_running(console, console_port, password)
     with sessions() as session:
         _summary(console, session)
         verified = audit.verify(session)
@@ -157,6 +182,25 @@ def run_demo(console: Console, *, speed: float = 10.0) -> int:
         console.print("[red]the demo did not finish in time[/]")
         return 1
     return 0 if verified.ok else 1
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _keep_running(console: Console, console_port: int, password: str) -> None:
+    console.print()
+    console.print(
+        f"the campaign is over; everything keeps running. Console: http://127.0.0.1:{console_port} "
+        f"({DEMO_USER} / {password}). Press Ctrl-C to stop.",
+        highlight=False,
+    )
+    # Ctrl-C, or a TERM from a supervisor: either way the services are stopped on the way out.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1)
 
 
 def _progress(session: Session) -> Table:

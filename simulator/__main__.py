@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> None:
         help="record agent outcomes but do not send them to the broker",
     )
     parser.add_argument("--broker-url", help="Celery broker (default: $CAMPAIGNS_BROKER_URL)")
+    parser.add_argument(
+        "--webhook-url",
+        help="send LiveKit webhooks here, e.g. http://127.0.0.1:8000/livekit/webhook",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         trunk=args.trunk,
         no_report=args.no_report,
         broker_url=args.broker_url,
+        webhook_url=args.webhook_url,
     )
 
 

@@ -220,9 +220,14 @@ def run(
     api_key: str | None = None,
     api_secret: str | None = None,
     broker_url: str | None = None,
+    webhook_url: str | None = None,
 ) -> None:
     """Serve until interrupted (the ``campaigns simulator`` command)."""
-    overrides: dict[str, Any] = {"speed": speed, "default_trunk_id": trunk}
+    overrides: dict[str, Any] = {
+        "speed": speed,
+        "default_trunk_id": trunk,
+        "webhook_url": webhook_url,
+    }
     if scenario_path:
         overrides["scenario"] = Scenario.load(scenario_path)
     if api_key:

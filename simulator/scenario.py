@@ -326,6 +326,8 @@ class SimulatorConfig:
     # Answered calls the agent plays at once; more wait their turn (each costs ~15-20 ms
     # of CPU on the event loop, and hundreds at once only add memory and switching).
     agent_concurrency: int = 32
+    # Where to send LiveKit webhooks (room_finished, participant_left), signed like LiveKit.
+    webhook_url: str | None = None
     request_id_cache_size: int = 10_000
     max_call_log: int = 200_000
 

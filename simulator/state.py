@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livekit.protocol import agent_dispatch as pb_dispatch
+from livekit.protocol import models as pb_models
 from livekit.protocol import sip as pb_sip
+from livekit.protocol import webhook as pb_webhook
 
 from agent.ports import Report
 from simulator.scenario import FAILURES, Scenario, SimulatorConfig, SipFailure
 from simulator.twirp import Reply
+from simulator.webhooks import post_webhook
 
 # Rooms that got a dispatch but never a call are dropped after this (real seconds).
 EMPTY_ROOM_TIMEOUT = 300.0
@@ -190,6 +193,7 @@ class Simulator:
         room.expiry = None
         if not room.calls and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
+            self._room_finished(room)
 
     def drop_room(self, room: Room, why: str) -> None:
         if self.rooms.get(room.name) is room:
@@ -198,6 +202,26 @@ class Simulator:
             room.expiry.cancel()
         for call in list(room.calls.values()):
             self.end_call(call, why)
+        if why != "shutdown":
+            self._room_finished(room)
+
+    # -- webhooks --
+
+    def _room_finished(self, room: Room) -> None:
+        info = pb_models.Room(name=room.name, sid=room.sid)
+        self._webhook(pb_webhook.WebhookEvent(event="room_finished", room=info))
+
+    def _webhook(self, event: pb_webhook.WebhookEvent) -> None:
+        """Send a LiveKit webhook to ``config.webhook_url``, if set; failures are logged."""
+        if self.config.webhook_url is None:
+            return
+        event.id = new_id("EV_")
+        event.created_at = int(time.time())
+        self.spawn(
+            post_webhook(
+                self.config.webhook_url, event, self.config.api_key, self.config.api_secret
+            )
+        )
 
     # -- calls --
 
@@ -230,6 +254,17 @@ class Simulator:
             return
         self.set_state(call, "ended")
         call.attributes["sip.callStatus"] = "hangup"
+        if "answered_at" in call.record:
+            left = pb_models.ParticipantInfo(
+                identity=call.identity, sid=call.participant_sid, kind=pb_models.ParticipantInfo.SIP
+            )
+            self._webhook(
+                pb_webhook.WebhookEvent(
+                    event="participant_left",
+                    room=pb_models.Room(name=call.room_name),
+                    participant=left,
+                )
+            )
         room = self.rooms.get(call.room_name)
         if room is None or room.calls.get(call.identity) is not call:
             return

@@ -25,6 +25,7 @@ from campaigns.cli import (
     importing,
     processes,
     trunk,
+    user,
 )
 from campaigns.cli.common import command_group
 
@@ -37,6 +38,7 @@ for name, group in (
     ("clinic", clinic),
     ("dnc", dnc),
     ("audit", audit),
+    ("user", user),
     ("agent", agent),
 ):
     app.add_typer(group.app, name=name)

@@ -1,4 +1,4 @@
-"""The long-running processes: ``worker``, ``beat``, ``simulator`` and ``demo``.
+"""The long-running processes: ``worker``, ``beat``, ``serve``, ``simulator`` and ``demo``.
 
 Those that act on real data refuse to start with insecure secrets (exit 2)."""
 
@@ -54,6 +54,27 @@ def beat(loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
     celery_app.start(["beat", f"--schedule={schedule}", f"--loglevel={loglevel}"])
 
 
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Serve the web console and the HTTP API."""
+    common.refuse_insecure_secrets()
+    import uvicorn
+
+    from console.app import create_app
+    from workers.runtime import get_pipeline
+
+    uvicorn.run(
+        create_app(get_pipeline()),
+        host=host,
+        port=port,
+        proxy_headers=True,
+        log_level="info",
+    )
+
+
 @app.command("simulator")
 def simulator(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
@@ -66,6 +87,9 @@ def simulator(
     no_report: Annotated[
         bool, typer.Option(help="Do not send agent reports to the engine")
     ] = False,
+    webhook_url: Annotated[
+        str | None, typer.Option(help="Send LiveKit webhooks here (the console's /livekit/webhook)")
+    ] = None,
 ) -> None:
     """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
     from simulator.app import run
@@ -83,12 +107,19 @@ def simulator(
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret.get_secret_value(),
         broker_url=settings.broker_url,
+        webhook_url=webhook_url,
     )
 
 
 @app.command("demo")
-def demo(speed: Annotated[float, typer.Option(help="Simulated call speed-up")] = 10.0) -> None:
-    """Run a whole campaign on the embedded default against the LiveKit simulator."""
+def demo(
+    speed: Annotated[float, typer.Option(help="Simulated call speed-up")] = 10.0,
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave everything running after the campaign")
+    ] = False,
+) -> None:
+    """Run a whole campaign on the embedded default against the LiveKit simulator,
+    with the web console watching it."""
     from demo.runner import run_demo
 
-    raise typer.Exit(run_demo(common.out, speed=speed))
+    raise typer.Exit(run_demo(common.out, speed=speed, keep=keep))
