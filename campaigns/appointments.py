@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, case, exists, func, or_
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import calls, compliance
+from campaigns import calls
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import (
@@ -192,20 +192,6 @@ def timeline(
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
-
-
-def explain(
-    session: Session, clinic: Clinic, appointment: Appointment, now: datetime
-) -> dict[str, Any]:
-    """Why this appointment may or may not be called at ``now`` (``explain --json``)."""
-    number = compliance.next_attempt_number(session, appointment)
-    decision = compliance.decide_for(session, appointment, clinic, number, now)
-    document = {
-        "appointment": appointment.external_id,
-        "attempt_number": number,
-        "at": now.isoformat(),
-    }
-    return document | compliance.decision_document(decision)
 
 
 def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from campaigns import appointments, audit, calls, dnc, users
+from campaigns.compliance import service as compliance
 from campaigns.errors import CampaignError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import AppointmentStatus, DncSource, Role
@@ -265,7 +266,7 @@ def appointment_page(
     detail = appointments.timeline(
         session, clinic, found, full_phones=user.sees_phone_numbers(clinic.id)
     )
-    explained = appointments.explain(session, clinic, found, now())
+    explained = compliance.explain_appointment(session, clinic, found, now())
     return render(
         request,
         "appointment.html",

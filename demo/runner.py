@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -80,7 +81,7 @@ def _services(
         group.beat(loglevel="WARNING")
         for service, service_port in (("simulator", port), ("console", console_port)):
             try:
-                wait_until(lambda p=service_port: port_open(p), timeout=20.0, what=f"the {service}")
+                wait_until(partial(port_open, service_port), timeout=20.0, what=f"the {service}")
             except TimeoutError:
                 raise RuntimeError(f"the {service} did not start (see {service}.log)") from None
         yield

@@ -189,10 +189,20 @@ def explain(session: Session, clinic_name: str, external_id: str, now: datetime)
     """Why the appointment's next attempt may or may not be called at ``now``, and when
     next: the document ``explain`` prints (``decision_document`` plus the question)."""
     clinic = get_clinic(session, clinic_name)
-    appointment = find_appointment(session, clinic, external_id)
+    return explain_appointment(session, clinic, find_appointment(session, clinic, external_id), now)
+
+
+def explain_appointment(
+    session: Session, clinic: Clinic, appointment: Appointment, now: datetime
+) -> dict[str, Any]:
+    """:func:`explain` for an appointment already loaded (the console's pages and API)."""
     number = next_attempt_number(session, appointment)
     decision = decide_for(session, appointment, clinic, number, now)
-    document = {"appointment": external_id, "attempt_number": number, "at": now.isoformat()}
+    document = {
+        "appointment": appointment.external_id,
+        "attempt_number": number,
+        "at": now.isoformat(),
+    }
     return document | decision_document(decision)
 
 

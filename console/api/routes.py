@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from campaigns import appointments, audit, calls, clinics, dnc, users
+from campaigns.compliance import service as compliance
 from campaigns.db import session_scope
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.importing import ImportFileError, import_appointments
@@ -224,7 +225,7 @@ def explain_appointment(
     appointment_id: int, clinic: ReadableClinic, session: DB, at: str | None = None
 ) -> dict[str, Any]:
     found = appointments.get(session, clinic, appointment_id)
-    return appointments.explain(session, clinic, found, parse_time(at, "at") or now())
+    return compliance.explain_appointment(session, clinic, found, parse_time(at, "at") or now())
 
 
 # --------------------------------------------------------------------------- do-not-call
