@@ -36,9 +36,9 @@ from urllib.parse import urlparse
 
 import redis
 
+from campaigns.attempts.pipeline import PACING_LEAD
 from campaigns.livekit_gateway import LiveKitTelephony
 from campaigns.pacing import RedisPacer, Slot, wait_for_start
-from campaigns.pipeline import PACING_LEAD
 from campaigns.telephony import CallRequest
 from simulator.scenario import DEFAULT_SUFFIXES
 from simulator.testing import running_simulator

@@ -19,9 +19,9 @@ import psycopg
 from celery import Celery
 
 from campaigns import migrate
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
 from campaigns.pacing import LocalPacer
-from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from demo.daytime import daytime_zone, local_number
 

@@ -29,7 +29,10 @@ from sqlalchemy.orm import Session
 from typer._click.core import Context as ClickContext
 from typer.core import TyperGroup
 
-from campaigns import audit, calls, clinics, compliance, dnc, migrate
+from campaigns import audit, clinics, compliance, dnc, migrate
+from campaigns.attempts import daily, dial
+from campaigns.attempts.metadata import agent_metadata, next_attempt_id
+from campaigns.attempts.status import status_counts
 from campaigns.db import session_scope
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.masking import inert, mask_phone
@@ -301,7 +304,7 @@ def clinic_show(name: str, as_json: JsonFlag = False) -> None:
 def clinic_resume(name: str) -> None:
     """Resume calling for a clinic paused by a configuration error."""
     with unit_of_work() as session:
-        resumed = calls.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
+        resumed = dial.resume_clinic(session, clinics.get_clinic(session, name), actor=actor())
     err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))
 
 
@@ -659,7 +662,7 @@ def run_daily(
         targets = [clinics.get_clinic(session, clinic)] if clinic else clinics.list_clinics(session)
         for target in targets:
             local_day = day or now.astimezone(ZoneInfo(target.timezone)).date()
-            results.append(calls.run_daily(session, target, local_day, now, actor=actor()))
+            results.append(daily.run_daily(session, target, local_day, now, actor=actor()))
     documents = [
         {
             "clinic": r.clinic,
@@ -687,7 +690,7 @@ def status(clinic: Annotated[str | None, typer.Option()] = None, as_json: JsonFl
     """Appointments, call attempts by state, and outcomes."""
     with unit_of_work() as session:
         clinic_id = _clinic_id(session, clinic)
-        counts = calls.status_counts(session, clinic_id)
+        counts = status_counts(session, clinic_id)
     if as_json:
         emit_json(counts)
         return
@@ -975,13 +978,13 @@ def _next_call_metadata(clinic: str, appointment: str) -> dict[str, Any]:
     with unit_of_work() as session:
         found_clinic = clinics.get_clinic(session, clinic)
         found = compliance.find_appointment(session, found_clinic, appointment)
-        attempt_id = calls.next_attempt_id(session, found)
+        attempt_id = next_attempt_id(session, found)
         longest_call = (
             settings.ringing_timeout_seconds
             + settings.max_call_duration_seconds
             + settings.report_grace_seconds
         )
-        document = calls.agent_metadata(
+        document = agent_metadata(
             attempt_id,
             f"appt-{attempt_id}-rehearsal",
             f"callee-{attempt_id}-rehearsal",

@@ -61,8 +61,9 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns import audit
+from campaigns.attempts import transitions
 from campaigns.errors import CampaignError, InvalidInputError
-from campaigns.models import Appointment, AppointmentStatus, AttemptState, CallAttempt, Clinic
+from campaigns.models import Appointment, AppointmentStatus, CallAttempt, Clinic
 from campaigns.phones import to_callable_e164
 
 __all__ = [
@@ -918,21 +919,13 @@ class _Writer:
                 report.attempts_skipped += self._skip_scheduled_attempts(ids, reason)
 
     def _skip_scheduled_attempts(self, appointment_ids: list[int], reason: str) -> int:
-        result = self.session.execute(
-            update(CallAttempt)
-            .where(
-                col(CallAttempt.appointment_id).in_(appointment_ids),
-                col(CallAttempt.state) == AttemptState.SCHEDULED,
-            )
-            .values(
-                state=AttemptState.SKIPPED,
-                skip_reasons=reason,
-                ended_at=self.now,
-                updated_at=self.now,
-            )
-            .execution_options(synchronize_session=False)
+        return transitions.skip_scheduled(
+            self.session,
+            col(CallAttempt.appointment_id).in_(appointment_ids),
+            reason,
+            self.now,
+            actor=transitions.IMPORTER,
         )
-        return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _phone_source(filename: str, sha: str) -> str:

@@ -27,7 +27,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, calls, clinics, dnc
+from campaigns import audit, clinics, dnc
+from campaigns.attempts import daily, reports
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
     OPEN_ATTEMPT_STATES,
@@ -199,7 +200,7 @@ def _setup_clinic(
             assert appointment.id is not None
             appointment_ids[suffix] = appointment.id
         local_today = now.astimezone(ZoneInfo(stack.zone)).date()
-        result = calls.run_daily(s, clinic, local_today, now, actor="test")
+        result = daily.run_daily(s, clinic, local_today, now, actor="test")
         assert result.created == count
         s.commit()
         assert clinic.id is not None
@@ -270,7 +271,7 @@ def test_a_campaign_ends_in_the_expected_outcomes_and_retries(stack: Stack) -> N
         assert audit.verify(s).ok
         # Every simulated agent's report came back with its token unchanged and was applied.
         assert not s.execute(
-            select(AuditEvent.seq).where(col(AuditEvent.kind) == calls.REPORT_REFUSED)
+            select(AuditEvent.seq).where(col(AuditEvent.kind) == reports.REPORT_REFUSED)
         ).all()
     assert sorted(stack.dials_per_attempt()) == sorted(dialed)
     assert set(stack.dials_per_attempt().values()) == {1}
