@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit, compliance
-from campaigns.attempts import transitions
+from campaigns.attempts import closing, transitions
 from campaigns.attempts.metadata import agent_metadata
 from campaigns.attempts.transitions import WORKER
 from campaigns.models import Appointment, AttemptState, CallAttempt, Clinic, Trunk
@@ -212,7 +212,7 @@ def finish_dial(
             )
         return FinishedDial(attempt.state, None, release_slot=True)
     outcome = result.outcome or Outcome.FAILED
-    transitions.close(
+    closing.close(
         session,
         attempt,
         clinic,

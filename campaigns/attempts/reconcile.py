@@ -17,7 +17,7 @@ from sqlalchemy import delete, or_, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns.attempts import transitions
+from campaigns.attempts import closing, transitions
 from campaigns.attempts.transitions import SCHEDULER
 from campaigns.models import AttemptState, CallAttempt, Clinic, WorkerHeartbeat
 from campaigns.outcomes import Outcome
@@ -115,7 +115,7 @@ def reconcile_attempt(
         if attempt.state == AttemptState.DIALING
         else "no report from the agent"
     )
-    transitions.close(
+    closing.close(
         session,
         attempt,
         clinic,

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
-from campaigns.attempts import transitions
+from campaigns.attempts import closing, transitions
 from campaigns.attempts.transitions import AGENT
 from campaigns.masking import mask_phone
 from campaigns.models import AttemptState, CallAttempt, Clinic
@@ -96,8 +96,11 @@ def _not_applied(
     reason: str,
     now: datetime,
     *,
-    opt_out_recorded: bool = False,
+    opted_out: bool = False,
 ) -> ReportResult:
+    """Audit a report that is not applied; an opt-out in it still reaches the DNC list."""
+    if opted_out and attempt is not None:
+        closing.record_opt_out(session, attempt, actor=AGENT)
     audit.record(
         session,
         kind,
@@ -105,7 +108,7 @@ def _not_applied(
             "reason": reason,
             # As sent; an unauthenticated sender may put anything here, so only a short prefix.
             "outcome": str(outcome)[:40],
-            "opt_out_recorded": opt_out_recorded,
+            "opt_out_recorded": opted_out and attempt is not None,
         },
         actor=AGENT,
         clinic_id=attempt.clinic_id if attempt else None,
@@ -156,8 +159,6 @@ def record_outcome(
     reported = _agent_outcome(outcome)
     opted_out = reported is Outcome.OPTED_OUT
     if check is TokenCheck.EXPIRED or reported is None:
-        if opted_out:
-            transitions.record_opt_out(session, attempt, actor=AGENT)
         reason = "token expired" if check is TokenCheck.EXPIRED else "not an agent outcome"
         return _not_applied(
             session,
@@ -167,7 +168,7 @@ def record_outcome(
             outcome,
             reason,
             now,
-            opt_out_recorded=opted_out,
+            opted_out=opted_out,
         )
     assert reported is not None
     supersedes = attempt.state == AttemptState.FAILED and attempt.outcome == Outcome.FAILED
@@ -175,8 +176,6 @@ def record_outcome(
         attempt.outcome is not None
         or attempt.state not in (AttemptState.DIALING, AttemptState.ANSWERED)
     ):
-        if opted_out:
-            transitions.record_opt_out(session, attempt, actor=AGENT)
         reason = f"duplicate: the attempt is already {attempt.state} ({attempt.outcome})"
         return _not_applied(
             session,
@@ -186,18 +185,17 @@ def record_outcome(
             outcome,
             reason,
             now,
-            opt_out_recorded=opted_out,
+            opted_out=opted_out,
         )
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
     later_attempt_exists = supersedes and _settle_later_attempts(
         session, attempt, clinic, reported, now
     )
-    attempt.answered_at = attempt.answered_at or now
     # A report can beat the worker's own write after an answer; then the worker frees the slot.
     release = attempt.state == AttemptState.ANSWERED
     kept, dropped = clean_detail(detail)
-    transitions.close(
+    closing.close(
         session,
         attempt,
         clinic,
@@ -209,6 +207,7 @@ def record_outcome(
         detail=kept,
         dropped_detail_keys=dropped,
         schedule_next=not later_attempt_exists,
+        answered=True,
     )
     log.info(
         "attempt %s: agent reported %s for %s",

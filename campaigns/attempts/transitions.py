@@ -17,26 +17,23 @@ import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, compliance, dnc
+from campaigns import audit, compliance
 from campaigns.db import one_of
 from campaigns.models import (
     Appointment,
-    AppointmentStatus,
     AttemptState,
     CallAttempt,
     Clinic,
-    DncSource,
 )
-from campaigns.outcomes import Outcome, is_retryable
+from campaigns.outcomes import Outcome
 from campaigns.policy import Decision
-from campaigns.retry import next_retry_due
 
 SCHEDULER = "scheduler"
 WORKER = "worker"
@@ -45,17 +42,6 @@ IMPORTER = "importer"
 
 DEFERRED = "attempt.deferred"
 SKIPPED = "attempt.skipped"
-
-# The appointment statuses an agent's outcome sets.
-_STATUS_FOR_OUTCOME = {
-    Outcome.CONFIRMED: AppointmentStatus.CONFIRMED,
-    Outcome.CANCELLED: AppointmentStatus.CANCELLED,
-    Outcome.RESCHEDULE_REQUESTED: AppointmentStatus.RESCHEDULE_REQUESTED,
-    Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
-    Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
-    Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
-    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
-}
 
 
 class AttemptRef(Protocol):
@@ -408,51 +394,30 @@ def reconciled(
 # --------------------------------------------------------------------------- closing
 
 
-def record_opt_out(session: Session, attempt: CallAttempt, *, actor: str) -> None:
-    dnc.add(
-        session,
-        attempt.number_called,
-        clinic_id=attempt.clinic_id,
-        source=DncSource.PATIENT_REQUEST,
-        reason=f"opted out during call attempt {attempt.id}",
-        actor=actor,
-    )
-
-
-def close(
+def closed(
     session: Session,
     attempt: CallAttempt,
-    clinic: Clinic,
     outcome: Outcome,
     now: datetime,
     *,
     error: str | None,
-    jitter: float,
     actor: str,
     ambiguous: bool = False,
     detail: dict[str, Any] | None = None,
     dropped_detail_keys: int = 0,
-    schedule_next: bool = True,
+    answered: bool = False,
 ) -> None:
-    """Set the outcome, apply it to the appointment, and schedule the retry if any
-    (unless ``schedule_next`` is False: a later attempt exists already)."""
-    attempt.state = AttemptState.FAILED if outcome == Outcome.FAILED else AttemptState.COMPLETED
-    attempt.outcome = outcome
-    attempt.ended_at = now
-    attempt.error = error
-    attempt.updated_at = now
-    appointment = session.get(Appointment, attempt.appointment_id)
-    assert appointment is not None and clinic.id is not None
-    status = _STATUS_FOR_OUTCOME.get(outcome)
-    if status is not None and appointment.status in (
-        AppointmentStatus.SCHEDULED,
-        AppointmentStatus.UNREACHED,
-    ):
-        appointment.status = status
-        appointment.updated_at = now
-    if outcome == Outcome.OPTED_OUT:
-        record_opt_out(session, attempt, actor=actor)
-    session.flush()
+    """dialing, answered or failed -> completed or failed, with the call's outcome."""
+    if answered:
+        attempt.answered_at = attempt.answered_at or now
+    _move(
+        attempt,
+        now,
+        state=AttemptState.FAILED if outcome == Outcome.FAILED else AttemptState.COMPLETED,
+        outcome=outcome,
+        ended_at=now,
+        error=error,
+    )
     _record(
         session,
         attempt,
@@ -474,70 +439,4 @@ def close(
         },
         actor=actor,
         at=now,
-    )
-    if schedule_next:
-        schedule_retry(
-            session, attempt, appointment, clinic, outcome, now, jitter=jitter, actor=actor
-        )
-
-
-def schedule_retry(
-    session: Session,
-    attempt: CallAttempt,
-    appointment: Appointment,
-    clinic: Clinic,
-    outcome: Outcome,
-    now: datetime,
-    *,
-    jitter: float,
-    actor: str,
-) -> CallAttempt | None:
-    """The next attempt as a row due after the backoff, moved into the next allowed instant."""
-    if not is_retryable(outcome, retry_voicemail=clinic.retry_voicemail):
-        return None
-    due = next_retry_due(
-        outcome,
-        attempt.attempt_number,
-        now,
-        base=timedelta(seconds=clinic.retry_base_seconds),
-        cap=timedelta(seconds=clinic.retry_cap_seconds),
-        retry_voicemail=clinic.retry_voicemail,
-        max_attempts=clinic.max_attempts,
-        jitter=jitter,
-    )
-    if due is None:
-        if appointment.status == AppointmentStatus.SCHEDULED:
-            appointment.status = AppointmentStatus.UNREACHED
-        _record(
-            session,
-            attempt,
-            "retry.exhausted",
-            {"attempts": attempt.attempt_number},
-            actor=actor,
-            at=now,
-        )
-        return None
-    number = attempt.attempt_number + 1
-    decision = compliance.decide_for(session, appointment, clinic, number, due)
-    if not decision.allowed and decision.next_allowed_at is None:
-        _record(
-            session,
-            attempt,
-            "retry.dropped",
-            {"attempt_number": number, "decision": audit_decision(decision)},
-            actor=actor,
-            at=now,
-        )
-        return None
-    return create(
-        session,
-        appointment,
-        clinic,
-        number,
-        decision,
-        due,
-        kind="attempt.scheduled",
-        payload={"attempt_number": number, "after_outcome": outcome},
-        actor=actor,
-        audited_at=now,
     )
