@@ -154,39 +154,26 @@ def record_outcome(
         )
     check = check_report_token(token, attempt_id, attempt.room_name, now, secret)
     if check is TokenCheck.INVALID:
-        reason = "bad token: not signed for this attempt and room"
-        return _not_applied(session, REPORT_REFUSED, attempt_id, attempt, outcome, reason, now)
+        invalid = "bad token: not signed for this attempt and room"
+        return _not_applied(session, REPORT_REFUSED, attempt_id, attempt, outcome, invalid, now)
     reported = _agent_outcome(outcome)
     opted_out = reported is Outcome.OPTED_OUT
+    supersedes = attempt.state == AttemptState.FAILED and attempt.outcome == Outcome.FAILED
+    kind: str = REPORT_REFUSED
+    reason: str | None = None
     if check is TokenCheck.EXPIRED or reported is None:
         reason = "token expired" if check is TokenCheck.EXPIRED else "not an agent outcome"
-        return _not_applied(
-            session,
-            REPORT_REFUSED,
-            attempt_id,
-            attempt,
-            outcome,
-            reason,
-            now,
-            opted_out=opted_out,
-        )
-    assert reported is not None
-    supersedes = attempt.state == AttemptState.FAILED and attempt.outcome == Outcome.FAILED
-    if not supersedes and (
+    elif not supersedes and (
         attempt.outcome is not None
         or attempt.state not in (AttemptState.DIALING, AttemptState.ANSWERED)
     ):
+        kind = REPORT_IGNORED
         reason = f"duplicate: the attempt is already {attempt.state} ({attempt.outcome})"
+    if reason is not None:
         return _not_applied(
-            session,
-            REPORT_IGNORED,
-            attempt_id,
-            attempt,
-            outcome,
-            reason,
-            now,
-            opted_out=opted_out,
+            session, kind, attempt_id, attempt, outcome, reason, now, opted_out=opted_out
         )
+    assert reported is not None
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
     later_attempt_exists = supersedes and _settle_later_attempts(
