@@ -24,7 +24,7 @@ from livekit.agents import Agent, StopResponse, function_tool, llm
 from agent import script
 from agent.metadata import CallMetadata
 from agent.ports import CallControl, Report, Reporter, Screener
-from campaigns.calls import DETAIL_STRING_LIMIT
+from campaigns.attempts.reports import DETAIL_STRING_LIMIT
 
 log = logging.getLogger("agent")
 

@@ -1,4 +1,5 @@
-"""The job metadata the engine dispatches with each call (``campaigns.calls.agent_metadata``).
+"""The job metadata the engine dispatches with each call
+(``campaigns.attempts.metadata.agent_metadata``).
 
 It carries what the agent needs to say and report, and no more: the patient's
 first name (never the full name), the appointment's local time, provider and

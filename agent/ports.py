@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from campaigns.calls import DETAIL_KEYS  # the only keys the engine keeps in a report's detail
+from campaigns.attempts.reports import (
+    DETAIL_KEYS,
+)  # the only keys the engine keeps in a report's detail
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from campaigns import migrate, users
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
-from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from console.app import create_app

@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from campaigns.pipeline import PACING_LEAD
+from campaigns.attempts.pipeline import PACING_LEAD
 from campaigns.telephony.livekit_gateway import LiveKitTelephony
 from campaigns.telephony.pacing.pacer import Slot, wait_for_start
 from campaigns.telephony.pacing.redis_pacer import RedisPacer

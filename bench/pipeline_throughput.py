@@ -5,7 +5,7 @@ talking take milliseconds), all real processes on loopback.
 Per configuration (worker processes x thread concurrency) it creates a fresh,
 migrated PostgreSQL database, a clinic where it is daytime now, a trunk with
 high limits, N appointments with distinct valid numbers and their first
-attempts (``calls.run_daily``, or bulk-inserted scheduled rows with
+attempts (``daily.run_daily``, or bulk-inserted scheduled rows with
 ``--setup bulk``), starts the simulator and the worker(s), waits until every
 worker is ready, then starts beat and the clock. The clock stops when no
 attempt is open (scheduled / queued / dialing / answered) any more. CPU time
@@ -40,7 +40,8 @@ import redis
 from sqlalchemy import Engine, func, insert
 from sqlmodel import col, select
 
-from campaigns import calls, clinics
+from campaigns import clinics
+from campaigns.attempts import daily
 from campaigns.db import make_engine, session_factory
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt, Trunk
 from demo.daytime import daytime_zone, local_number
@@ -128,7 +129,7 @@ def seed(
         s.flush()
         if setup == "run_daily":
             local_today = now.astimezone(ZoneInfo(zone)).date()
-            result = calls.run_daily(s, clinic, local_today, now, actor="bench")
+            result = daily.run_daily(s, clinic, local_today, now, actor="bench")
             assert result.created == count, result
         else:
             rows = [

@@ -19,8 +19,8 @@ import psycopg
 from celery import Celery
 
 from campaigns import migrate
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
-from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from demo.daytime import daytime_zone, local_number

@@ -17,7 +17,8 @@ from sqlalchemy import ColumnElement, case, exists, func, or_
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import calls
+from campaigns.attempts import daily
+from campaigns.attempts.status import status_counts
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.masking import mask_phone
 from campaigns.models import (
@@ -199,7 +200,7 @@ def dashboard(session: Session, clinic: Clinic, now: datetime) -> dict[str, Any]
     assert clinic.id is not None
     zone = ZoneInfo(clinic.timezone)
     today = now.astimezone(zone).date()
-    status = calls.status_counts(session, clinic.id)
+    status = status_counts(session, clinic.id)
     runs = session.execute(
         select(col(DailyRun.run_date), col(DailyRun.attempts_created))
         .where(col(DailyRun.clinic_id) == clinic.id, col(DailyRun.run_date) >= today)
@@ -246,7 +247,7 @@ def _per_local_day(
     """``aggregates`` of the rows whose ``instant`` falls on each clinic-local day, in one
     query: the days' UTC bounds are computed here (DST included), so the database needs
     no time zone support and the ``instant`` index bounds the scan."""
-    bounds = [calls.clinic_local_day(clinic, day) for day in days]
+    bounds = [daily.clinic_local_day(clinic, day) for day in days]
     bucket = case(
         *((instant < end, index) for index, (_, end) in enumerate(bounds)),
         else_=len(days),

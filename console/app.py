@@ -1,6 +1,6 @@
 """The web console and HTTP API: one FastAPI application over the domain services.
 
-``create_app(pipeline)`` builds it around a :class:`~campaigns.pipeline.Pipeline`
+``create_app(pipeline)`` builds it around a :class:`~campaigns.attempts.pipeline.Pipeline`
 (its session factory, settings and pacer), so tests and ``campaigns serve``
 differ only in what they pass. The JSON API lives under ``/api/v1`` (OpenAPI at
 ``/api/v1/openapi.json``), LiveKit webhooks at ``/livekit/webhook``, and the
@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.errors import CampaignError, NotFoundError
-from campaigns.pipeline import Pipeline
 from console import pages, webhooks
 from console.api.routes import router as api_router
 from console.deps import NotSignedInError

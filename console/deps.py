@@ -19,9 +19,9 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
 from campaigns import users
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import session_scope
 from campaigns.models import Clinic
-from campaigns.pipeline import Pipeline
 from campaigns.users import Principal
 
 SESSION_COOKIE = "campaigns_session"

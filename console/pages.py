@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, Upl
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from campaigns import appointments, audit, calls, dnc, users
+from campaigns import appointments, audit, dnc, users
+from campaigns.attempts import dial
 from campaigns.compliance import service as compliance
 from campaigns.errors import CampaignError, NotFoundError
 from campaigns.masking import mask_phone
@@ -178,13 +179,13 @@ def pause(
     reason: Annotated[str, Form(min_length=1, max_length=500)],
 ) -> Response:
     reason = f"paused by {user.email}: {reason}"
-    calls.pause_clinic(session, clinic, reason, now(), actor=user.actor)
+    dial.pause_clinic(session, clinic, reason, now(), actor=user.actor)
     return _see_other(f"/clinics/{clinic.id}")
 
 
 @router.post("/clinics/{clinic_id}/resume")
 def resume(clinic: OperableClinic, user: CurrentUser, session: DB) -> Response:
-    calls.resume_clinic(session, clinic, actor=user.actor)
+    dial.resume_clinic(session, clinic, actor=user.actor)
     return _see_other(f"/clinics/{clinic.id}")
 
 

@@ -25,8 +25,8 @@ from livekit.protocol.webhook import WebhookEvent
 from starlette.concurrency import run_in_threadpool
 
 from campaigns import audit
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import session_scope
-from campaigns.pipeline import Pipeline
 from console.deps import PipelineDep
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,8 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col, select
 
-from campaigns import audit, calls, clinics, migrate, users
+from campaigns import audit, clinics, migrate, users
+from campaigns.attempts import daily, status
 from campaigns.db import make_engine, session_factory
 from campaigns.importing import import_appointments
 from campaigns.masking import inert, mask_name, mask_phone
@@ -162,7 +163,7 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
         with sessions() as session:
             clinic = clinics.get_clinic(session, CLINIC)
             local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
-            result = calls.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
+            result = daily.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
             session.commit()
         console.print(
             f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator, "
@@ -205,7 +206,7 @@ def _keep_running(console: Console, console_port: int, password: str) -> None:
 
 
 def _progress(session: Session) -> Table:
-    counts = calls.status_counts(session)
+    counts = status.status_counts(session)
     table = Table("state", "attempts", "outcome", "calls", title="progress")
     states = list(counts["attempts"].items())
     outcomes = [(k, v) for k, v in counts["outcomes"].items() if v]
@@ -260,7 +261,7 @@ def _summary(console: Console, session: Session) -> None:
             inert(appointment.status),
         )
     console.print(table)
-    counts = calls.status_counts(session)
+    counts = status.status_counts(session)
     totals = Table("outcome", "calls", title=f"outcomes ({counts['retries']} were retries)")
     for outcome, count in counts["outcomes"].items():
         if count:

@@ -14,8 +14,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns import users
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import session_factory
-from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from console.app import create_app

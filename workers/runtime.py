@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import redis
 from sqlalchemy import Connection, make_url, text
 
-from campaigns import calls
+from campaigns.attempts import reconcile
+from campaigns.attempts.pipeline import Pipeline, utc_clock
 from campaigns.db import get_engine, is_sqlite, session_factory, session_scope
 from campaigns.errors import CampaignError
-from campaigns.pipeline import Pipeline, utc_clock
 from campaigns.settings import Settings, get_settings
 from campaigns.telephony.livekit_gateway import LiveKitTelephony
 from campaigns.telephony.pacing.local_pacer import LocalPacer
@@ -76,7 +76,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         with session_scope(session_factory(get_engine())) as session:
-            calls.heartbeat(session, WORKER_ID, utc_clock())
+            reconcile.heartbeat(session, WORKER_ID, utc_clock())
 
     def start(self) -> None:
         self._beat_or_warn()
@@ -89,7 +89,7 @@ class Heartbeat:
         self._thread.join(timeout=5)
         try:
             with session_scope(session_factory(get_engine())) as session:
-                calls.forget_worker(session, WORKER_ID)
+                reconcile.forget_worker(session, WORKER_ID)
         except Exception as exc:  # its row then simply ages out
             log.warning("could not remove the heartbeat: %s", exc)
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from campaigns import calls
+from campaigns.attempts.metadata import rehearsal_metadata
 from campaigns.cli import common
 from campaigns.settings import get_settings
 
@@ -77,7 +77,7 @@ def agent_rehearse(
         else:
             assert clinic is not None and appointment is not None
             with common.unit_of_work() as session:
-                document = calls.rehearsal_metadata(
+                document = rehearsal_metadata(
                     session, clinic, appointment, datetime.now(UTC), get_settings()
                 )
                 session.rollback()  # read only

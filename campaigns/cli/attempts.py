@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from campaigns import calls, clinics
+from campaigns import clinics
+from campaigns.attempts import daily
+from campaigns.attempts.status import status_counts
 from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import inert
@@ -29,7 +31,7 @@ def run_daily(
     except ValueError as exc:
         raise InvalidInputError(f"--date: {run_date!r} is not YYYY-MM-DD") from exc
     with common.unit_of_work() as session:
-        results = calls.run_daily_for(session, clinic, day, datetime.now(UTC), actor=common.actor())
+        results = daily.run_daily_for(session, clinic, day, datetime.now(UTC), actor=common.actor())
     documents = [result.to_json() for result in results]
     if as_json:
         common.emit_json(documents)
@@ -49,7 +51,7 @@ def status(
 ) -> None:
     """Appointments, call attempts by state, and outcomes."""
     with common.unit_of_work() as session:
-        counts = calls.status_counts(session, clinics.clinic_id(session, clinic))
+        counts = status_counts(session, clinics.clinic_id(session, clinic))
     if as_json:
         common.emit_json(counts)
         return

@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from campaigns import calls, clinics
+from campaigns import clinics
+from campaigns.attempts import dial
 from campaigns.cli import common
 from campaigns.errors import InvalidInputError
 from campaigns.masking import inert
@@ -165,7 +166,7 @@ def clinic_show(name: str, as_json: common.JsonFlag = False) -> None:
 def clinic_resume(name: str) -> None:
     """Resume calling for a clinic paused by a configuration error."""
     with common.unit_of_work() as session:
-        resumed = calls.resume_clinic(
+        resumed = dial.resume_clinic(
             session, clinics.get_clinic(session, name), actor=common.actor()
         )
     common.err.print(inert(f"clinic {name!r} {'resumed' if resumed else 'was not paused'}"))

@@ -25,9 +25,10 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from campaigns.attempts import transitions
 from campaigns.importing.report import ImportReport
 from campaigns.importing.rows import Row
-from campaigns.models import Appointment, AppointmentStatus, AttemptState, CallAttempt
+from campaigns.models import Appointment, AppointmentStatus, CallAttempt
 
 _SKIP_CANCELLED = "appointment_cancelled"
 _SKIP_RESCHEDULED = "appointment_rescheduled"
@@ -182,20 +183,12 @@ class Writer:
 def skip_scheduled_attempts(
     session: Session, appointment_ids: list[int], reason: str, now: datetime
 ) -> int:
-    """Skip the attempts of these appointments still in ``scheduled``, for ``reason``;
-    returns how many. The one place an import changes an attempt's state."""
-    result = session.execute(
-        update(CallAttempt)
-        .where(
-            col(CallAttempt.appointment_id).in_(appointment_ids),
-            col(CallAttempt.state) == AttemptState.SCHEDULED,
-        )
-        .values(
-            state=AttemptState.SKIPPED,
-            skip_reasons=reason,
-            ended_at=now,
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
+    """Skip the attempts of these appointments still in ``scheduled``, for ``reason``
+    (each audited); returns how many."""
+    return transitions.skip_scheduled(
+        session,
+        col(CallAttempt.appointment_id).in_(appointment_ids),
+        reason,
+        now,
+        actor=transitions.IMPORTER,
     )
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from campaigns import appointments, audit, calls, clinics, dnc, users
+from campaigns import appointments, audit, clinics, dnc, users
+from campaigns.attempts import dial, status
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.compliance import service as compliance
 from campaigns.db import session_scope
 from campaigns.errors import InvalidInputError, NotFoundError
@@ -24,7 +26,6 @@ from campaigns.importing import ImportFileError, import_appointments
 from campaigns.masking import mask_phone
 from campaigns.models import AuditEvent, Clinic, DncSource
 from campaigns.phones import to_e164
-from campaigns.pipeline import Pipeline
 from campaigns.users import Principal
 from console.deps import (
     DB,
@@ -114,7 +115,7 @@ def create_clinic(spec: dict[str, Any], user: Admin, session: DB) -> dict[str, A
 
 @router.get("/clinics/{clinic_id}/status")
 def clinic_status(clinic: ReadableClinic, session: DB) -> dict[str, Any]:
-    return calls.status_counts(session, clinic.id)
+    return status.status_counts(session, clinic.id)
 
 
 @router.get("/clinics/{clinic_id}/dashboard")
@@ -175,7 +176,7 @@ class PauseRequest(BaseModel):
 def pause_clinic(
     body: PauseRequest, clinic: OperableClinic, user: CurrentUser, session: DB
 ) -> dict[str, Any]:
-    calls.pause_clinic(
+    dial.pause_clinic(
         session, clinic, f"paused by {user.email}: {body.reason}", now(), actor=user.actor
     )
     return clinic_summary(clinic)
@@ -183,7 +184,7 @@ def pause_clinic(
 
 @router.post("/clinics/{clinic_id}/resume")
 def resume_clinic(clinic: OperableClinic, user: CurrentUser, session: DB) -> dict[str, Any]:
-    calls.resume_clinic(session, clinic, actor=user.actor)
+    dial.resume_clinic(session, clinic, actor=user.actor)
     return clinic_summary(clinic)
 
 

@@ -21,7 +21,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import calls, clinics
+from campaigns import clinics
+from campaigns.attempts import daily
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
     OPEN_ATTEMPT_STATES,
@@ -184,7 +185,7 @@ def setup_clinic(
             assert appointment.id is not None
             appointment_ids[suffix] = appointment.id
         local_today = now.astimezone(ZoneInfo(stack.zone)).date()
-        result = calls.run_daily(s, clinic, local_today, now, actor="test")
+        result = daily.run_daily(s, clinic, local_today, now, actor="test")
         assert result.created == count
         s.commit()
         assert clinic.id is not None

@@ -33,7 +33,7 @@ from agent.livekit_ports import LiveKitCall
 from agent.metadata import CallMetadata, MetadataError, parse_metadata
 from agent.ports import CallControl, Report
 from agent.rehearsal import RehearsalCall, ScriptedLLM
-from campaigns.calls import DETAIL_KEYS
+from campaigns.attempts.reports import DETAIL_KEYS
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.agent_helpers import call_metadata, metadata_json, token_verifies
 

@@ -23,10 +23,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import calls, clinics, users
+from campaigns import clinics, users
+from campaigns.attempts import daily
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
 from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic, Trunk
-from campaigns.pipeline import Pipeline
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from console.app import create_app
 from demo.daytime import daytime_zone
@@ -337,7 +338,7 @@ def _campaign(engine: Engine, zone: str, count: int) -> int:
             )
         s.flush()
         local_today = now.astimezone(ZoneInfo(zone)).date()
-        calls.run_daily(s, clinic, local_today, now, actor="test")
+        daily.run_daily(s, clinic, local_today, now, actor="test")
         s.commit()
         return clinic.id
 

@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlmodel import col, select
 
-from campaigns import audit, calls, dnc
+from campaigns import audit, dnc
+from campaigns.attempts import reports
 from campaigns.models import (
     OPEN_ATTEMPT_STATES,
     Appointment,
@@ -104,7 +105,7 @@ def test_a_campaign_ends_in_the_expected_outcomes_and_retries(stack: Stack) -> N
         assert audit.verify(s).ok
         # Every simulated agent's report came back with its token unchanged and was applied.
         assert not s.execute(
-            select(AuditEvent.seq).where(col(AuditEvent.kind) == calls.REPORT_REFUSED)
+            select(AuditEvent.seq).where(col(AuditEvent.kind) == reports.REPORT_REFUSED)
         ).all()
     assert sorted(stack.dials_per_attempt()) == sorted(dialed)
     assert set(stack.dials_per_attempt().values()) == {1}

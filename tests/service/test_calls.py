@@ -17,7 +17,9 @@ from sqlalchemy import Engine, func, insert, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, calls, dnc
+from campaigns import audit, dnc
+from campaigns.attempts import claim, daily, dial, reconcile, reports, status, transitions
+from campaigns.attempts.pipeline import Pipeline
 from campaigns.compliance import service as compliance
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
@@ -30,7 +32,6 @@ from campaigns.models import (
     DncSource,
     Trunk,
 )
-from campaigns.pipeline import Pipeline
 from campaigns.settings import Settings
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.pacing.local_pacer import LocalPacer
@@ -41,7 +42,7 @@ from tests.factories import add_appointment, add_clinic
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 EDT
 RUN_DATE = date(2026, 5, 12)
 SECRET = "test-report-secret"
-DIAL = calls.DialSettings(
+DIAL = dial.DialSettings(
     default_trunk=None,
     default_agent="confirmer",
     report_secret=SECRET,
@@ -93,7 +94,7 @@ def _attempts(session: Session, appointment: Appointment) -> list[CallAttempt]:
 
 
 def _scheduled(session: Session, clinic: Clinic, appointment: Appointment) -> CallAttempt:
-    calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
     (attempt,) = _attempts(session, appointment)
     assert attempt.state == AttemptState.SCHEDULED
@@ -102,7 +103,7 @@ def _scheduled(session: Session, clinic: Clinic, appointment: Appointment) -> Ca
 
 def _queued(session: Session, clinic: Clinic, appointment: Appointment) -> CallAttempt:
     attempt = _scheduled(session, clinic, appointment)
-    assert attempt.id in calls.claim_due_attempts(session, NOW, limit=100).queued
+    assert attempt.id in claim.claim_due_attempts(session, NOW, limit=100).queued
     _commit(session)
     return attempt
 
@@ -112,7 +113,7 @@ def _dialing(
 ) -> tuple[CallAttempt, CallRequest]:
     attempt = _queued(session, clinic, appointment)
     assert attempt.id is not None
-    request = calls.begin_dial(session, attempt.id, NOW, DIAL)
+    request = dial.begin_dial(session, attempt.id, NOW, DIAL)
     assert request is not None
     _commit(session)
     return attempt, request
@@ -124,7 +125,7 @@ def _answered(
     attempt, request = _dialing(session, clinic, appointment)
     assert attempt.id is not None
     answered = CallResult(answered=True, outcome=None, sip_call_id="SCL_1", dispatch_id="AD_1")
-    calls.finish_dial(session, attempt.id, answered, NOW + timedelta(seconds=20), jitter=0.5)
+    dial.finish_dial(session, attempt.id, answered, NOW + timedelta(seconds=20), jitter=0.5)
     _commit(session)
     return attempt, request
 
@@ -173,7 +174,7 @@ def test_daily_run_creates_one_attempt_per_appointment_lead_days_ahead(session: 
     confirmed = _appointment(session, clinic, status=AppointmentStatus.CONFIRMED)
     cancelled = _appointment(session, clinic, status=AppointmentStatus.CANCELLED)
 
-    result = calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    result = daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
 
     assert (result.created, result.skipped, result.appointments_considered) == (2, 0, 2)
@@ -194,7 +195,7 @@ def test_daily_run_with_two_lead_days_covers_both_days(session: Session) -> None
     thursday = _appointment(session, clinic)
     friday = _appointment(session, clinic, starts_at=NOW + timedelta(days=3))
 
-    result = calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    result = daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
 
     assert result.created == 2
@@ -206,9 +207,9 @@ def test_daily_run_with_two_lead_days_covers_both_days(session: Session) -> None
 def test_running_the_daily_run_twice_creates_nothing_new(session: Session) -> None:
     clinic = _clinic(session)
     appointments = [_appointment(session, clinic) for _ in range(3)]
-    first = calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    first = daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
-    second = calls.run_daily(session, clinic, RUN_DATE, NOW + timedelta(minutes=5), actor="test")
+    second = daily.run_daily(session, clinic, RUN_DATE, NOW + timedelta(minutes=5), actor="test")
     _commit(session)
 
     assert (first.created, second.created, second.skipped) == (3, 0, 0)
@@ -228,7 +229,7 @@ def test_daily_run_records_a_dnc_listed_patient_as_skipped(session: Session) -> 
         actor="staff",
     )
 
-    result = calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    result = daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
 
     assert (result.created, result.skipped) == (0, 1)
@@ -248,7 +249,7 @@ def test_daily_run_schedules_a_patient_outside_the_window_at_the_next_allowed_ti
     expected = compliance.decide_for(session, west, clinic, 1, NOW)
     assert not expected.allowed
 
-    calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
 
     (attempt,) = _attempts(session, west)
@@ -293,7 +294,7 @@ def test_claim_queues_due_attempts_defers_early_ones_and_skips_dnc(session: Sess
     )
     _commit(session)
 
-    result = calls.claim_due_attempts(session, NOW, limit=100)
+    result = claim.claim_due_attempts(session, NOW, limit=100)
     _commit(session)
 
     assert result.queued == [due.id]
@@ -317,7 +318,7 @@ def test_claim_queues_due_attempts_defers_early_ones_and_skips_dnc(session: Sess
     assert _audit_kinds(session, later.id) == []
     assert audit.verify(session).ok
     # The deferred attempt is not claimed again before its new due time.
-    assert calls.claim_due_attempts(session, NOW + timedelta(minutes=30), limit=100).queued == [
+    assert claim.claim_due_attempts(session, NOW + timedelta(minutes=30), limit=100).queued == [
         later.id
     ]
 
@@ -329,7 +330,7 @@ def test_a_paused_clinic_is_not_claimed(session: Session) -> None:
     going = _due_attempt(session, _appointment(session, running), NOW)
     _commit(session)
 
-    assert calls.claim_due_attempts(session, NOW, limit=100).queued == [going.id]
+    assert claim.claim_due_attempts(session, NOW, limit=100).queued == [going.id]
     _commit(session)
     session.refresh(stopped)
     assert stopped.state == AttemptState.SCHEDULED
@@ -344,7 +345,7 @@ def _claim_in_thread(
     try:
         with session_factory(engine)() as session:
             barrier.wait(timeout=10)
-            result = calls.claim_due_attempts(session, NOW, limit=150)
+            result = claim.claim_due_attempts(session, NOW, limit=150)
             session.commit()
             claimed.append(result.queued)
     except BaseException as exc:  # reported by the test thread
@@ -382,7 +383,7 @@ def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Sessio
         )
     session.flush()
 
-    result = calls.claim_due_attempts(session, NOW, limit=100)
+    result = claim.claim_due_attempts(session, NOW, limit=100)
 
     assert len(result.queued) == 2  # three lines, one already ringing
     assert result.waiting_for_trunk == 3
@@ -454,21 +455,21 @@ def test_begin_dial_dials_a_queued_attempt_once_with_what_the_agent_needs(
     clinic = _clinic(session, agent_name="lakeside-agent")
     first_appointment = _appointment(session, clinic, provider="Dr. Who")
     second_appointment = _appointment(session, clinic)
-    calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
-    queued = calls.claim_due_attempts(session, NOW, limit=10).queued
+    daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    queued = claim.claim_due_attempts(session, NOW, limit=10).queued
     _commit(session)
     assert len(queued) == 2
     (first,) = _attempts(session, first_appointment)
     (second,) = _attempts(session, second_appointment)
     assert first.id is not None and second.id is not None
 
-    request = calls.begin_dial(session, first.id, NOW, DIAL)
+    request = dial.begin_dial(session, first.id, NOW, DIAL)
     _commit(session)
-    other = calls.begin_dial(session, second.id, NOW, DIAL)
+    other = dial.begin_dial(session, second.id, NOW, DIAL)
     _commit(session)
 
     assert request is not None and other is not None
-    assert calls.begin_dial(session, first.id, NOW, DIAL) is None  # a duplicate task
+    assert dial.begin_dial(session, first.id, NOW, DIAL) is None  # a duplicate task
     _commit(session)
     assert request.attempt_id == first.id
     assert request.call_to == first_appointment.phone_e164
@@ -524,7 +525,7 @@ def test_begin_dial_skips_a_number_put_on_the_dnc_list_after_queueing(session: S
     )
     _commit(session)
 
-    assert calls.begin_dial(session, attempt.id, NOW + timedelta(seconds=2), DIAL) is None
+    assert dial.begin_dial(session, attempt.id, NOW + timedelta(seconds=2), DIAL) is None
     _commit(session)
 
     session.refresh(attempt)
@@ -540,7 +541,7 @@ def test_begin_dial_puts_the_attempt_back_when_the_clinic_is_paused(session: Ses
     clinic.paused_reason = "operator stop"
     _commit(session)
 
-    assert calls.begin_dial(session, attempt.id, NOW, DIAL) is None
+    assert dial.begin_dial(session, attempt.id, NOW, DIAL) is None
     _commit(session)
 
     session.refresh(attempt)
@@ -554,7 +555,7 @@ def test_begin_dial_without_any_trunk_pauses_the_clinic_and_names_the_setting(
     attempt = _queued(session, clinic, _appointment(session, clinic))
     assert attempt.id is not None
 
-    assert calls.begin_dial(session, attempt.id, NOW, DIAL) is None
+    assert dial.begin_dial(session, attempt.id, NOW, DIAL) is None
     _commit(session)
 
     session.refresh(attempt)
@@ -562,7 +563,7 @@ def test_begin_dial_without_any_trunk_pauses_the_clinic_and_names_the_setting(
     assert (attempt.state, attempt.dialing_at) == (AttemptState.SCHEDULED, None)
     assert "LIVEKIT_SIP_TRUNK_ID" in (clinic.paused_reason or "")
     # No retry storm: nothing is claimed while the clinic stays paused.
-    assert calls.claim_due_attempts(session, NOW + timedelta(minutes=1), limit=10).queued == []
+    assert claim.claim_due_attempts(session, NOW + timedelta(minutes=1), limit=10).queued == []
 
 
 # --------------------------------------------------------------------------- finish_dial
@@ -578,7 +579,7 @@ def test_a_busy_dial_completes_the_attempt_and_schedules_the_next_after_the_back
     ended = NOW + timedelta(seconds=40)
     busy = CallResult(answered=False, outcome=Outcome.BUSY, sip_status_code=486, sip_status="Busy")
 
-    finished = calls.finish_dial(session, attempt.id, busy, ended, jitter=MID_JITTER)
+    finished = dial.finish_dial(session, attempt.id, busy, ended, jitter=MID_JITTER)
     _commit(session)
 
     assert (finished.state, finished.outcome, finished.release_slot) == (
@@ -610,7 +611,7 @@ def test_a_configuration_error_requeues_the_attempt_and_pauses_the_clinic(
         answered=False, outcome=None, config_error=True, error="unknown trunk ST_lakeside"
     )
 
-    finished = calls.finish_dial(session, attempt.id, broken, NOW, jitter=MID_JITTER)
+    finished = dial.finish_dial(session, attempt.id, broken, NOW, jitter=MID_JITTER)
     _commit(session)
 
     assert finished.state == AttemptState.SCHEDULED and finished.release_slot
@@ -628,7 +629,7 @@ def test_a_missed_pacing_start_requeues_the_attempt_undialed(session: Session) -
     late = CallResult(answered=False, outcome=None, missed_start=True, error="start passed")
     at = NOW + timedelta(seconds=2)
 
-    finished = calls.finish_dial(session, attempt.id, late, at, jitter=MID_JITTER)
+    finished = dial.finish_dial(session, attempt.id, late, at, jitter=MID_JITTER)
     _commit(session)
 
     assert finished.state == AttemptState.SCHEDULED and finished.release_slot
@@ -641,7 +642,7 @@ def test_a_missed_pacing_start_requeues_the_attempt_undialed(session: Session) -
     )
     session.refresh(clinic)
     assert clinic.paused_reason is None
-    assert calls.claim_due_attempts(session, at, limit=10).queued == [attempt.id]
+    assert claim.claim_due_attempts(session, at, limit=10).queued == [attempt.id]
 
 
 def test_an_answered_dial_waits_for_the_agent(session: Session) -> None:
@@ -662,7 +663,7 @@ def test_the_last_allowed_attempt_failing_marks_the_appointment_unreached(
     assert attempt.id is not None
     no_answer = CallResult(answered=False, outcome=Outcome.NO_ANSWER, sip_status_code=480)
 
-    calls.finish_dial(session, attempt.id, no_answer, NOW, jitter=MID_JITTER)
+    dial.finish_dial(session, attempt.id, no_answer, NOW, jitter=MID_JITTER)
     _commit(session)
 
     (only,) = _attempts(session, appointment)
@@ -677,8 +678,8 @@ def test_the_last_allowed_attempt_failing_marks_the_appointment_unreached(
 
 def _report(
     session: Session, attempt_id: int, outcome: str, token: str, at: datetime
-) -> calls.ReportResult:
-    result = calls.record_outcome(
+) -> reports.ReportResult:
+    result = reports.record_outcome(
         session, attempt_id, outcome, token, at, secret=SECRET, jitter=MID_JITTER
     )
     _commit(session)
@@ -707,7 +708,7 @@ def test_a_report_with_a_bad_token_changes_nothing_but_is_audited(session: Sessi
     for bad in (forged, "", "not-a-token"):
         result = _report(session, attempt.id, "confirmed", bad, NOW)
         assert not result.accepted and "bad token" in (result.reason or "")
-    signed_elsewhere = calls.record_outcome(
+    signed_elsewhere = reports.record_outcome(
         session, attempt.id, "confirmed", token, NOW, secret="another-secret", jitter=MID_JITTER
     )
     _commit(session)
@@ -717,7 +718,7 @@ def test_a_report_with_a_bad_token_changes_nothing_but_is_audited(session: Sessi
     assert (only.state, only.outcome) == (AttemptState.ANSWERED, None)
     session.refresh(appointment)
     assert appointment.status == AppointmentStatus.SCHEDULED
-    refused = _audit_payloads(session, calls.REPORT_REFUSED)
+    refused = _audit_payloads(session, reports.REPORT_REFUSED)
     assert len(refused) == 4
     assert all("bad token" in str(p["reason"]) for p in refused)
 
@@ -733,7 +734,7 @@ def test_a_confirmation_confirms_and_a_repeated_report_is_a_no_op(session: Sessi
     first = _report(session, attempt.id, "confirmed", token, at)
     events = _audit_count(session)
     again = _report(session, attempt.id, "confirmed", token, at + timedelta(seconds=5))
-    ignored = _audit_payloads(session, calls.REPORT_IGNORED)
+    ignored = _audit_payloads(session, reports.REPORT_IGNORED)
 
     assert (first.accepted, first.duplicate) == (True, False)
     assert (again.accepted, again.duplicate) == (False, True)
@@ -806,14 +807,14 @@ def test_a_transfer_to_staff_is_final_and_shows_in_status(session: Session) -> N
     assert (only.state, only.outcome) == (AttemptState.COMPLETED, Outcome.TRANSFERRED)
     session.refresh(appointment)
     assert appointment.status == AppointmentStatus.TRANSFERRED
-    assert calls.status_counts(session, clinic.id)["outcomes"]["transferred"] == 1
+    assert status.status_counts(session, clinic.id)["outcomes"]["transferred"] == 1
 
 
 # --------------------------------------------------------------------------- reconciliation
 
 
-def _stale(session: Session, at: datetime) -> Iterator[calls.StaleAttempt]:
-    yield from calls.stale_attempts(
+def _stale(session: Session, at: datetime) -> Iterator[reconcile.StaleAttempt]:
+    yield from reconcile.stale_attempts(
         session,
         at,
         queued_timeout=timedelta(minutes=5),
@@ -829,12 +830,14 @@ def test_a_stale_queued_attempt_is_scheduled_again(session: Session) -> None:
     assert list(_stale(session, NOW + timedelta(minutes=1))) == []
     (stale,) = _stale(session, later)
 
-    assert calls.reconcile_attempt(session, stale, None, later, jitter=MID_JITTER) == "rescheduled"
+    assert (
+        reconcile.reconcile_attempt(session, stale, None, later, jitter=MID_JITTER) == "rescheduled"
+    )
     _commit(session)
 
     session.refresh(attempt)
     assert (attempt.state, attempt.due_at) == (AttemptState.SCHEDULED, later)
-    assert calls.claim_due_attempts(session, later, limit=10).queued == [attempt.id]
+    assert claim.claim_due_attempts(session, later, limit=10).queued == [attempt.id]
 
 
 def test_a_stale_dial_with_the_callee_in_the_room_is_answered(session: Session) -> None:
@@ -843,7 +846,7 @@ def test_a_stale_dial_with_the_callee_in_the_room_is_answered(session: Session) 
     later = NOW + timedelta(minutes=10)
     (stale,) = _stale(session, later)
 
-    action = calls.reconcile_attempt(
+    action = reconcile.reconcile_attempt(
         session, stale, ["agent-1", request.participant_identity], later, jitter=MID_JITTER
     )
     _commit(session)
@@ -860,7 +863,7 @@ def test_a_stale_dial_with_an_empty_room_fails_and_is_retried_later(session: Ses
     later = NOW + timedelta(minutes=10)
     (stale,) = _stale(session, later)
 
-    assert calls.reconcile_attempt(session, stale, [], later, jitter=MID_JITTER) == "failed"
+    assert reconcile.reconcile_attempt(session, stale, [], later, jitter=MID_JITTER) == "failed"
     _commit(session)
 
     first, retry = _attempts(session, appointment)
@@ -883,7 +886,7 @@ def test_a_stale_dial_whose_room_cannot_be_inspected_is_left_alone(session: Sess
     later = NOW + timedelta(minutes=10)
     (stale,) = _stale(session, later)
 
-    assert calls.reconcile_attempt(session, stale, None, later, jitter=MID_JITTER) is None
+    assert reconcile.reconcile_attempt(session, stale, None, later, jitter=MID_JITTER) is None
     _commit(session)
 
     (only,) = _attempts(session, appointment)
@@ -899,8 +902,8 @@ def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
     busy, _ = _dialing(session, clinic, _appointment(session, clinic))
     _dialing(session, clinic, _appointment(session, clinic))  # no worker recorded
     assert lost.id and waiting.id and busy.id
-    calls.heartbeat(session, "worker-a", NOW)
-    calls.heartbeat(session, "worker-b", NOW)
+    reconcile.heartbeat(session, "worker-a", NOW)
+    reconcile.heartbeat(session, "worker-b", NOW)
     for attempt_id, worker in ((lost.id, "worker-a"), (waiting.id, "worker-a")):
         session.execute(
             update(CallAttempt).where(col(CallAttempt.id) == attempt_id).values(worker_id=worker)
@@ -910,11 +913,11 @@ def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
     )
     _commit(session)
     later = NOW + timedelta(seconds=25)
-    calls.heartbeat(session, "worker-b", later - timedelta(seconds=3))  # worker-a fell silent
+    reconcile.heartbeat(session, "worker-b", later - timedelta(seconds=3))  # worker-a fell silent
     _commit(session)
 
-    def stale(at: datetime) -> list[calls.StaleAttempt]:
-        return calls.stale_attempts(
+    def stale(at: datetime) -> list[reconcile.StaleAttempt]:
+        return reconcile.stale_attempts(
             session,
             at,
             queued_timeout=timedelta(minutes=5),
@@ -929,7 +932,7 @@ def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
         lost.id: AttemptState.DIALING,
         waiting.id: AttemptState.QUEUED,
     }
-    action = calls.reconcile_attempt(session, found[waiting.id], None, later, jitter=MID_JITTER)
+    action = reconcile.reconcile_attempt(session, found[waiting.id], None, later, jitter=MID_JITTER)
     assert action == "rescheduled"
     _commit(session)
     session.refresh(waiting)
@@ -941,8 +944,8 @@ def test_a_worker_takes_only_a_queued_attempt(session: Session) -> None:
     queued = _queued(session, clinic, _appointment(session, clinic))
     dialing, _ = _dialing(session, clinic, _appointment(session, clinic))
     assert queued.id and dialing.id
-    calls.take_attempt(session, queued.id, "worker-a")
-    calls.take_attempt(session, dialing.id, "worker-a")
+    transitions.take_attempt(session, queued.id, "worker-a")
+    transitions.take_attempt(session, dialing.id, "worker-a")
     _commit(session)
     assert session.get(CallAttempt, queued.id).worker_id == "worker-a"  # type: ignore[union-attr]
     assert session.get(CallAttempt, dialing.id).worker_id is None  # type: ignore[union-attr]
@@ -960,10 +963,10 @@ def test_status_counts_every_state_and_outcome(session: Session) -> None:
     attempt, _ = _dialing(session, clinic, busy_appointment)
     assert attempt.id is not None and clinic.id is not None
     busy = CallResult(answered=False, outcome=Outcome.BUSY, sip_status_code=486)
-    calls.finish_dial(session, attempt.id, busy, NOW, jitter=MID_JITTER)
+    dial.finish_dial(session, attempt.id, busy, NOW, jitter=MID_JITTER)
     _commit(session)
 
-    counts = calls.status_counts(session, clinic.id)
+    counts = status.status_counts(session, clinic.id)
 
     assert {"appointments", "attempts", "outcomes"} <= counts.keys()
     assert set(counts["attempts"]) == {s.value for s in AttemptState}
@@ -973,7 +976,7 @@ def test_status_counts_every_state_and_outcome(session: Session) -> None:
     assert counts["attempts"]["scheduled"] == 1  # the retry
     assert counts["outcomes"]["busy"] == 1
     assert counts["retries"] == 1
-    assert calls.status_counts(session)["appointments"] == 3
+    assert status.status_counts(session)["appointments"] == 3
 
 
 # --------------------------------------------------------------------------- Pipeline.tick
@@ -985,7 +988,7 @@ def test_tick_sends_each_task_only_after_its_claim_is_committed(
     clinic = _clinic(session)
     for _ in range(3):
         _appointment(session, clinic)
-    calls.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
+    daily.run_daily(session, clinic, RUN_DATE, NOW, actor="test")
     _commit(session)
     sessions = session_factory(engine)
     pipeline = Pipeline(

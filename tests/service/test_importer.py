@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
+from sqlmodel import col
 
 from campaigns.importing import (
     FIELD_ALIASES,
@@ -394,6 +395,35 @@ def test_cancelled_rows_cancel_and_skip_scheduled_attempts(
     assert (attempt.state, attempt.skip_reasons) == (AttemptState.SKIPPED, "appointment_cancelled")
     # In flight: the pipeline re-checks the appointment's status at dial time.
     assert session.get(CallAttempt, dialing).state == AttemptState.DIALING  # type: ignore[union-attr]
+
+
+def test_cancelled_rows_audit_each_skipped_attempt(session: Session, clinic: Clinic) -> None:
+    first = (
+        f"{HEADER}\n"
+        "A-1,Ada Lovelace,(212) 555-0100,2026-03-10 09:30,,,,,,\n"
+        "A-2,Alan Turing,(212) 555-0101,2026-03-10 10:30,,,,,,\n"
+        "A-3,Grace Hopper,(212) 555-0102,2026-03-10 11:30,,,,,,\n"
+    )
+    run(session, clinic, first)
+    stored = appointments(session)
+    skipped = {add_attempt(session, stored[key], AttemptState.SCHEDULED) for key in ("A-1", "A-2")}
+    dialing = add_attempt(session, stored["A-3"], AttemptState.DIALING)
+    session.commit()
+
+    second = first.replace(",,,,,,\n", ",,,,,,cancelled\n")
+    assert run(session, clinic, second).attempts_skipped == 2
+    session.commit()
+    events = session.execute(
+        select(col(AuditEvent.attempt_id), col(AuditEvent.payload)).where(
+            col(AuditEvent.kind) == "attempt.skipped"
+        )
+    ).all()
+    assert {attempt_id for attempt_id, _ in events} == skipped
+    assert all(json.loads(payload)["reason"] == "appointment_cancelled" for _, payload in events)
+    in_flight = session.execute(
+        select(func.count()).where(col(AuditEvent.attempt_id) == dialing)
+    ).scalar_one()
+    assert in_flight == 0
 
 
 def test_status_from_calls_survives_a_plain_reimport(session: Session, clinic: Clinic) -> None:

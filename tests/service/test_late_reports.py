@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import calls, dnc
+from campaigns import dnc
+from campaigns.attempts import dial, reconcile, reports
 from campaigns.models import (
     Appointment,
     AppointmentStatus,
@@ -78,9 +79,9 @@ def _report(
     token: str | None = None,
     at: datetime = NOW + timedelta(minutes=1),
     detail: dict[str, Any] | None = None,
-) -> calls.ReportResult:
+) -> reports.ReportResult:
     assert attempt.id is not None
-    result = calls.record_outcome(
+    result = reports.record_outcome(
         session,
         attempt.id,
         outcome,
@@ -97,10 +98,10 @@ def _report(
 
 def _reconciled(session: Session, attempt: CallAttempt) -> None:
     assert attempt.id is not None
-    stale = calls.StaleAttempt(
+    stale = reconcile.StaleAttempt(
         attempt.id, attempt.state, attempt.room_name, attempt.participant_identity, None
     )
-    assert calls.reconcile_attempt(session, stale, [], NOW, jitter=0.5) == "failed"
+    assert reconcile.reconcile_attempt(session, stale, [], NOW, jitter=0.5) == "failed"
     session.commit()
 
 
@@ -109,7 +110,7 @@ def _ambiguous_dial(session: Session, attempt: CallAttempt) -> None:
     result = CallResult(
         answered=False, outcome=Outcome.FAILED, error="ReadTimeout: no answer", ambiguous=True
     )
-    calls.finish_dial(session, attempt.id, result, NOW, jitter=0.5)
+    dial.finish_dial(session, attempt.id, result, NOW, jitter=0.5)
     session.commit()
 
 
@@ -221,7 +222,7 @@ def test_a_report_an_agent_cannot_make_is_refused_and_audited(
         assert not result.accepted and result.reason == "not an agent outcome"
 
     assert _attempts(session)[0].outcome == Outcome.FAILED
-    refused = _audited(session, calls.REPORT_REFUSED)
+    refused = _audited(session, reports.REPORT_REFUSED)
     assert [(p["reason"], p["outcome"]) for p in refused] == [
         ("not an agent outcome", "busy"),
         ("not an agent outcome", "no_answer"),
@@ -242,7 +243,7 @@ def test_an_opt_out_lands_on_the_dnc_list_even_as_a_duplicate(
     assert again.duplicate and not again.accepted
     assert _attempts(session)[0].outcome == Outcome.CONFIRMED
     assert _on_dnc_list(session, attempt)
-    [ignored] = _audited(session, calls.REPORT_IGNORED)
+    [ignored] = _audited(session, reports.REPORT_IGNORED)
     assert ignored["opt_out_recorded"] is True
     assert ignored["reason"].startswith("duplicate")
     assert PHONE not in logs.text
@@ -259,7 +260,7 @@ def test_an_expired_token_is_refused_but_its_opt_out_is_honoured(session: Sessio
     first = _attempts(session)[0]
     assert (first.state, first.outcome) == (AttemptState.DIALING, None)
     assert _on_dnc_list(session, attempt)
-    assert [p["opt_out_recorded"] for p in _audited(session, calls.REPORT_REFUSED)] == [
+    assert [p["opt_out_recorded"] for p in _audited(session, reports.REPORT_REFUSED)] == [
         False,
         True,
     ]
@@ -280,18 +281,18 @@ def test_a_token_of_another_attempt_or_room_is_refused_and_changes_nothing(
 
     assert _attempts(session)[0].state == AttemptState.DIALING
     assert not _on_dnc_list(session, attempt)  # not authentic: no opt-out either
-    refused = _audited(session, calls.REPORT_REFUSED)
+    refused = _audited(session, reports.REPORT_REFUSED)
     assert [p["reason"] for p in refused] == ["bad token: not signed for this attempt and room"] * 2
 
 
 def test_a_report_for_no_attempt_is_refused_and_audited(session: Session) -> None:
-    result = calls.record_outcome(
+    result = reports.record_outcome(
         session, 999_999, "confirmed", "v2.1.x", NOW, secret=SECRET, jitter=0.5
     )
     session.commit()
     assert (result.accepted, result.reason) == (False, "no such attempt")
     event = session.execute(
-        select(AuditEvent).where(col(AuditEvent.kind) == calls.REPORT_REFUSED)
+        select(AuditEvent).where(col(AuditEvent.kind) == reports.REPORT_REFUSED)
     ).scalar_one()
     assert event.attempt_id == 999_999
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from campaigns import calls
+from campaigns.attempts import claim, daily, dial, reconcile, reports, transitions
 from campaigns.db import session_scope
 from campaigns.masking import mask_phone
 from campaigns.models import Clinic
@@ -75,9 +75,9 @@ class Pipeline:
         return (self.rng or random).random()
 
     @property
-    def dial_settings(self) -> calls.DialSettings:
+    def dial_settings(self) -> dial.DialSettings:
         s = self.settings
-        return calls.DialSettings(
+        return dial.DialSettings(
             default_trunk=s.livekit_trunk_id,
             default_agent=s.agent_name,
             report_secret=s.report_secret.get_secret_value(),
@@ -108,13 +108,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------ tick
 
-    def tick(self, send: Callable[[int], None], *, max_batches: int = 10) -> calls.TickResult:
+    def tick(self, send: Callable[[int], None], *, max_batches: int = 10) -> claim.TickResult:
         """Claim due attempts batch by batch; send each task after its batch commits."""
         queued: list[int] = []
         deferred = skipped = waiting = 0
         for _ in range(max_batches):
             with self.transaction() as session:
-                result = calls.claim_due_attempts(
+                result = claim.claim_due_attempts(
                     session,
                     self.clock(),
                     limit=self.settings.tick_batch,
@@ -138,7 +138,7 @@ class Pipeline:
                 skipped,
                 waiting,
             )
-        return calls.TickResult(queued, deferred, skipped, waiting)
+        return claim.TickResult(queued, deferred, skipped, waiting)
 
     # ------------------------------------------------------------------ place a call
 
@@ -147,8 +147,8 @@ class Pipeline:
         telephony, run = self._telephony()
         with self.transaction() as session:
             if self.worker_id is not None:
-                calls.take_attempt(session, attempt_id, self.worker_id)
-            target = calls.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
+                transitions.take_attempt(session, attempt_id, self.worker_id)
+            target = dial.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
         if target is None:
             return "not-queued"
         slot = None
@@ -165,7 +165,7 @@ class Pipeline:
             if slot is None:
                 with self.transaction() as session:
                     now = self.clock()
-                    calls.return_to_queue(
+                    transitions.return_to_queue(
                         session,
                         attempt_id,
                         now,
@@ -176,7 +176,7 @@ class Pipeline:
         release = True
         try:
             with self.transaction() as session:
-                request = calls.begin_dial(session, attempt_id, self.clock(), self.dial_settings)
+                request = dial.begin_dial(session, attempt_id, self.clock(), self.dial_settings)
             if request is None:
                 return "not-dialed"
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
@@ -209,7 +209,7 @@ class Pipeline:
                     ambiguous=True,
                 )
             with self.transaction() as session:
-                finished = calls.finish_dial(
+                finished = dial.finish_dial(
                     session, attempt_id, result, self.clock(), jitter=self.jitter()
                 )
             release = finished.release_slot
@@ -232,9 +232,9 @@ class Pipeline:
 
     def record_outcome(
         self, attempt_id: int, outcome: str, token: str, detail: dict[str, Any] | None = None
-    ) -> calls.ReportResult:
+    ) -> reports.ReportResult:
         with self.transaction() as session:
-            result = calls.record_outcome(
+            result = reports.record_outcome(
                 session,
                 attempt_id,
                 outcome,
@@ -254,7 +254,7 @@ class Pipeline:
         """Settle attempts stuck past their deadlines, looking at the room before deciding."""
         s = self.settings
         with self.transaction() as session:
-            stale = calls.stale_attempts(
+            stale = reconcile.stale_attempts(
                 session,
                 self.clock(),
                 queued_timeout=timedelta(seconds=s.queued_timeout_seconds),
@@ -276,7 +276,7 @@ class Pipeline:
                 except Exception:
                     log.warning("attempt %s: room not inspectable, retry later", attempt.attempt_id)
             with self.transaction() as session:
-                action = calls.reconcile_attempt(
+                action = reconcile.reconcile_attempt(
                     session, attempt, participants, self.clock(), jitter=self.jitter()
                 )
             if action is None:
@@ -291,13 +291,13 @@ class Pipeline:
     def call_ended(self, room_name: str) -> str | None:
         """LiveKit says the call in ``room_name`` is over: settle an answered attempt that
         has no report yet now, not after the grace period. A report arriving later
-        still outranks this (see :func:`calls.record_outcome`)."""
+        still outranks this (see :func:`~campaigns.attempts.reports.record_outcome`)."""
         with self.transaction() as session:
-            attempt = calls.answered_attempt_in_room(session, room_name)
+            attempt = reconcile.answered_attempt_in_room(session, room_name)
         if attempt is None:
             return None
         with self.transaction() as session:
-            action = calls.reconcile_attempt(
+            action = reconcile.reconcile_attempt(
                 session, attempt, [], self.clock(), jitter=self.jitter()
             )
         if action == "failed" and attempt.trunk_id:
@@ -306,18 +306,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------ daily runs
 
-    def daily_runs(self) -> list[calls.DailyRunResult]:
+    def daily_runs(self) -> list[daily.DailyRunResult]:
         results = []
         with self.transaction() as session:
             due = [
                 (clinic.id, day)
-                for clinic, day in calls.clinics_due_for_daily_run(session, self.clock())
+                for clinic, day in daily.clinics_due_for_daily_run(session, self.clock())
             ]
         for clinic_id, day in due:
             with self.transaction() as session:
                 clinic = session.get(Clinic, clinic_id)
                 assert clinic is not None
                 results.append(
-                    calls.run_daily(session, clinic, day, self.clock(), actor=calls.SCHEDULER)
+                    daily.run_daily(session, clinic, day, self.clock(), actor=transitions.SCHEDULER)
                 )
         return results

@@ -1,0 +1,145 @@
+"""The scheduler tick's claim: due attempts re-checked against the policy and queued.
+
+Rows are claimed ``FOR UPDATE SKIP LOCKED`` so concurrent ticks split the work,
+and a callable attempt whose trunk is full stays scheduled, so the broker never
+holds more calls than the trunks can carry. Callers own the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+
+from campaigns.attempts import transitions
+from campaigns.compliance import service as compliance
+from campaigns.compliance.policy import Decision
+from campaigns.models import IN_FLIGHT_STATES, Appointment, AttemptState, CallAttempt, Clinic, Trunk
+from campaigns.telephony.trunks import DEFAULT_MAX_CONCURRENT
+
+
+@dataclass(frozen=True)
+class _DueAttempt:
+    """The columns the claim needs, without loading ORM objects."""
+
+    id: int
+    attempt_number: int
+    phone_e164: str  # the number this attempt calls
+    appointment_id: int
+    clinic_id: int
+    patient_timezone: str | None
+    patient_state: str | None
+    patient_zip: str | None
+    starts_at: datetime
+    status: str
+
+
+@dataclass(frozen=True)
+class _TrunkRoom:
+    """Calls each trunk may still start: its max_concurrent less the calls queued or in progress."""
+
+    room: dict[str | None, int]
+    trunk_of_clinic: dict[int, str | None]
+
+    def take(self, clinic_id: int) -> bool:
+        trunk = self.trunk_of_clinic.get(clinic_id)
+        if self.room.get(trunk, 0) <= 0:
+            return False
+        self.room[trunk] -= 1
+        return True
+
+
+def _trunk_room(session: Session, default_trunk: str | None) -> _TrunkRoom:
+    """How many more calls each trunk may carry, so the broker never holds more than that."""
+    trunk_of = {
+        clinic_id: trunk or default_trunk
+        for clinic_id, trunk in session.execute(select(Clinic.id, Clinic.trunk_id)).all()
+        if clinic_id is not None
+    }
+    limits = {t.sip_trunk_id: t.max_concurrent for t in session.execute(select(Trunk)).scalars()}
+    room = {
+        trunk: limits.get(trunk or "", DEFAULT_MAX_CONCURRENT) for trunk in set(trunk_of.values())
+    }
+    for clinic_id, busy in session.execute(
+        select(CallAttempt.clinic_id, func.count())
+        .where(col(CallAttempt.state).in_(IN_FLIGHT_STATES))
+        .group_by(col(CallAttempt.clinic_id))
+    ).all():
+        trunk = trunk_of.get(clinic_id)
+        room[trunk] = room.get(trunk, DEFAULT_MAX_CONCURRENT) - busy
+    return _TrunkRoom(room, trunk_of)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    queued: list[int]
+    deferred: int
+    skipped: int
+    waiting_for_trunk: int = 0
+
+
+def claim_due_attempts(
+    session: Session, now: datetime, *, limit: int, default_trunk: str | None = None
+) -> TickResult:
+    """Re-check the policy for due attempts and mark the callable ones queued.
+
+    The rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
+    ticks at once split the work instead of both taking it; SQLite's single
+    writer gives the same guarantee. The caller commits, then sends one task
+    per returned id. A callable attempt whose trunk is full stays scheduled, so
+    the queue never holds more calls than the trunks can carry.
+    """
+    query = (
+        select(  # type: ignore[call-overload]
+            CallAttempt.id,
+            CallAttempt.attempt_number,
+            CallAttempt.number_called,
+            CallAttempt.appointment_id,
+            CallAttempt.clinic_id,
+            Appointment.patient_timezone,
+            Appointment.patient_state,
+            Appointment.patient_zip,
+            Appointment.starts_at,
+            Appointment.status,
+        )
+        .join(Appointment, col(Appointment.id) == col(CallAttempt.appointment_id))
+        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+        .where(
+            col(CallAttempt.state) == AttemptState.SCHEDULED,
+            col(CallAttempt.due_at) <= now,
+            col(Clinic.paused_reason).is_(None),
+        )
+        .order_by(col(CallAttempt.due_at))
+        .limit(limit)
+        .with_for_update(skip_locked=True, of=CallAttempt)
+    )
+    rows = [_DueAttempt(*row) for row in session.execute(query).all()]
+    if not rows:
+        return TickResult([], 0, 0)
+    questions = [
+        compliance.Question(due.appointment_id, due.clinic_id, due.attempt_number, due)
+        for due in rows
+    ]
+    clinics = session.execute(
+        select(Clinic).where(col(Clinic.id).in_({due.clinic_id for due in rows}))
+    ).scalars()
+    inputs = compliance.gather(session, questions, clinics, now)
+    room = _trunk_room(session, default_trunk)
+    claimed: list[_DueAttempt] = []
+    refused: list[tuple[_DueAttempt, Decision]] = []
+    waiting = 0
+    for due, question in zip(rows, questions, strict=True):
+        decision = inputs.decide(question, now)
+        if not decision.allowed:
+            refused.append((due, decision))
+        elif room.take(due.clinic_id):
+            # The full decision is recorded again when the worker re-checks it at dial time.
+            claimed.append(due)
+        else:
+            waiting += 1
+    deferred, skipped = transitions.refuse_many(session, refused, now)
+    queued = transitions.queue_many(session, claimed, now, ruleset_version=inputs.rules[1])
+    return TickResult(queued, deferred, skipped, waiting)

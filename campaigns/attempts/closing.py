@@ -1,0 +1,154 @@
+"""The end of a call attempt: its outcome applied to the appointment, an opt-out
+to the do-not-call list, and the retry it leaves, if any.
+
+The attempt's own state changes through :mod:`campaigns.attempts.transitions`.
+Callers own the transaction: nothing here commits.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from campaigns import audit, dnc
+from campaigns.attempts import transitions
+from campaigns.compliance import service as compliance
+from campaigns.models import Appointment, AppointmentStatus, CallAttempt, Clinic, DncSource
+from campaigns.telephony.outcomes import Outcome, is_retryable
+from campaigns.telephony.retry import next_retry_due
+
+# The appointment statuses an agent's outcome sets.
+_STATUS_FOR_OUTCOME = {
+    Outcome.CONFIRMED: AppointmentStatus.CONFIRMED,
+    Outcome.CANCELLED: AppointmentStatus.CANCELLED,
+    Outcome.RESCHEDULE_REQUESTED: AppointmentStatus.RESCHEDULE_REQUESTED,
+    Outcome.WRONG_NUMBER: AppointmentStatus.WRONG_NUMBER,
+    Outcome.INVALID_NUMBER: AppointmentStatus.INVALID_NUMBER,
+    Outcome.OPTED_OUT: AppointmentStatus.OPTED_OUT,
+    Outcome.TRANSFERRED: AppointmentStatus.TRANSFERRED,
+}
+
+
+def record_opt_out(session: Session, attempt: CallAttempt, *, actor: str) -> None:
+    dnc.add(
+        session,
+        attempt.number_called,
+        clinic_id=attempt.clinic_id,
+        source=DncSource.PATIENT_REQUEST,
+        reason=f"opted out during call attempt {attempt.id}",
+        actor=actor,
+    )
+
+
+def close(
+    session: Session,
+    attempt: CallAttempt,
+    clinic: Clinic,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    error: str | None,
+    jitter: float,
+    actor: str,
+    ambiguous: bool = False,
+    detail: dict[str, Any] | None = None,
+    dropped_detail_keys: int = 0,
+    schedule_next: bool = True,
+    answered: bool = False,
+) -> None:
+    """Set the outcome, apply it to the appointment, and schedule the retry if any
+    (unless ``schedule_next`` is False: a later attempt exists already). ``answered``:
+    the outcome comes from the agent, so the call was answered (now, if not before)."""
+    appointment = session.get(Appointment, attempt.appointment_id)
+    assert appointment is not None and clinic.id is not None
+    status = _STATUS_FOR_OUTCOME.get(outcome)
+    if status is not None and appointment.status in (
+        AppointmentStatus.SCHEDULED,
+        AppointmentStatus.UNREACHED,
+    ):
+        appointment.status = status
+        appointment.updated_at = now
+    if outcome == Outcome.OPTED_OUT:
+        record_opt_out(session, attempt, actor=actor)
+    session.flush()
+    transitions.closed(
+        session,
+        attempt,
+        outcome,
+        now,
+        error=error,
+        actor=actor,
+        ambiguous=ambiguous,
+        detail=detail,
+        dropped_detail_keys=dropped_detail_keys,
+        answered=answered,
+    )
+    if schedule_next:
+        schedule_retry(
+            session, attempt, appointment, clinic, outcome, now, jitter=jitter, actor=actor
+        )
+
+
+def schedule_retry(
+    session: Session,
+    attempt: CallAttempt,
+    appointment: Appointment,
+    clinic: Clinic,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    jitter: float,
+    actor: str,
+) -> CallAttempt | None:
+    """The next attempt as a row due after the backoff, moved into the next allowed instant."""
+    if not is_retryable(outcome, retry_voicemail=clinic.retry_voicemail):
+        return None
+    due = next_retry_due(
+        outcome,
+        attempt.attempt_number,
+        now,
+        base=timedelta(seconds=clinic.retry_base_seconds),
+        cap=timedelta(seconds=clinic.retry_cap_seconds),
+        retry_voicemail=clinic.retry_voicemail,
+        max_attempts=clinic.max_attempts,
+        jitter=jitter,
+    )
+    base = {"clinic_id": clinic.id, "appointment_id": appointment.id, "attempt_id": attempt.id}
+    if due is None:
+        if appointment.status == AppointmentStatus.SCHEDULED:
+            appointment.status = AppointmentStatus.UNREACHED
+        audit.record(
+            session,
+            "retry.exhausted",
+            {"attempts": attempt.attempt_number},
+            actor=actor,
+            at=now,
+            **base,
+        )
+        return None
+    number = attempt.attempt_number + 1
+    decision = compliance.decide_for(session, appointment, clinic, number, due)
+    if not decision.allowed and decision.next_allowed_at is None:
+        audit.record(
+            session,
+            "retry.dropped",
+            {"attempt_number": number, "decision": transitions.audit_decision(decision)},
+            actor=actor,
+            at=now,
+            **base,
+        )
+        return None
+    return transitions.create(
+        session,
+        appointment,
+        clinic,
+        number,
+        decision,
+        due,
+        kind="attempt.scheduled",
+        payload={"attempt_number": number, "after_outcome": outcome},
+        actor=actor,
+        audited_at=now,
+    )

@@ -1,0 +1,443 @@
+"""Every change of a call attempt's state, with its timestamps and its audit event.
+
+An attempt is created by a clinic's daily run (or as the retry of an earlier
+one), claimed by the scheduler tick when due, dialed by a worker, and closed by
+the agent's report, by a failed dial, or by reconciliation. Every transition is
+a guarded UPDATE (``WHERE state = <expected>``) or is made on a row loaded
+``FOR UPDATE`` and checked, so a duplicate task, a second beat or a late report
+is a no-op, and every transition is audited. Nothing else writes an attempt's
+state.
+
+Callers own the transaction: nothing here commits.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, update
+from sqlalchemy.orm import Session
+from sqlmodel import col, select
+
+from campaigns import audit
+from campaigns.compliance import service as compliance
+from campaigns.compliance.policy import Decision
+from campaigns.db import one_of
+from campaigns.models import (
+    Appointment,
+    AttemptState,
+    CallAttempt,
+    Clinic,
+)
+from campaigns.telephony.outcomes import Outcome
+
+SCHEDULER = "scheduler"
+WORKER = "worker"
+AGENT = "agent"
+IMPORTER = "importer"
+
+DEFERRED = "attempt.deferred"
+SKIPPED = "attempt.skipped"
+
+
+class AttemptRef(Protocol):
+    """An attempt known by its keys, without its ORM object."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def attempt_number(self) -> int: ...
+    @property
+    def clinic_id(self) -> int: ...
+    @property
+    def appointment_id(self) -> int: ...
+
+
+def decision_json(decision: Decision) -> str:
+    return json.dumps(compliance.decision_document(decision), sort_keys=True)
+
+
+def audit_decision(decision: Decision) -> dict[str, Any]:
+    return compliance.decision_document(decision)
+
+
+def refusal(decision: Decision, now: datetime) -> tuple[str, dict[str, Any]]:
+    """What a refused decision does to a scheduled attempt, and its audit kind: deferred
+    to the instant the policy next allows a call, or skipped; the reasons joined."""
+    change: dict[str, Any] = {"skip_reasons": "; ".join(decision.reasons)}
+    if decision.next_allowed_at is not None:
+        return DEFERRED, change | {
+            "state": AttemptState.SCHEDULED,
+            "due_at": decision.next_allowed_at,
+        }
+    return SKIPPED, change | {"state": AttemptState.SKIPPED, "ended_at": now}
+
+
+def load_for_update(session: Session, attempt_id: int) -> CallAttempt | None:
+    """The attempt, its row locked until the caller's transaction ends."""
+    return session.execute(
+        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
+    ).scalar_one_or_none()
+
+
+def _record(
+    session: Session, attempt: CallAttempt, kind: str, payload: dict[str, Any], **context: Any
+) -> None:
+    audit.record(
+        session,
+        kind,
+        payload,
+        clinic_id=attempt.clinic_id,
+        appointment_id=attempt.appointment_id,
+        attempt_id=attempt.id,
+        **context,
+    )
+
+
+def _move(attempt: CallAttempt, now: datetime, **change: Any) -> None:
+    for name, value in change.items():
+        setattr(attempt, name, value)
+    attempt.updated_at = now
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def create(
+    session: Session,
+    appointment: Appointment,
+    clinic: Clinic,
+    number: int,
+    decision: Decision,
+    at: datetime,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    actor: str,
+    run_date: date | None = None,
+    audited_at: datetime | None = None,
+) -> CallAttempt:
+    """An attempt as the policy judged it at ``at``: due then, due when it next allows
+    a call, or skipped saying why not. Audited as ``kind`` unless skipped."""
+    assert appointment.id is not None and clinic.id is not None
+    attempt = CallAttempt(
+        appointment_id=appointment.id,
+        clinic_id=clinic.id,
+        attempt_number=number,
+        run_date=run_date,
+        number_called=appointment.phone_e164,
+        due_at=decision.next_allowed_at or at,
+        decision=decision_json(decision),
+    )
+    if not decision.allowed:
+        refused_kind, change = refusal(decision, at)
+        if refused_kind == SKIPPED:
+            kind = SKIPPED
+        for name, value in change.items():
+            setattr(attempt, name, value)
+    session.add(attempt)
+    session.flush()
+    _record(
+        session,
+        attempt,
+        kind,
+        payload | {"due_at": attempt.due_at.isoformat(), "decision": audit_decision(decision)},
+        actor=actor,
+        at=audited_at,
+    )
+    return attempt
+
+
+# --------------------------------------------------------------------------- the tick
+
+
+def refuse_many(
+    session: Session, refused: Sequence[tuple[AttemptRef, Decision]], now: datetime
+) -> tuple[int, int]:
+    """Defer or skip scheduled attempts the policy refused; returns (deferred, skipped)."""
+    if not refused:
+        return 0, 0
+    updates: list[dict[str, Any]] = []
+    events: list[audit.Entry] = []
+    counts = {DEFERRED: 0, SKIPPED: 0}
+    for due, decision in refused:
+        kind, change = refusal(decision, now)
+        counts[kind] += 1
+        updates.append(
+            {"id": due.id, "decision": decision_json(decision), "updated_at": now} | change
+        )
+        events.append(
+            audit.Entry(
+                kind,
+                {"attempt_number": due.attempt_number, "decision": audit_decision(decision)},
+                SCHEDULER,
+                due.clinic_id,
+                due.appointment_id,
+                due.id,
+                now,
+            )
+        )
+    session.execute(update(CallAttempt), updates)
+    audit.record_many(session, events)
+    return counts[DEFERRED], counts[SKIPPED]
+
+
+def queue_many(
+    session: Session, claimed: Iterable[AttemptRef], now: datetime, *, ruleset_version: str
+) -> list[int]:
+    """scheduled -> queued for the claimed attempts, audited once per clinic."""
+    queued: list[int] = []
+    by_clinic: dict[int, list[int]] = defaultdict(list)
+    for due in claimed:
+        queued.append(due.id)
+        by_clinic[due.clinic_id].append(due.id)
+    if not queued:
+        return []
+    session.execute(
+        update(CallAttempt)
+        .where(one_of(session, col(CallAttempt.id), queued))
+        .values(state=AttemptState.QUEUED, queued_at=now, updated_at=now, worker_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    audit.record_many(
+        session,
+        [
+            audit.Entry(
+                "attempts.queued",
+                {"attempt_ids": ids, "ruleset_version": ruleset_version},
+                SCHEDULER,
+                clinic_id,
+                at=now,
+            )
+            for clinic_id, ids in by_clinic.items()
+        ],
+    )
+    return queued
+
+
+def skip_scheduled(
+    session: Session, which: ColumnElement[bool], reason: str, now: datetime, *, actor: str
+) -> int:
+    """scheduled -> skipped for the attempts ``which`` selects, each audited; returns how many."""
+    rows = session.execute(
+        select(CallAttempt.id, CallAttempt.clinic_id, CallAttempt.appointment_id)
+        .where(which, col(CallAttempt.state) == AttemptState.SCHEDULED)
+        .with_for_update()
+    ).all()
+    if not rows:
+        return 0
+    session.execute(
+        update(CallAttempt)
+        .where(
+            one_of(session, col(CallAttempt.id), [row.id for row in rows]),
+            col(CallAttempt.state) == AttemptState.SCHEDULED,
+        )
+        .values(state=AttemptState.SKIPPED, skip_reasons=reason, ended_at=now, updated_at=now)
+        .execution_options(synchronize_session="fetch")
+    )
+    audit.record_many(
+        session,
+        [
+            audit.Entry(
+                SKIPPED, {"reason": reason}, actor, r.clinic_id, r.appointment_id, r.id, now
+            )
+            for r in rows
+        ],
+    )
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- dialing
+
+
+def take_attempt(session: Session, attempt_id: int, worker_id: str) -> None:
+    """Mark a queued attempt as the worker's, so reconciliation notices if that worker dies."""
+    session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
+        .values(worker_id=worker_id)
+    )
+
+
+def return_to_queue(
+    session: Session, attempt_id: int, now: datetime, *, due_at: datetime, why: str
+) -> bool:
+    """queued -> scheduled: the call never started (pacing full, a worker shutting down)."""
+    changed = session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
+        .values(state=AttemptState.SCHEDULED, due_at=due_at, updated_at=now)
+    ).rowcount  # type: ignore[attr-defined]
+    if changed:
+        attempt = session.get(CallAttempt, attempt_id)
+        assert attempt is not None
+        _record(
+            session,
+            attempt,
+            "attempt.requeued",
+            {"why": why, "due_at": due_at.isoformat()},
+            actor=WORKER,
+        )
+    return bool(changed)
+
+
+def hold(attempt: CallAttempt, now: datetime) -> None:
+    """queued -> scheduled, unaudited: the clinic is paused (its pause is the audited event)."""
+    _move(attempt, now, state=AttemptState.SCHEDULED)
+
+
+def refuse(session: Session, attempt: CallAttempt, decision: Decision, now: datetime) -> None:
+    """queued -> scheduled or skipped: the policy said no at dial time."""
+    kind, change = refusal(decision, now)
+    _move(attempt, now, **change)
+    _record(
+        session,
+        attempt,
+        kind,
+        {"at_dial_time": True, "decision": audit_decision(decision)},
+        actor=WORKER,
+    )
+
+
+def dialing(
+    session: Session,
+    attempt: CallAttempt,
+    now: datetime,
+    *,
+    trunk_id: str,
+    caller_id: str | None,
+    payload: dict[str, Any],
+) -> None:
+    """queued -> dialing, committed by the caller before any dial."""
+    assert attempt.id is not None
+    _move(
+        attempt,
+        now,
+        state=AttemptState.DIALING,
+        dialing_at=now,
+        trunk_id=trunk_id,
+        caller_id=caller_id,
+        room_name=f"appt-{attempt.id}-{secrets.token_hex(4)}",
+        participant_identity=f"callee-{attempt.id}-{secrets.token_hex(4)}",
+    )
+    _record(
+        session,
+        attempt,
+        "attempt.dialing",
+        {
+            "attempt_number": attempt.attempt_number,
+            "caller_id": caller_id,
+            "number_called": attempt.number_called,
+            "trunk_id": trunk_id,
+            "room_name": attempt.room_name,
+        }
+        | payload,
+        actor=WORKER,
+        at=now,
+    )
+
+
+def answered(
+    session: Session, attempt: CallAttempt, now: datetime, payload: dict[str, Any], *, actor: str
+) -> None:
+    """dialing -> answered."""
+    _record(session, attempt, "attempt.answered", payload, actor=actor, at=now)
+    _move(attempt, now, state=AttemptState.ANSWERED, answered_at=now)
+
+
+def undialed(
+    session: Session,
+    attempt: CallAttempt,
+    now: datetime,
+    *,
+    why: str,
+    error: str | None,
+    due_at: datetime | None = None,
+) -> None:
+    """dialing -> scheduled: nothing was dialed after all (configuration, a missed start)."""
+    _move(attempt, now, state=AttemptState.SCHEDULED, dialing_at=None, error=error)
+    if due_at is not None:
+        attempt.due_at = due_at
+    _record(
+        session, attempt, "attempt.requeued", {"why": why, "error": error}, actor=WORKER, at=now
+    )
+
+
+# --------------------------------------------------------------------------- reconciliation
+
+
+def reconciled(
+    session: Session,
+    attempt: CallAttempt,
+    to: AttemptState,
+    action: str,
+    now: datetime,
+    **change: Any,
+) -> str:
+    """A stale attempt moved on by reconciliation; returns ``action``."""
+    _record(
+        session,
+        attempt,
+        "attempt.reconciled",
+        {"was": attempt.state, "action": action},
+        actor=SCHEDULER,
+        at=now,
+    )
+    _move(attempt, now, state=to, **change)
+    return action
+
+
+# --------------------------------------------------------------------------- closing
+
+
+def closed(
+    session: Session,
+    attempt: CallAttempt,
+    outcome: Outcome,
+    now: datetime,
+    *,
+    error: str | None,
+    actor: str,
+    ambiguous: bool = False,
+    detail: dict[str, Any] | None = None,
+    dropped_detail_keys: int = 0,
+    answered: bool = False,
+) -> None:
+    """dialing, answered or failed -> completed or failed, with the call's outcome."""
+    if answered:
+        attempt.answered_at = attempt.answered_at or now
+    _move(
+        attempt,
+        now,
+        state=AttemptState.FAILED if outcome == Outcome.FAILED else AttemptState.COMPLETED,
+        outcome=outcome,
+        ended_at=now,
+        error=error,
+    )
+    _record(
+        session,
+        attempt,
+        "attempt.completed" if attempt.state == AttemptState.COMPLETED else "attempt.failed",
+        {
+            "outcome": outcome,
+            "sip_status_code": attempt.sip_status_code,
+            "sip_status": attempt.sip_status,
+            "ambiguous": ambiguous,
+            "error": error,
+            "dialing_at": attempt.dialing_at.isoformat() if attempt.dialing_at else None,
+            "answered_at": attempt.answered_at.isoformat() if attempt.answered_at else None,
+            "ended_at": now.isoformat(),
+            "duration_seconds": (now - attempt.answered_at).total_seconds()
+            if attempt.answered_at
+            else 0,
+            "detail": detail or {},
+            "dropped_detail_keys": dropped_detail_keys,
+        },
+        actor=actor,
+        at=now,
+    )
