@@ -17,7 +17,7 @@ from livekit.agents import AgentServer, AgentSession, JobContext, cli
 from agent.confirmer import ConfirmationAgent
 from agent.livekit_ports import AmdScreener, LiveKitCall
 from agent.metadata import MetadataError, parse_metadata
-from agent.reporting import CeleryReporter
+from agent.reporting import CeleryReporter, HttpReporter, reporter_from_settings
 from campaigns.errors import InvalidInputError
 from campaigns.settings import get_settings
 
@@ -29,7 +29,7 @@ server = AgentServer()
 
 @server.rtc_session(agent_name=settings.agent_name)
 async def entrypoint(ctx: JobContext) -> None:
-    reporter = CeleryReporter(settings.broker_url)
+    reporter = reporter_from_settings(settings)
     ctx.add_shutdown_callback(lambda: _close(reporter))
     try:
         meta = parse_metadata(ctx.job.metadata)
@@ -58,7 +58,9 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("call not answered")
 
 
-async def _refuse(ctx: JobContext, reporter: CeleryReporter, exc: MetadataError) -> None:
+async def _refuse(
+    ctx: JobContext, reporter: CeleryReporter | HttpReporter, exc: MetadataError
+) -> None:
     """End a job whose metadata is unusable; report ``failed`` when it says which attempt."""
     log.error("room %s: %s; ending the job", ctx.room.name, exc)
     refused = exc.failure_report()
@@ -67,8 +69,11 @@ async def _refuse(ctx: JobContext, reporter: CeleryReporter, exc: MetadataError)
     ctx.shutdown("unusable job metadata")
 
 
-async def _close(reporter: CeleryReporter) -> None:
-    reporter.close()
+async def _close(reporter: CeleryReporter | HttpReporter) -> None:
+    if isinstance(reporter, HttpReporter):
+        await reporter.aclose()
+    else:
+        reporter.close()
 
 
 def run(command: str, args: list[str]) -> None:

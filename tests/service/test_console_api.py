@@ -24,10 +24,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
+from agent.ports import Report
+from agent.reporting import HttpReporter, ReportRefusedError, reporter_from_settings
 from campaigns import users
 from campaigns.models import AttemptState, AuditEvent, CallAttempt, Clinic
+from campaigns.settings import Settings
 from campaigns.tokens import sign_report_token
-from console.reporter import HttpReporter, ReportRefusedError
 from simulator.testing import TEST_API_SECRET
 from tests.console_support import PASSWORD, REPORT_SECRET, Console, running_console
 from tests.factories import add_appointment, add_clinic
@@ -543,20 +545,31 @@ def post_webhook(console: Console, event: WebhookEvent) -> Any:
     )
 
 
-def test_a_finished_room_settles_an_answered_call_without_a_report(console: Console) -> None:
+def test_the_callee_leaving_settles_an_answered_call_without_a_report(console: Console) -> None:
     attempt_id = answered_attempt(console)
-    left = post_webhook(console, sip_left("appt-room-1"))
-    assert left.json() == {"event": "participant_left", "action": None}
+    agent_left = WebhookEvent(
+        event="participant_left",
+        id="EV_0",
+        room=Room(name="appt-room-1"),
+        participant=ParticipantInfo(identity="agent", kind=ParticipantInfo.Kind.AGENT),
+    )
+    assert post_webhook(console, agent_left).json() == {"event": "participant_left", "action": None}
     assert attempt_row(console, attempt_id).state == AttemptState.ANSWERED
+    left = post_webhook(console, sip_left("appt-room-1"))
+    assert left.status_code == 200
+    assert left.json() == {"event": "participant_left", "action": "failed"}
+    row = attempt_row(console, attempt_id)
+    assert row.state == AttemptState.FAILED and (row.error or "").startswith("reconciled")
     finished = post_webhook(
         console, WebhookEvent(event="room_finished", id="EV_2", room=Room(name="appt-room-1"))
     )
-    assert finished.status_code == 200
-    assert finished.json() == {"event": "room_finished", "action": "failed"}
-    row = attempt_row(console, attempt_id)
-    assert row.state == AttemptState.FAILED and (row.error or "").startswith("reconciled")
+    assert finished.json() == {"event": "room_finished", "action": None}
     logged = events(console, "livekit.webhook")
-    assert [json.loads(e.payload)["event"] for e in logged] == ["participant_left", "room_finished"]
+    assert [json.loads(e.payload)["event"] for e in logged] == [
+        "participant_left",
+        "participant_left",
+        "room_finished",
+    ]
     # The agent's authentic report, arriving late, still wins.
     late = console.client.post(
         "/api/v1/reports",
@@ -568,6 +581,15 @@ def test_a_finished_room_settles_an_answered_call_without_a_report(console: Cons
     )
     assert late.json()["accepted"] is True
     assert attempt_row(console, attempt_id).outcome == "confirmed"
+
+
+def test_a_finished_room_settles_an_answered_call_without_a_report(console: Console) -> None:
+    attempt_id = answered_attempt(console)
+    finished = post_webhook(
+        console, WebhookEvent(event="room_finished", id="EV_3", room=Room(name="appt-room-1"))
+    )
+    assert finished.json() == {"event": "room_finished", "action": "failed"}
+    assert attempt_row(console, attempt_id).state == AttemptState.FAILED
 
 
 def test_forged_webhooks_get_401_and_change_nothing(console: Console) -> None:
@@ -595,9 +617,11 @@ def test_the_http_reporter_posts_the_agents_report_to_the_api(console: Console) 
 
     async def send() -> tuple[bool, str]:
         try:
-            accepted = await reporter.report(attempt_id, "confirmed", report_token(attempt_id), {})
+            accepted = await reporter.send(
+                Report(attempt_id, "confirmed", report_token(attempt_id), {})
+            )
             try:
-                await reporter.report(attempt_id, "confirmed", "forged", {})
+                await reporter(Report(attempt_id, "confirmed", "forged", {}))
             except ReportRefusedError as exc:
                 return accepted, str(exc)
             return accepted, ""
@@ -607,6 +631,15 @@ def test_the_http_reporter_posts_the_agents_report_to_the_api(console: Console) 
     accepted, refusal = asyncio.run(send())
     assert accepted is True and "refused: HTTP 403" in refusal
     assert attempt_row(console, attempt_id).outcome == "confirmed"
+
+
+def test_the_agent_reports_over_http_when_the_console_address_is_set() -> None:
+    over_http = reporter_from_settings(Settings(api_url="https://console.example.org"))
+    assert isinstance(over_http, HttpReporter)
+    asyncio.run(over_http.aclose())
+    through_broker = reporter_from_settings(Settings(api_url=None))
+    assert not isinstance(through_broker, HttpReporter)
+    through_broker.close()
 
 
 def test_the_dashboard_counts_calls_in_flight_days_and_the_confirmation_rate(
