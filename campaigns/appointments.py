@@ -151,19 +151,22 @@ def get(session: Session, clinic: Clinic, appointment_id: int) -> Appointment:
     return appointment
 
 
-def timeline(
-    session: Session, clinic: Clinic, appointment: Appointment, *, full_phones: bool
-) -> dict[str, Any]:
-    """An appointment and its attempts in order: time, state, outcome, SIP status, next."""
-    attempts = (
+def attempts_of(session: Session, appointment: Appointment) -> list[CallAttempt]:
+    """The appointment's attempts, first attempt first."""
+    return list(
         session.execute(
             select(CallAttempt)
             .where(col(CallAttempt.appointment_id) == appointment.id)
             .order_by(col(CallAttempt.attempt_number))
-        )
-        .scalars()
-        .all()
+        ).scalars()
     )
+
+
+def timeline(
+    session: Session, clinic: Clinic, appointment: Appointment, *, full_phones: bool
+) -> dict[str, Any]:
+    """An appointment and its attempts in order: time, state, outcome, SIP status, next."""
+    attempts = attempts_of(session, appointment)
     entries = []
     for index, attempt in enumerate(attempts):
         following = attempts[index + 1] if index + 1 < len(attempts) else None

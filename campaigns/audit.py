@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import io
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -42,10 +42,10 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from sqlalchemy import event as orm_event
 from sqlalchemy import func, insert, text
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlmodel import col, select
 
-from campaigns.db import EngineSession, utcnow
+from campaigns.db import EngineSession, session_scope, utcnow
 from campaigns.errors import CampaignError, InvalidInputError
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
@@ -452,6 +452,51 @@ def export_csv(events: Iterable[AuditEvent]) -> Iterator[str]:
         buffer.truncate()
     if buffer.getvalue():
         yield buffer.getvalue()
+
+
+EXPORT_WRITERS: dict[str, Callable[[Iterable[AuditEvent]], Iterator[str]]] = {
+    "csv": export_csv,
+    "jsonl": export_jsonl,
+}
+
+
+def export(
+    fmt: str,
+    *,
+    since: datetime | None,
+    actor: str,
+    sessions: sessionmaker[Session] | None = None,
+) -> Generator[str]:
+    """The log since ``since`` as ``fmt`` chunks, read in a transaction of its own.
+
+    The export is audited once it ends, in another transaction, also when the reader
+    stops early (a closed pipe, a dropped download) after some events left: the count
+    says how many and ``complete`` whether that was all."""
+    writer = EXPORT_WRITERS[fmt]
+    exported = 0
+    complete = False
+
+    def counted(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
+        nonlocal exported
+        for event in events:
+            exported += 1
+            yield event
+
+    try:
+        with session_scope(sessions) as reader:
+            yield from writer(counted(iter_events(reader, since)))
+        complete = True
+    finally:
+        if complete or exported:
+            with session_scope(sessions) as recorder:
+                record_export(
+                    recorder,
+                    actor=actor,
+                    fmt=fmt,
+                    since=since,
+                    count=exported,
+                    complete=complete,
+                )
 
 
 EVENTS_PAGE_SIZE = 100

@@ -225,8 +225,8 @@ def _columns(spec: ClinicSpec) -> dict[str, Any]:
     }
 
 
-def _spec_values(clinic: Clinic) -> dict[str, Any]:
-    """The spec that gives a stored clinic's settings."""
+def _calling_values(clinic: Clinic) -> dict[str, Any]:
+    """The clinic's calling settings, spelled alike in its spec and its description."""
     return {
         "name": clinic.name,
         "timezone": clinic.timezone,
@@ -239,6 +239,13 @@ def _spec_values(clinic: Clinic) -> dict[str, Any]:
         "trunk_id": clinic.trunk_id,
         "agent_name": clinic.agent_name,
         "max_attempts": clinic.max_attempts,
+    }
+
+
+def _spec_values(clinic: Clinic) -> dict[str, Any]:
+    """The spec that gives a stored clinic's settings."""
+    return {
+        **_calling_values(clinic),
         "lead_days": clinic.lead_days,
         "daily_run_time": f"{clinic.daily_run_time:%H:%M}",
         "max_per_day": clinic.dials_per_number_24h,
@@ -321,17 +328,7 @@ def list_clinics(session: Session) -> list[Clinic]:
 def describe(clinic: Clinic) -> dict[str, Any]:
     return {
         "id": clinic.id,
-        "name": clinic.name,
-        "timezone": clinic.timezone,
-        "country": clinic.country,
-        "window": f"{clinic.window_start:%H:%M}-{clinic.window_end:%H:%M}",
-        "days": clinic.weekdays,
-        "holidays": clinic.holidays,
-        "caller_id": clinic.caller_id,
-        "transfer_number": clinic.transfer_number,
-        "trunk_id": clinic.trunk_id,
-        "agent_name": clinic.agent_name,
-        "max_attempts": clinic.max_attempts,
+        **_calling_values(clinic),
         "retry_base_seconds": clinic.retry_base_seconds,
         "retry_cap_seconds": clinic.retry_cap_seconds,
         "retry_voicemail": clinic.retry_voicemail,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from sqlalchemy import delete, func, insert
+from sqlalchemy import ColumnElement, and_, delete, func, insert
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -40,6 +40,15 @@ def _list(session: Session, name: str) -> DncList:
     return found
 
 
+def _editable_list(session: Session, clinic_id: int | None) -> DncList:
+    """The clinic's own list, or the global one without a clinic; locked for the edit."""
+    return _list(session, clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST)
+
+
+def _entry_on(list_name: str, phone_e164: str) -> ColumnElement[bool]:
+    return and_(col(DncEntry.list_name) == list_name, col(DncEntry.phone_e164) == phone_e164)
+
+
 def _bump(dnc_list: DncList, entries_delta: int) -> None:
     dnc_list.version += 1
     dnc_list.entries = max(0, dnc_list.entries + entries_delta)
@@ -56,12 +65,10 @@ def add(
     actor: str,
 ) -> DncEntry:
     """Put a number on the clinic's list (or the global one); adding twice changes nothing."""
-    name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
-    dnc_list = _list(session, name)
+    dnc_list = _editable_list(session, clinic_id)
+    name = dnc_list.name
     existing = session.execute(
-        select(DncEntry).where(
-            col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164
-        )
+        select(DncEntry).where(_entry_on(name, phone_e164))
     ).scalar_one_or_none()
     if existing is not None:
         return existing
@@ -100,13 +107,9 @@ def remove(
     actor: str,
     reason: str | None = None,
 ) -> bool:
-    name = clinic_list(clinic_id) if clinic_id is not None else GLOBAL_LIST
-    dnc_list = _list(session, name)
-    removed = session.execute(
-        delete(DncEntry).where(
-            col(DncEntry.list_name) == name, col(DncEntry.phone_e164) == phone_e164
-        )
-    ).rowcount  # type: ignore[attr-defined]
+    dnc_list = _editable_list(session, clinic_id)
+    name = dnc_list.name
+    removed = session.execute(delete(DncEntry).where(_entry_on(name, phone_e164))).rowcount  # type: ignore[attr-defined]
     if not removed:
         return False
     _bump(dnc_list, -removed)

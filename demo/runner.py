@@ -32,7 +32,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 from sqlmodel import col, select
 
-from campaigns import audit, clinics, migrate, users
+from campaigns import appointments, audit, clinics, migrate, users
 from campaigns.attempts import daily, status
 from campaigns.db import make_engine, session_factory
 from campaigns.importing import import_appointments
@@ -243,15 +243,7 @@ def _summary(console: Console, session: Session) -> None:
     for appointment in session.execute(
         select(Appointment).order_by(col(Appointment.external_id))
     ).scalars():
-        attempts = (
-            session.execute(
-                select(CallAttempt)
-                .where(col(CallAttempt.appointment_id) == appointment.id)
-                .order_by(col(CallAttempt.attempt_number))
-            )
-            .scalars()
-            .all()
-        )
+        attempts = appointments.attempts_of(session, appointment)
         table.add_row(
             inert(appointment.external_id),
             inert(mask_name(appointment.patient_name)),

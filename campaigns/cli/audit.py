@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -100,36 +100,10 @@ def audit_export(
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
 ) -> None:
     """Write the audit log to stdout; the export itself is audited."""
-    writers: dict[str, Callable[..., Iterator[str]]] = {
-        "csv": audit.export_csv,
-        "jsonl": audit.export_jsonl,
-    }
-    if fmt not in writers:
+    if fmt not in audit.EXPORT_WRITERS:
         raise InvalidInputError("--format must be csv or jsonl")
     start = common.parse_instant(since, "--since") if since else None
-    exported = 0
-    complete = False
-
-    def counted(events: Iterator[Any]) -> Iterator[Any]:
-        nonlocal exported
-        for event in events:
-            exported += 1
-            yield event
-
-    try:
-        with common.unit_of_work() as session:
-            for chunk in writers[fmt](counted(audit.iter_events(session, start))):
-                sys.stdout.write(chunk)
-        complete = True
-    finally:
-        # Its own transaction: an export cut short (a closed pipe) still left data.
-        if complete or exported:
-            with common.unit_of_work() as session:
-                audit.record_export(
-                    session,
-                    actor=common.actor(),
-                    fmt=fmt,
-                    since=start,
-                    count=exported,
-                    complete=complete,
-                )
+    # Closed at once when stdout fails, so the export cut short is audited then.
+    with closing(audit.export(fmt, since=start, actor=common.actor())) as chunks:
+        for chunk in chunks:
+            sys.stdout.write(chunk)

@@ -7,7 +7,6 @@ clinic the caller may not read is 404, one they may read but not change 403.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -20,11 +19,10 @@ from campaigns import appointments, audit, clinics, dnc, users
 from campaigns.attempts import dial, status
 from campaigns.attempts.pipeline import Pipeline
 from campaigns.compliance import service as compliance
-from campaigns.db import session_scope
 from campaigns.errors import InvalidInputError, NotFoundError
 from campaigns.importing import ImportFileError, import_appointments
 from campaigns.masking import mask_phone
-from campaigns.models import AuditEvent, Clinic, DncSource
+from campaigns.models import Clinic, DncSource
 from campaigns.phones import to_e164
 from campaigns.users import Principal
 from console.deps import (
@@ -318,53 +316,22 @@ def audit_events(
     )
 
 
-EXPORTERS: dict[str, tuple[Callable[..., Iterator[str]], str]] = {
-    "csv": (audit.export_csv, "text/csv; charset=utf-8"),
-    "jsonl": (audit.export_jsonl, "application/x-ndjson"),
-}
+EXPORT_MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
 
 
 def export_response(
     session: Session, user: Principal, pipeline: Pipeline, fmt: str, since: datetime | None
 ) -> StreamingResponse:
     """The audit log as a download; the export is audited once streamed (or cut short)."""
-    if fmt not in EXPORTERS:
+    if fmt not in audit.EXPORT_WRITERS:
         raise InvalidInputError("format must be csv or jsonl")
     # The request's transaction outlives the streamed response: end it now, so that on
     # SQLite it does not hold the write lock while the export streams.
     session.commit()
-    writer, media_type = EXPORTERS[fmt]
-
-    def chunks() -> Iterator[str]:
-        exported = 0
-        complete = False
-
-        def counted(events: Iterator[AuditEvent]) -> Iterator[AuditEvent]:
-            nonlocal exported
-            for event in events:
-                exported += 1
-                yield event
-
-        try:
-            with session_scope(pipeline.sessions) as reader:
-                yield from writer(counted(audit.iter_events(reader, since)))
-            complete = True
-        finally:
-            if complete or exported:
-                with session_scope(pipeline.sessions) as recorder:
-                    audit.record_export(
-                        recorder,
-                        actor=user.actor,
-                        fmt=fmt,
-                        since=since,
-                        count=exported,
-                        complete=complete,
-                    )
-
     filename = f"audit-{now():%Y%m%dT%H%M%SZ}.{fmt}"
     return StreamingResponse(
-        chunks(),
-        media_type=media_type,
+        audit.export(fmt, since=since, actor=user.actor, sessions=pipeline.sessions),
+        media_type=EXPORT_MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 

@@ -181,6 +181,26 @@ def test_jsonl_export_round_trips_payloads_and_honours_since(session: Session) -
     assert json.loads(lines[0])["payload"] == {"n": 1}
 
 
+def test_an_export_cut_short_is_audited_with_what_left(engine: sa.Engine) -> None:
+    sessions = session_factory(engine)
+    with sessions() as session:
+        _write_events(session, count=3)
+    chunks = audit.export("jsonl", since=None, actor="auditor", sessions=sessions)
+    next(chunks)
+    chunks.close()  # the reader went away after one event
+    with sessions() as session:
+        exported = session.execute(
+            select(AuditEvent).where(col(AuditEvent.kind) == audit.EXPORT_KIND)
+        ).scalar_one()
+    assert exported.actor == "auditor"
+    assert json.loads(exported.payload) == {
+        "format": "jsonl",
+        "since": None,
+        "count": 1,
+        "complete": False,
+    }
+
+
 def test_an_event_rolled_back_with_a_savepoint_does_not_break_the_chain(session: Session) -> None:
     audit.record(session, "kept.before", {"n": 1}, actor="t")
     savepoint = session.begin_nested()
