@@ -6,13 +6,12 @@ signed with the API secret in ``Authorization``, carrying the body's SHA-256);
 anything unsigned or altered is 401 and changes nothing. Every verified event
 is audited.
 
-When the callee's SIP participant leaves the room of an answered attempt, or
-the room finishes, and no report has arrived, the attempt is settled at once
-(as reconciliation would, after its grace period) instead of waiting. The agent
-reports just before it hangs up, so its report may still be on the broker when
-the webhook arrives: an authentic report that comes later still outranks the
-settlement and cancels its retry. Another participant leaving (the agent)
-settles nothing.
+When the room of an answered attempt finishes (LiveKit closes it once the
+callee and the agent have left, after its departure timeout) and no report has
+arrived, the attempt is settled at once instead of after the grace period. The
+callee's SIP participant leaving is recorded but settles nothing by itself:
+the agent reports just before it hangs up, and a report queued on the broker
+may still be on its way when that webhook arrives.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from livekit.api import TokenVerifier, WebhookReceiver
-from livekit.protocol.models import ParticipantInfo
 from livekit.protocol.webhook import WebhookEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -53,15 +51,9 @@ async def livekit_webhook(request: Request, pipeline: PipelineDep) -> dict[str, 
     return await run_in_threadpool(_settle, pipeline, event)
 
 
-def _call_over(event: WebhookEvent) -> bool:
-    if event.event == "room_finished":
-        return True
-    return event.event == "participant_left" and event.participant.kind == ParticipantInfo.SIP
-
-
 def _settle(pipeline: Pipeline, event: WebhookEvent) -> dict[str, Any]:
     room = event.room.name
-    action = pipeline.call_ended(room) if room and _call_over(event) else None
+    action = pipeline.call_ended(room) if event.event == "room_finished" and room else None
     with session_scope(pipeline.sessions) as session:
         audit.record(
             session,
