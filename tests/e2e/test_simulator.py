@@ -601,8 +601,9 @@ def test_thousand_concurrent_ringing_calls(sim: SimulatorHandle) -> None:
             lk = api.LiveKitAPI(
                 sim.url, sim.api_key, sim.api_secret, session=session, failover=False
             )
-            # 30 simulated seconds of ringing at SPEED 50: 0.6 s of real time
-            reqs = [dial_request(f"+1555{i:05d}99", ringing=30) for i in range(n)]
+            # 150 simulated seconds of ringing at SPEED 50: 3 s of real time, longer than
+            # sending 1,000 requests takes even on a loaded machine, so all ring at once.
+            reqs = [dial_request(f"+1555{i:05d}99", ringing=150) for i in range(n)]
             results = await asyncio.gather(
                 *(lk.sip.create_sip_participant(r) for r in reqs), return_exceptions=True
             )
