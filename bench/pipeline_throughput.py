@@ -40,11 +40,11 @@ import redis
 from sqlalchemy import Engine, func, insert
 from sqlmodel import col, select
 
-from campaigns import clinics
 from campaigns.attempts import daily
 from campaigns.db import make_engine, session_factory
-from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt, Trunk
+from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, AttemptState, CallAttempt
 from demo.daytime import daytime_zone, local_number
+from harness.clinics import always_open_clinic
 from harness.databases import scratch_postgres
 from harness.processes import Process, ProcessGroup, free_port, http_ok, wait_until
 
@@ -88,31 +88,16 @@ def seed(
     started = time.monotonic()
     now = datetime.now(UTC)
     with session_factory(engine)() as s:
-        spec = clinics.validate_spec(
-            {
-                "name": "Bench Clinic",
-                "timezone": zone,
-                "window": "00:00-23:59",
-                "days": "mon,tue,wed,thu,fri,sat,sun",
-                "trunk_id": TRUNK,
-                "caller_id": "+12125550199",
-                "max_attempts": max_attempts,
-                "lead_days": "2",
-            }
+        clinic = always_open_clinic(
+            s,
+            "Bench Clinic",
+            zone,
+            TRUNK,
+            max_attempts=max_attempts,
+            cps=cps,
+            max_concurrent=max_concurrent,
+            actor="bench",
         )
-        clinic = clinics.create_clinic(s, spec, actor="bench")
-        clinic.retry_base_seconds = 1
-        clinic.retry_cap_seconds = 4
-        clinic.min_gap_seconds = 1
-        s.add(
-            Trunk(
-                sip_trunk_id=TRUNK,
-                name="bench trunk",
-                calls_per_second=cps,
-                max_concurrent=max_concurrent,
-            )
-        )
-        s.flush()
         assert clinic.id is not None
         starts_at = now + timedelta(days=2)
         s.add_all(

@@ -21,17 +21,16 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import clinics
 from campaigns.attempts import daily
 from campaigns.db import make_engine, session_factory
 from campaigns.models import (
     OPEN_ATTEMPT_STATES,
     Appointment,
     CallAttempt,
-    Trunk,
 )
 from campaigns.settings import get_settings
 from demo.daytime import daytime_zone, local_number
+from harness.clinics import always_open_clinic
 from harness.processes import ProcessGroup, processes
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.conftest import fresh_database
@@ -151,23 +150,16 @@ def setup_clinic(
     """A clinic where it is early afternoon now, and one appointment per callee behaviour."""
     now = datetime.now(UTC)
     with stack.session() as s:
-        spec = clinics.validate_spec(
-            {
-                "name": "Harbour Clinic",
-                "timezone": stack.zone,
-                "window": "00:00-23:59",
-                "days": "mon,tue,wed,thu,fri,sat,sun",
-                "trunk_id": TRUNK,
-                "caller_id": "+12125550199",
-                "max_attempts": max_attempts,
-                "lead_days": "2",
-            }
+        clinic = always_open_clinic(
+            s,
+            "Harbour Clinic",
+            stack.zone,
+            TRUNK,
+            max_attempts=max_attempts,
+            cps=20,
+            max_concurrent=50,
+            actor="test",
         )
-        clinic = clinics.create_clinic(s, spec, actor="test")
-        clinic.retry_base_seconds = 1
-        clinic.retry_cap_seconds = 4
-        clinic.min_gap_seconds = 1
-        s.add(Trunk(sip_trunk_id=TRUNK, name="test trunk", calls_per_second=20, max_concurrent=50))
         assert clinic.id is not None
         appointment_ids: dict[str, int] = {}
         for n in range(count):

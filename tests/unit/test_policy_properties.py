@@ -16,14 +16,7 @@ from campaigns.compliance.state_rules import load_seed_state_rules
 from campaigns.compliance.windows import CallingWindow, Policy
 
 ZONES = [
-    "America/New_York",
-    "America/Chicago",
-    "America/Denver",
-    "America/Phoenix",
-    "America/Los_Angeles",
-    "America/Anchorage",
-    "America/Adak",
-    "Pacific/Honolulu",
+    *US_FALLBACK_ZONES,
     "Europe/London",
     "Europe/Berlin",
     "Europe/Moscow",
