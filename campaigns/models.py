@@ -177,7 +177,7 @@ class CallAttempt(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     worker_id: str | None = Field(
-        default=None, max_length=64, description="the worker process that took it from the queue"
+        default=None, max_length=64, description="the worker process that dialed it"
     )
 
 
