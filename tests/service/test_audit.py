@@ -390,66 +390,60 @@ def test_a_transaction_touching_two_clinics_appends_to_both_chains(session: Sess
     assert audit.verify(session).ok
 
 
-def _two_clinics(session: Session) -> None:
+_SWAP_2_AND_3 = [
+    f"UPDATE audit_event SET seq = {new} WHERE chain = 1 AND seq = {old}"
+    for old, new in ((2, 100), (3, 2), (100, 3))
+]
+
+
+@pytest.mark.parametrize(
+    ("statements", "chain", "seq", "named"),
+    [
+        pytest.param(
+            ["UPDATE audit_event SET actor = 'mallory' WHERE chain = 2 AND seq = 3"],
+            2,
+            3,
+            "content does not match its hash: the event was altered",
+            id="edit",
+        ),
+        pytest.param(
+            ["DELETE FROM audit_event WHERE chain = 2 AND seq = 2"],
+            2,
+            3,
+            "event 2 is missing (the sequence jumps from 1 to 3): removed",
+            id="delete",
+        ),
+        pytest.param(_SWAP_2_AND_3, 1, 2, "previous hash does not match", id="reorder"),
+        pytest.param(
+            # Clinic 1's chain is only shorter (its checkpoint tells); clinic 2's breaks.
+            ["UPDATE audit_event SET chain = 2, seq = 6 WHERE chain = 1 AND seq = 5"],
+            2,
+            6,
+            "previous hash does not match",
+            id="move-an-event",
+        ),
+        pytest.param(
+            ["UPDATE audit_event SET chain = 9 WHERE chain = 1"],
+            9,
+            1,
+            "previous hash does not match",  # clinic 9's genesis is not clinic 1's
+            id="move-a-whole-chain",
+        ),
+    ],
+)
+def test_tampering_in_a_clinic_chain_is_named_with_its_chain(
+    session: Session, statements: list[str], chain: int, seq: int, named: str
+) -> None:
     _write_events(session, 5, clinic_id=1)
     _write_events(session, 5, clinic_id=2)
-
-
-def test_an_edit_in_one_clinic_chain_is_named_with_its_chain(session: Session) -> None:
-    _two_clinics(session)
-    _tamper(session, "UPDATE audit_event SET actor = 'mallory' WHERE chain = 2 AND seq = 3")
+    for statement in statements:
+        _tamper(session, statement)
 
     result = audit.verify(session)
 
-    assert (result.ok, result.chain, result.first_bad_seq, result.events) == (False, 2, 3, 8)
-    assert "altered" in (result.problem or "")
-    assert result.where == "event 3 of clinic 2's chain"
-
-
-def test_a_deletion_in_one_clinic_chain_is_named_with_its_chain(session: Session) -> None:
-    _two_clinics(session)
-    _tamper(session, "DELETE FROM audit_event WHERE chain = 2 AND seq = 2")
-
-    result = audit.verify(session)
-
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 2, 3)
-    assert "event 2 is missing (the sequence jumps from 1 to 3)" in (result.problem or "")
-
-
-def test_events_reordered_within_a_clinic_chain_are_detected(session: Session) -> None:
-    _two_clinics(session)
-    for old, new in ((2, 100), (3, 2), (100, 3)):
-        _tamper(
-            session,
-            "UPDATE audit_event SET seq = :new WHERE chain = 1 AND seq = :old",
-            old=old,
-            new=new,
-        )
-
-    result = audit.verify(session)
-
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 1, 2)
-    assert "previous hash does not match" in (result.problem or "")
-
-
-def test_an_event_moved_to_another_clinic_chain_is_detected(session: Session) -> None:
-    _two_clinics(session)
-    _tamper(session, "UPDATE audit_event SET chain = 2, seq = 6 WHERE chain = 1 AND seq = 5")
-
-    result = audit.verify(session)  # clinic 1's chain is only shorter: its checkpoint tells
-
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 2, 6)
-    assert "previous hash does not match" in (result.problem or "")
-
-
-def test_a_whole_chain_moved_to_another_clinic_fails_at_its_genesis(session: Session) -> None:
-    _write_events(session)
-    _tamper(session, "UPDATE audit_event SET chain = 9 WHERE chain = 1")
-
-    result = audit.verify(session)
-
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 9, 1)
-    assert "previous hash does not match" in (result.problem or "")
+    assert (result.ok, result.chain, result.first_bad_seq) == (False, chain, seq)
+    assert named in (result.problem or "")
+    assert result.where == f"event {seq} of clinic {chain}'s chain"
 
 
 def test_a_chain_moved_and_re_linked_with_the_key_still_names_the_clinic(session: Session) -> None:
@@ -657,37 +651,24 @@ def test_a_checkpoint_beyond_chain_0s_end_fails(session: Session) -> None:
     assert "events 2-3 are missing: the chain ends at event 1" in (result.problem or "")
 
 
-def test_a_re_chain_of_a_clinic_chain_by_a_holder_of_the_key_fails_the_checkpoint(
-    session: Session,
+@pytest.mark.parametrize(("chain", "anchored_at"), [(2, 3), (0, 4)])
+def test_a_re_chain_by_a_holder_of_the_key_fails_the_checkpoint(
+    session: Session, chain: int, anchored_at: int
 ) -> None:
-    _write_events(session)
+    """A clinic chain is anchored at its head, chain 0 at the checkpoint's event (which
+    holds the clinic chains' anchors): either re-chained with the key no longer matches."""
+    _write_events(session, 3, clinic_id=1)
     _write_events(session, 3, clinic_id=2)
-    checkpoint = _checkpoint(session)
-    edit = "UPDATE audit_event SET payload = :edited WHERE chain = 2 AND seq = 2"
-    _tamper(session, edit, edited='{"n":9}')
-    _rechain(session, the_real_key, chain=2, from_seq=2)
-    assert audit.verify(session).ok
-
-    result = audit.verify(session, checkpoint)
-
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 2, 3)
-    assert "does not match the checkpoint" in (result.problem or "")
-
-
-def test_a_re_chain_of_chain_0_by_a_holder_of_the_key_fails_the_checkpoint(
-    session: Session,
-) -> None:
-    """Chain 0 up to the checkpoint's event holds the clinic chains' anchors: rewriting
-    it (say, to anchor a shortened clinic chain) changes the checkpoint's hash."""
     _write_events(session, 3, clinic_id=None)
-    checkpoint = _checkpoint(session)
-    _tamper(session, "UPDATE audit_event SET payload = '{}' WHERE chain = 0 AND seq = 2")
-    _rechain(session, the_real_key, chain=0, from_seq=2)
+    checkpoint = _checkpoint(session)  # chain 0's event 4
+    edit = "UPDATE audit_event SET payload = '{}' WHERE chain = :chain AND seq = 2"
+    _tamper(session, edit, chain=chain)
+    _rechain(session, the_real_key, chain=chain, from_seq=2)
     assert audit.verify(session).ok
 
     result = audit.verify(session, checkpoint)
 
-    assert (result.ok, result.chain, result.first_bad_seq) == (False, 0, checkpoint.seq)
+    assert (result.ok, result.chain, result.first_bad_seq) == (False, chain, anchored_at)
     assert "does not match the checkpoint" in (result.problem or "")
 
 
@@ -768,25 +749,35 @@ def test_a_malformed_checkpoint_is_refused_naming_the_field(document: str, named
 # ------------------------------------------------------------ logs chained before the key
 
 
+def _database_at(revision: str, kind: str, tmp_path: Path) -> Iterator[str]:
+    """A database of ``kind`` migrated up to ``revision`` only."""
+    if kind == "sqlite":
+        yield scratch_sqlite(tmp_path / f"at_{revision}.db", revision=revision)
+        return
+    with scratch_postgres(f"campaigns_at_{revision}", revision=revision) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def unkeyed_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database at the revision before the chain was keyed."""
-    if request.param == "sqlite":
-        yield scratch_sqlite(tmp_path / "unkeyed.db", revision="0002")
-        return
-    with scratch_postgres("campaigns_unkeyed", revision="0002") as url:
-        yield url
+    yield from _database_at("0002", request.param, tmp_path)
+
+
+def _insert(url: str, rows: list[dict[str, Any]]) -> None:
+    """Rows into ``audit_event`` as an earlier revision's writer stored them."""
+    names = [name for name in rows[0] if name != "at"]
+    table = sa.table("audit_event", *map(sa.column, names), sa.column("at", UTCDateTime()))
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(table.insert(), rows)
+    engine.dispose()
 
 
 def _write_unkeyed_chain(url: str, seqs: list[int], *, edit_seq: int | None = None) -> None:
     """Events as the unkeyed SHA-256 chain wrote them (a rolled-back sequence value may skip)."""
-    table = sa.table(
-        "audit_event",
-        *(sa.column(name) for name in ("seq", "actor", "kind", "payload", "prev_hash", "hash")),
-        sa.column("at", UTCDateTime()),
-    )
     prev = audit.GENESIS_HASH
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n, seq in enumerate(seqs):
         at = datetime(2026, 11, 1, 12, n, tzinfo=UTC)
         payload = audit.canonical_json({"n": n})
@@ -808,10 +799,7 @@ def _write_unkeyed_chain(url: str, seqs: list[int], *, edit_seq: int | None = No
             }
         )
         prev = digest
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(table.insert(), rows)
-    engine.dispose()
+    _insert(url, rows)
 
 
 def _verify(url: str) -> audit.VerifyResult:
@@ -850,22 +838,12 @@ def test_a_broken_unkeyed_log_is_not_laundered_by_the_upgrade(unkeyed_database_u
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def single_chain_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database at the revision before chains per clinic."""
-    if request.param == "sqlite":
-        yield scratch_sqlite(tmp_path / "single_chain.db", revision="0008")
-        return
-    with scratch_postgres("campaigns_single_chain", revision="0008") as url:
-        yield url
+    yield from _database_at("0008", request.param, tmp_path)
 
 
 def _write_single_chain(url: str, clinics: list[int | None], *, edit_seq: int | None = None) -> str:
     """A keyed log as one global chain wrote it (clinic events included), ending with a
     checkpoint event; the checkpoint file's document."""
-    table = sa.table(
-        "audit_event",
-        *(sa.column(name) for name in ("seq", "actor", "kind", "clinic_id", "payload")),
-        *(sa.column(name) for name in ("prev_hash", "hash", "key_id")),
-        sa.column("at", UTCDateTime()),
-    )
     key = audit.chain_key()
     prev = audit.GENESIS_HASH
     rows: list[dict[str, Any]] = []
@@ -895,10 +873,7 @@ def _write_single_chain(url: str, clinics: list[int | None], *, edit_seq: int | 
             }
         )
         prev = digest
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(table.insert(), rows)
-    engine.dispose()
+    _insert(url, rows)
     head = rows[-1]
     return json.dumps(
         {"seq": head["seq"], "hash": head["hash"], "at": head["at"].isoformat(), "count": len(rows)}
