@@ -357,13 +357,7 @@ def audit_export(
 
 def verify_document(result: audit.VerifyResult) -> dict[str, Any]:
     """As ``audit verify --json`` prints it."""
-    return {
-        "ok": result.ok,
-        "events": result.events,
-        "first_bad_seq": result.first_bad_seq,
-        "problem": result.problem,
-        "checkpoint": result.checkpoint.model_dump(mode="json") if result.checkpoint else None,
-    }
+    return result.document()
 
 
 @router.post("/audit/verify")
@@ -372,8 +366,8 @@ def audit_verify(
     session: DB,
     checkpoint: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Re-walk the chain; with a checkpoint taken earlier as the body, also check that the
-    events it covers are still there as they were."""
+    """Re-walk every chain; with a checkpoint taken earlier as the body, also check that
+    the events it anchors in each chain are still there as they were."""
     anchor = audit.Checkpoint.parse(json.dumps(checkpoint)) if checkpoint else None
     return verify_document(audit.verify(session, anchor))
 

@@ -154,7 +154,7 @@ def _audit_kinds(session: Session, attempt_id: int | None) -> list[str]:
         session.execute(
             select(AuditEvent.kind)
             .where(col(AuditEvent.attempt_id) == attempt_id)
-            .order_by(col(AuditEvent.seq))
+            .order_by(col(AuditEvent.id))
         ).scalars()
     )
 
@@ -701,7 +701,7 @@ def _audit_payloads(session: Session, kind: str) -> list[dict[str, object]]:
         for payload in session.execute(
             select(AuditEvent.payload)
             .where(col(AuditEvent.kind) == kind)
-            .order_by(col(AuditEvent.seq))
+            .order_by(col(AuditEvent.id))
         ).scalars()
     ]
 
