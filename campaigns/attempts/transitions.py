@@ -78,11 +78,26 @@ def refusal(decision: Decision, now: datetime) -> tuple[str, dict[str, Any]]:
     return SKIPPED, change | {"state": AttemptState.SKIPPED, "ended_at": now}
 
 
-def load_for_update(session: Session, attempt_id: int) -> CallAttempt | None:
-    """The attempt, its row locked until the caller's transaction ends."""
-    return session.execute(
-        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
-    ).scalar_one_or_none()
+def load_for_update(
+    session: Session, attempt_id: int, *, with_context: bool = False
+) -> CallAttempt | None:
+    """The attempt, its row locked until the caller's transaction ends.
+
+    ``with_context``: its appointment and clinic are read in the same round trip
+    (not locked), so a ``session.get`` of either afterwards is answered from the session.
+    """
+    entities: tuple[type[Any], ...] = (
+        (CallAttempt, Appointment, Clinic) if with_context else (CallAttempt,)
+    )
+    query = select(*entities)
+    if with_context:
+        query = query.join(
+            Appointment, col(Appointment.id) == col(CallAttempt.appointment_id)
+        ).join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+    row = session.execute(
+        query.where(col(CallAttempt.id) == attempt_id).with_for_update(of=CallAttempt)
+    ).first()
+    return None if row is None else row[0]
 
 
 def _record(
