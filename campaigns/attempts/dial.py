@@ -181,6 +181,16 @@ def finish_dial(
     session: Session, attempt_id: int, result: CallResult, now: datetime, *, jitter: float
 ) -> FinishedDial:
     """Record the result of CreateSIPParticipant and, for a failed dial, the next attempt."""
+    if result.answered and transitions.answered(
+        session,
+        attempt_id,
+        now,
+        dispatch_id=result.dispatch_id,
+        sip_call_id=result.sip_call_id,
+        sip_status_code=result.sip_status_code,
+        sip_status=result.sip_status,
+    ):
+        return FinishedDial(AttemptState.ANSWERED, None, release_slot=False)
     attempt = transitions.load_for_update(session, attempt_id)
     assert attempt is not None
     attempt.dispatch_id = result.dispatch_id or attempt.dispatch_id
@@ -193,15 +203,6 @@ def finish_dial(
         return FinishedDial(attempt.state, attempt.outcome, attempt.state != AttemptState.ANSWERED)
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    if result.answered:
-        transitions.answered(
-            session,
-            attempt,
-            now,
-            {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
-            actor=WORKER,
-        )
-        return FinishedDial(attempt.state, None, release_slot=False)
     if result.config_error or result.missed_start:
         # Nothing was dialed: the attempt goes back; on a configuration error the
         # clinic stops until fixed.
