@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -32,11 +33,22 @@ def clinic_list(clinic_id: int) -> str:
 
 
 def _list(session: Session, name: str) -> DncList:
+    """The list's row, locked until the transaction ends; created first when missing.
+
+    Two first additions at once (two patients of a new clinic opting out) must not
+    both create it: the loser of the insert waits for the winner's row and locks it.
+    """
     found = session.get(DncList, name, with_for_update=True)
     if found is None:
-        found = DncList(name=name)
-        session.add(found)
-        session.flush()
+        dialect = session.get_bind().dialect.name
+        insert_once = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(
+            insert_once(DncList)
+            .values(name=name, version=0, entries=0, updated_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["name"])
+        )
+        found = session.get(DncList, name, with_for_update=True, populate_existing=True)
+        assert found is not None
     return found
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import date
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from campaigns import dnc
+from campaigns.db import session_factory
 from campaigns.errors import InvalidInputError
-from campaigns.models import DncSource
+from campaigns.models import DncList, DncSource
 from tests.factories import add_clinic
 
 
@@ -82,3 +86,46 @@ def test_registry_import_is_a_snapshot_with_a_data_date(session: Session) -> Non
 def test_bad_registry_lines_are_rejected(line: str) -> None:
     with pytest.raises(InvalidInputError):
         dnc.parse_registry_line(line)
+
+
+def test_two_first_opt_outs_of_a_clinic_at_once_both_reach_its_list(engine: Engine) -> None:
+    sessions = session_factory(engine)
+    with sessions() as s:
+        clinic_id = add_clinic(s).id
+        s.commit()
+    assert clinic_id is not None
+    first_added = threading.Event()
+    errors: list[BaseException] = []
+
+    def opt_out(number: str, *, hold: bool) -> None:
+        try:
+            with sessions() as s:
+                dnc.add(
+                    s,
+                    number,
+                    clinic_id=clinic_id,
+                    source=DncSource.PATIENT_REQUEST,
+                    reason="asked during the call",
+                    actor="agent",
+                )
+                if hold:  # the list is created but not committed while the other one adds
+                    first_added.set()
+                    time.sleep(0.5)
+                s.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=opt_out, args=("+12125550101",), kwargs={"hold": True})
+    first.start()
+    assert first_added.wait(10)
+    second = threading.Thread(target=opt_out, args=("+12125550102",), kwargs={"hold": False})
+    second.start()
+    first.join(10)
+    second.join(10)
+
+    assert errors == []
+    with sessions() as s:
+        listed = dnc.snapshot(s, ["+12125550101", "+12125550102"])
+        assert all(listed.lookup(n, clinic_id).blocked_by for n in ("+12125550101", "+12125550102"))
+        clinic_list = s.get(DncList, dnc.clinic_list(clinic_id))
+        assert clinic_list is not None and clinic_list.entries == 2
