@@ -60,10 +60,10 @@ PEAK_FACTOR = 2.0  # the busiest minutes over the window's average rate
 UTILISATION = 0.7  # plan every resource to this share of its ceiling
 REDIS_COPIES = 3  # a message crosses Redis three times: publish, delivery, unacked copy
 CEILINGS = {  # what one instance carries on ordinary hardware
-    "pg_commits": 5_000.0,  # commits/s, one primary, synchronous_commit on, SSD
-    "pg_rows": 50_000.0,  # rows written/s (WAL, index upkeep, vacuum)
-    "redis_ops": 100_000.0,  # commands/s, one single-threaded Redis
-    "redis_bytes": 100e6,  # bytes/s, about a 1 Gbit/s link
+    "pg_commits_per_s": 5_000.0,  # one primary, synchronous_commit on, SSD
+    "pg_rows_written_per_s": 50_000.0,  # WAL, index upkeep, vacuum
+    "redis_commands_per_s": 100_000.0,  # one single-threaded Redis
+    "redis_bytes_per_s": 100e6,  # about a 1 Gbit/s link
 }
 TICK_BATCHES = int(inspect.signature(Pipeline.tick).parameters["max_batches"].default)
 MARK = "scale-model:"
@@ -331,13 +331,13 @@ def project(m: dict[str, Any], cpu_ms: float, clinics: int) -> dict[str, Any]:
     pool = make_engine("postgresql+psycopg://scale/model").pool
     audit_day = calls_day * m["audit_events"] + appointments * m["daily_run_audit_per_appointment"]
     load = {
-        "pg_commits": peak * m["commits"] + heartbeats,
-        "pg_rows": peak * m["rows_written"] + heartbeats,
-        "redis_ops": peak * m["redis_commands"],
-        "redis_bytes": peak * m["message_bytes"] * REDIS_COPIES,
-        "tick_claims": peak,
+        "pg_commits_per_s": peak * m["commits"] + heartbeats,
+        "pg_rows_written_per_s": peak * m["rows_written"] + heartbeats,
+        "redis_commands_per_s": peak * m["redis_commands"],
+        "redis_bytes_per_s": peak * m["message_bytes"] * REDIS_COPIES,
+        "tick_claims_per_s": peak,
     }
-    ceilings = CEILINGS | {"tick_claims": s.tick_batch * TICK_BATCHES / s.tick_seconds}
+    ceilings = CEILINGS | {"tick_claims_per_s": s.tick_batch * TICK_BATCHES / s.tick_seconds}
     share = {k: v / ceilings[k] for k, v in load.items()}
     first = max(share, key=lambda k: share[k])
     return {
@@ -347,38 +347,16 @@ def project(m: dict[str, Any], cpu_ms: float, clinics: int) -> dict[str, Any]:
         "worker_cores": cores,
         "calls_in_flight": in_flight,
         "worker_processes": processes,
+        **load,
         "pg_statements_per_s": peak * m["statements"],
         "pg_connections_max": processes * (pool.size() + pool._max_overflow),  # type: ignore[attr-defined]
         "audit_rows_per_day": audit_day,
         "audit_gb_per_day": audit_day * m["audit_bytes_per_event"] / 1e9,
         "audit_tb_per_year": 365 * audit_day * m["audit_bytes_per_event"] / 1e12,
-        "load": load,
         "share_of_ceiling": share,
         "first_bottleneck": first,
         "deployments": math.ceil(share[first] / UTILISATION),
     }
-
-
-TABLE = (  # label, projection key ("%": load and share of one instance's ceiling)
-    ("clinics", "clinics"),
-    ("calls / day", "calls_per_day"),
-    ("peak calls / s", "peak_calls_per_s"),
-    ("worker cores (CPU)", "worker_cores"),
-    ("calls in flight (threads)", "calls_in_flight"),
-    ("worker processes", "worker_processes"),
-    ("PostgreSQL commits / s", "%pg_commits"),
-    ("PostgreSQL rows written / s", "%pg_rows"),
-    ("PostgreSQL statements / s", "pg_statements_per_s"),
-    ("PostgreSQL connections (pool max)", "pg_connections_max"),
-    ("Redis commands / s", "%redis_ops"),
-    ("Redis bytes / s", "%redis_bytes"),
-    ("tick claims / s", "%tick_claims"),
-    ("audit rows / day", "audit_rows_per_day"),
-    ("audit GB / day", "audit_gb_per_day"),
-    ("audit TB / year", "audit_tb_per_year"),
-    ("first bottleneck", "first_bottleneck"),
-    ("deployments needed", "deployments"),
-)
 
 
 def si(x: float | str) -> str:
@@ -386,12 +364,6 @@ def si(x: float | str) -> str:
         if isinstance(x, int | float) and abs(x) >= div:
             return f"{x / (div or 1):.3g}{unit}"
     return str(x)
-
-
-def cell(r: dict[str, Any], key: str) -> str:
-    if key.startswith("%"):
-        return f"{si(r['load'][key[1:]])} ({r['share_of_ceiling'][key[1:]]:.0%})"
-    return si(r[key])
 
 
 def print_report(m: dict[str, Any], rows: list[dict[str, Any]], cpu_ms: float, source: str) -> None:
@@ -410,8 +382,13 @@ def print_report(m: dict[str, Any], rows: list[dict[str, Any]], cpu_ms: float, s
         f"{WINDOW_HOURS:g} h window, peak x{PEAK_FACTOR:g}, {UTILISATION:.0%} utilisation, "
         f"worker CPU {cpu_ms:.2f} ms/call ({source}); (%) of one instance's ceiling"
     )
-    for label, key in TABLE:
-        print(f"  {label:<34}" + "".join(f"{cell(r, key):>16}" for r in rows))
+    for key in (k for k in rows[0] if k != "share_of_ceiling"):
+        print(f"  {key:<28}" + "".join(f"{cell(r, key):>18}" for r in rows))
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    share = row["share_of_ceiling"].get(key)
+    return si(row[key]) + ("" if share is None else f" ({share:.0%})")
 
 
 def main() -> None:
