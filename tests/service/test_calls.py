@@ -998,16 +998,20 @@ def test_tick_sends_each_task_only_after_its_claim_is_committed(
         clock=lambda: NOW,
     )
     seen: list[tuple[int, str]] = []
+    batches: list[int] = []
 
-    def send(attempt_id: int) -> None:
+    def send(attempt_ids: list[int]) -> None:
+        batches.append(len(attempt_ids))
         with sessions() as fresh:
-            attempt = fresh.get(CallAttempt, attempt_id)
-            assert attempt is not None
-            seen.append((attempt_id, attempt.state))
+            for attempt_id in attempt_ids:
+                attempt = fresh.get(CallAttempt, attempt_id)
+                assert attempt is not None
+                seen.append((attempt_id, attempt.state))
 
     result = pipeline.tick(send)
 
     assert len(result.queued) == 3
+    assert batches == [2, 1]  # one send per claimed batch
     assert sorted(attempt_id for attempt_id, _ in seen) == sorted(result.queued)
     assert {state for _, state in seen} == {AttemptState.QUEUED}
     assert pipeline.tick(send).queued == []  # nothing is sent twice
