@@ -38,7 +38,7 @@ from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
 from campaigns.settings import Settings, get_settings
 from campaigns.telephony.pacing.local_pacer import LocalPacer
-from demo.daytime import daytime_zone, local_number
+from demo.daytime import country_of, daytime_zone, local_number
 from workers import task_names
 from workers.publish import CallPublisher
 
@@ -64,10 +64,10 @@ def load(appointments: int, pending: int, due: int) -> None:
                 max_attempts, retry_base_seconds, retry_cap_seconds, retry_voicemail,
                 min_gap_seconds, cutoff_minutes, dials_per_number_24h, dials_per_number_7d,
                 daily_run_time, lead_days, trunk_id, created_at, updated_at)
-            VALUES ('Bench', %s, 'US', '00:00', '23:59', 'mon,tue,wed,thu,fri,sat,sun', 4, 3600,
+            VALUES ('Bench', %s, %s, '00:00', '23:59', 'mon,tue,wed,thu,fri,sat,sun', 4, 3600,
                 86400, true, 3600, 120, 3, 6, '10:00', '1', 'ST_bench', %s, %s)
             """,
-            (zone, now, now),
+            (zone, country_of(zone), now, now),
         )
         # A trunk roomy enough that the claim is limited by the batch size alone.
         conn.execute(
@@ -102,9 +102,9 @@ def load(appointments: int, pending: int, due: int) -> None:
             for n in range(pending):
                 # The first `due` are due now, the rest later today.
                 due_at = now - timedelta(seconds=due - n) if n < due else now + timedelta(hours=2)
-                copy.write_row(
-                    (n + 1, 1, 1, "scheduled", due_at, f"+1212{n % 10_000_000:07d}", now, now)
-                )
+                # An attempt calls its appointment's number, as a daily run makes it.
+                number = local_number(zone, f"{n % 10_000:04d}")
+                copy.write_row((n + 1, 1, 1, "scheduled", due_at, number, now, now))
         conn.execute("ANALYZE")
         conn.commit()
     print(
