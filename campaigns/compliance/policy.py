@@ -60,7 +60,6 @@ from zoneinfo import ZoneInfo
 from campaigns.compliance.geography import locate
 from campaigns.compliance.windows import (
     NEVER,
-    DayRules,
     Policy,
     wall_time,
     zone_failures,
@@ -191,7 +190,7 @@ def decide(
         callee.phone_e164, callee.country, callee.timezone, callee.state, callee.zip_code
     )
     zones = [ZoneInfo(z) for z in location.zones]
-    rules = DayRules(policy, location.states)
+    rules = policy.day_rules(location.states)
     deadline = _utc(callee.appointment_start, "appointment_start") - policy.cutoff
     dials = sorted(_utc(d, "dials_to_number") for d in history.dials_to_number)
     last = (
@@ -199,7 +198,7 @@ def decide(
         if history.last_attempt_at is not None
         else None
     )
-    boundaries = rules.boundaries()
+    local_now = [now.astimezone(z) for z in zones]
 
     def cap24(t: datetime) -> tuple[int, str]:
         return rules.cap_24h([wall_time(z, t).date() for z in zones] or [t.date()])
@@ -211,7 +210,7 @@ def decide(
 
     def next_boundary(t: datetime, free: object) -> object:
         # A state rule with another cap may start before the cap frees up: stop there.
-        for day in boundaries:
+        for day in rules.boundaries():
             earliest = datetime.combine(day, time.min, tzinfo=UTC) - _MAX_UTC_OFFSET
             if earliest > t and (not isinstance(free, datetime) or earliest < free):
                 return earliest
@@ -240,7 +239,7 @@ def decide(
             f"min_gap: last attempt {last.isoformat()}, gap {policy.min_gap}, "
             f"until {(last + policy.min_gap).isoformat()}"
         )
-    cap, cap_source = cap24(now)
+    cap, cap_source = rules.cap_24h([local.date() for local in local_now] or [now.date()])
     in_24h = sum(1 for d in dials if now - timedelta(hours=24) < d <= now)
     if in_24h >= cap:
         reasons.append(f"number_cap_24h: {in_24h} dials in 24 h (cap {cap}, {cap_source})")
@@ -250,8 +249,8 @@ def decide(
             f"number_cap_7d: {in_7d} dials in 7 days "
             f"(cap {policy.max_dials_per_number_7d}, clinic max per week)"
         )
-    for zone in zones:
-        reasons.extend(zone_failures(rules, zone, now))
+    for zone, local in zip(zones, local_now, strict=True):
+        reasons.extend(zone_failures(rules, zone, now, local.replace(tzinfo=None)))
 
     allowed = not reasons
     next_allowed: datetime | None
@@ -274,7 +273,10 @@ def decide(
         next_allowed_at=next_allowed,
         callee_zones=location.zones,
         callee_local_times=MappingProxyType(
-            {z.key: now.astimezone(z).isoformat(timespec="seconds") for z in zones}
+            {
+                z.key: local.isoformat(timespec="seconds")
+                for z, local in zip(zones, local_now, strict=True)
+            }
         ),
         callee_states=location.states,
         ruleset_version=policy.ruleset_version,
