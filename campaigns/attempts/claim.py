@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import func
 from sqlalchemy.orm import Session
@@ -21,9 +22,8 @@ from campaigns.models import IN_FLIGHT_STATES, Appointment, AttemptState, CallAt
 from campaigns.telephony.trunks import DEFAULT_MAX_CONCURRENT
 
 
-@dataclass(frozen=True)
-class _DueAttempt:
-    """The columns the claim needs, without loading ORM objects."""
+class _DueAttempt(NamedTuple):
+    """The columns the claim needs, without loading ORM objects (a tuple: cheap to make)."""
 
     id: int
     attempt_number: int
