@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from campaigns import audit
 from campaigns.attempts import closing, transitions
@@ -32,35 +32,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class DialTarget:
-    """What pacing needs to know before the attempt is touched."""
-
-    attempt_id: int
-    trunk_id: str | None
-    calls_per_second: float
-    max_concurrent: int
-
-
-def dial_target(session: Session, attempt_id: int, default_trunk: str | None) -> DialTarget | None:
-    """The trunk and its limits for a queued attempt; None if it is not queued (a no-op)."""
-    row = session.execute(
-        select(CallAttempt.state, Clinic.trunk_id)
-        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
-        .where(col(CallAttempt.id) == attempt_id)
-    ).first()
-    if row is None or row[0] != AttemptState.QUEUED:
-        return None
-    trunk_id = row[1] or default_trunk
-    limits = session.get(Trunk, trunk_id) if trunk_id else None
-    return DialTarget(
-        attempt_id=attempt_id,
-        trunk_id=trunk_id,
-        calls_per_second=limits.calls_per_second if limits else DEFAULT_CPS,
-        max_concurrent=limits.max_concurrent if limits else DEFAULT_MAX_CONCURRENT,
-    )
-
-
-@dataclass(frozen=True)
 class DialSettings:
     default_trunk: str | None
     default_agent: str
@@ -72,21 +43,46 @@ class DialSettings:
     report_grace: timedelta
 
 
+@dataclass(frozen=True)
+class DialPlan:
+    """The one request to dial, and the limits of the trunk it goes through."""
+
+    request: CallRequest
+    calls_per_second: float
+    max_concurrent: int
+
+
 def begin_dial(
-    session: Session, attempt_id: int, now: datetime, config: DialSettings
-) -> CallRequest | None:
+    session: Session,
+    attempt_id: int,
+    now: datetime,
+    config: DialSettings,
+    *,
+    worker_id: str | None = None,
+) -> DialPlan | None:
     """queued -> dialing after a last policy check; the returned request is dialed exactly once.
 
     None when there is nothing to dial: not queued any more (a duplicate task),
     the policy now says no (a DNC entry added a second ago wins), or the clinic
-    has no trunk (the clinic is paused until an operator fixes it).
+    has no trunk (the clinic is paused until an operator fixes it). ``worker_id``
+    marks the attempt as this worker's, so reconciliation notices if it dies.
     """
-    attempt = transitions.load_for_update(session, attempt_id)
-    if attempt is None or attempt.state != AttemptState.QUEUED:
+    row = session.execute(
+        select(CallAttempt, Appointment, Clinic, Trunk)
+        .join(Appointment, col(Appointment.id) == col(CallAttempt.appointment_id))
+        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+        .outerjoin(
+            Trunk,
+            col(Trunk.sip_trunk_id) == func.coalesce(col(Clinic.trunk_id), config.default_trunk),
+        )
+        .where(col(CallAttempt.id) == attempt_id)
+        .with_for_update(of=CallAttempt)
+    ).one_or_none()
+    if row is None:
         return None
-    appointment = session.get(Appointment, attempt.appointment_id)
-    clinic = session.get(Clinic, attempt.clinic_id)
-    assert appointment is not None and clinic is not None
+    attempt, appointment, clinic, trunk = row
+    if attempt.state != AttemptState.QUEUED:
+        return None
     if clinic.paused_reason:
         transitions.hold(attempt, now)
         return None
@@ -112,6 +108,7 @@ def begin_dial(
         now,
         trunk_id=trunk_id,
         caller_id=clinic.caller_id,
+        worker_id=worker_id,
         payload={
             "number_source": appointment.phone_source,
             "agent_name": clinic.agent_name or config.default_agent,
@@ -120,7 +117,7 @@ def begin_dial(
         },
     )
     assert attempt.id is not None and attempt.room_name and attempt.participant_identity
-    return CallRequest(
+    request = CallRequest(
         attempt_id=attempt.id,
         room_name=attempt.room_name,
         participant_identity=attempt.participant_identity,
@@ -141,6 +138,20 @@ def begin_dial(
         ringing_timeout=config.ringing_timeout,
         max_call_duration=config.max_call_duration,
     )
+    return DialPlan(
+        request,
+        trunk.calls_per_second if trunk else DEFAULT_CPS,
+        trunk.max_concurrent if trunk else DEFAULT_MAX_CONCURRENT,
+    )
+
+
+def not_dialed(
+    session: Session, attempt_id: int, now: datetime, *, why: str, due_at: datetime
+) -> None:
+    """dialing -> scheduled, due at ``due_at``: the worker sent no dial (its trunk was full)."""
+    attempt = transitions.load_for_update(session, attempt_id)
+    if attempt is not None and attempt.state == AttemptState.DIALING:
+        transitions.undialed(session, attempt, now, why=why, error=None, due_at=due_at)
 
 
 def pause_clinic(

@@ -45,8 +45,8 @@ def stale_attempts(
 ) -> list[StaleAttempt]:
     """Attempts past the deadline of their state: lost tasks, killed workers, silent agents.
 
-    With ``worker_lost``, a queued or dialing attempt whose worker has not beaten
-    its heartbeat for that long is stale at once, whatever its own deadline.
+    With ``worker_lost``, a dialing attempt whose worker has not beaten its
+    heartbeat for that long is stale at once, whatever its own deadline.
     """
     overdue = [
         (col(CallAttempt.state) == AttemptState.QUEUED)
@@ -66,7 +66,7 @@ def stale_attempts(
             .exists()
         )
         overdue.append(
-            col(CallAttempt.state).in_((AttemptState.QUEUED, AttemptState.DIALING))
+            (col(CallAttempt.state) == AttemptState.DIALING)
             & col(CallAttempt.worker_id).is_not(None)
             & ~alive
         )

@@ -255,37 +255,6 @@ def skip_scheduled(
 # --------------------------------------------------------------------------- dialing
 
 
-def take_attempt(session: Session, attempt_id: int, worker_id: str) -> None:
-    """Mark a queued attempt as the worker's, so reconciliation notices if that worker dies."""
-    session.execute(
-        update(CallAttempt)
-        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
-        .values(worker_id=worker_id)
-    )
-
-
-def return_to_queue(
-    session: Session, attempt_id: int, now: datetime, *, due_at: datetime, why: str
-) -> bool:
-    """queued -> scheduled: the call never started (pacing full, a worker shutting down)."""
-    changed = session.execute(
-        update(CallAttempt)
-        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
-        .values(state=AttemptState.SCHEDULED, due_at=due_at, updated_at=now)
-    ).rowcount  # type: ignore[attr-defined]
-    if changed:
-        attempt = session.get(CallAttempt, attempt_id)
-        assert attempt is not None
-        _record(
-            session,
-            attempt,
-            "attempt.requeued",
-            {"why": why, "due_at": due_at.isoformat()},
-            actor=WORKER,
-        )
-    return bool(changed)
-
-
 def hold(attempt: CallAttempt, now: datetime) -> None:
     """queued -> scheduled, unaudited: the clinic is paused (its pause is the audited event)."""
     _move(attempt, now, state=AttemptState.SCHEDULED)
@@ -312,6 +281,7 @@ def dialing(
     trunk_id: str,
     caller_id: str | None,
     payload: dict[str, Any],
+    worker_id: str | None = None,
 ) -> None:
     """queued -> dialing, committed by the caller before any dial."""
     assert attempt.id is not None
@@ -322,6 +292,7 @@ def dialing(
         dialing_at=now,
         trunk_id=trunk_id,
         caller_id=caller_id,
+        worker_id=worker_id,
         room_name=f"appt-{attempt.id}-{secrets.token_hex(4)}",
         participant_identity=f"callee-{attempt.id}-{secrets.token_hex(4)}",
     )
