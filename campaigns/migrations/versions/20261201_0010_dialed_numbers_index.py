@@ -3,9 +3,9 @@
 The per-number caps read it with ``dialing_at > ...``; an attempt not yet dialed
 (scheduled, deferred, queued, each a new row version) no longer costs it a write.
 
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-11-29
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-01
 """
 
 from collections.abc import Sequence
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
