@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
-from sqlmodel import col, func, select
 
 from campaigns import audit
 from campaigns.attempts import closing, transitions
 from campaigns.attempts.metadata import agent_metadata
 from campaigns.attempts.transitions import WORKER
 from campaigns.compliance import service as compliance
-from campaigns.models import Appointment, AttemptState, CallAttempt, Clinic, Trunk
+from campaigns.models import Appointment, AttemptState, Clinic, Trunk
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.telephony.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
@@ -67,22 +66,12 @@ def begin_dial(
     has no trunk (the clinic is paused until an operator fixes it). ``worker_id``
     marks the attempt as this worker's, so reconciliation notices if it dies.
     """
-    row = session.execute(
-        select(CallAttempt, Appointment, Clinic, Trunk)
-        .join(Appointment, col(Appointment.id) == col(CallAttempt.appointment_id))
-        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
-        .outerjoin(
-            Trunk,
-            col(Trunk.sip_trunk_id) == func.coalesce(col(Clinic.trunk_id), config.default_trunk),
-        )
-        .where(col(CallAttempt.id) == attempt_id)
-        .with_for_update(of=CallAttempt)
-    ).one_or_none()
-    if row is None:
+    attempt = transitions.load_for_update(session, attempt_id, with_context=True)
+    if attempt is None or attempt.state != AttemptState.QUEUED:
         return None
-    attempt, appointment, clinic, trunk = row
-    if attempt.state != AttemptState.QUEUED:
-        return None
+    appointment = session.get(Appointment, attempt.appointment_id)
+    clinic = session.get(Clinic, attempt.clinic_id)
+    assert appointment is not None and clinic is not None
     if clinic.paused_reason:
         transitions.hold(attempt, now)
         return None
@@ -138,6 +127,7 @@ def begin_dial(
         ringing_timeout=config.ringing_timeout,
         max_call_duration=config.max_call_duration,
     )
+    trunk = session.get(Trunk, trunk_id)
     return DialPlan(
         request,
         trunk.calls_per_second if trunk else DEFAULT_CPS,
@@ -191,6 +181,16 @@ def finish_dial(
     session: Session, attempt_id: int, result: CallResult, now: datetime, *, jitter: float
 ) -> FinishedDial:
     """Record the result of CreateSIPParticipant and, for a failed dial, the next attempt."""
+    if result.answered and transitions.answered(
+        session,
+        attempt_id,
+        now,
+        dispatch_id=result.dispatch_id,
+        sip_call_id=result.sip_call_id,
+        sip_status_code=result.sip_status_code,
+        sip_status=result.sip_status,
+    ):
+        return FinishedDial(AttemptState.ANSWERED, None, release_slot=False)
     attempt = transitions.load_for_update(session, attempt_id)
     assert attempt is not None
     attempt.dispatch_id = result.dispatch_id or attempt.dispatch_id
@@ -203,15 +203,6 @@ def finish_dial(
         return FinishedDial(attempt.state, attempt.outcome, attempt.state != AttemptState.ANSWERED)
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    if result.answered:
-        transitions.answered(
-            session,
-            attempt,
-            now,
-            {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
-            actor=WORKER,
-        )
-        return FinishedDial(attempt.state, None, release_slot=False)
     if result.config_error or result.missed_start:
         # Nothing was dialed: the attempt goes back; on a configuration error the
         # clinic stops until fixed.

@@ -90,7 +90,7 @@ def reconcile_attempt(
     ``room_participants`` is None when the room could not be inspected (then a
     dialing/answered attempt is left for the next pass).
     """
-    attempt = transitions.load_for_update(session, stale.attempt_id)
+    attempt = transitions.load_for_update(session, stale.attempt_id, with_context=True)
     if attempt is None or attempt.state != stale.state:
         return None
     clinic = session.get(Clinic, attempt.clinic_id)

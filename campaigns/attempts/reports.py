@@ -147,7 +147,7 @@ def record_outcome(
     applied is audited with the reason (``report.refused`` / ``report.ignored``);
     an opt-out under an authentic token reaches the do-not-call list even then.
     """
-    attempt = transitions.load_for_update(session, attempt_id)
+    attempt = transitions.load_for_update(session, attempt_id, with_context=True)
     if attempt is None:
         return _not_applied(
             session, REPORT_REFUSED, attempt_id, None, outcome, "no such attempt", now

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, func, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -78,11 +78,26 @@ def refusal(decision: Decision, now: datetime) -> tuple[str, dict[str, Any]]:
     return SKIPPED, change | {"state": AttemptState.SKIPPED, "ended_at": now}
 
 
-def load_for_update(session: Session, attempt_id: int) -> CallAttempt | None:
-    """The attempt, its row locked until the caller's transaction ends."""
-    return session.execute(
-        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
-    ).scalar_one_or_none()
+def load_for_update(
+    session: Session, attempt_id: int, *, with_context: bool = False
+) -> CallAttempt | None:
+    """The attempt, its row locked until the caller's transaction ends.
+
+    ``with_context``: its appointment and clinic are read in the same round trip
+    (not locked), so a ``session.get`` of either afterwards is answered from the session.
+    """
+    entities: tuple[type[Any], ...] = (
+        (CallAttempt, Appointment, Clinic) if with_context else (CallAttempt,)
+    )
+    query = select(*entities)
+    if with_context:
+        query = query.join(
+            Appointment, col(Appointment.id) == col(CallAttempt.appointment_id)
+        ).join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+    row = session.execute(
+        query.where(col(CallAttempt.id) == attempt_id).with_for_update(of=CallAttempt)
+    ).first()
+    return None if row is None else row[0]
 
 
 def _record(
@@ -314,11 +329,47 @@ def dialing(
 
 
 def answered(
-    session: Session, attempt: CallAttempt, now: datetime, payload: dict[str, Any], *, actor: str
-) -> None:
-    """dialing -> answered."""
-    _record(session, attempt, "attempt.answered", payload, actor=actor, at=now)
-    _move(attempt, now, state=AttemptState.ANSWERED, answered_at=now)
+    session: Session,
+    attempt_id: int,
+    now: datetime,
+    *,
+    dispatch_id: str | None,
+    sip_call_id: str | None,
+    sip_status_code: int | None,
+    sip_status: str | None,
+) -> bool:
+    """dialing -> answered in one guarded UPDATE, with what LiveKit said of the call.
+
+    False, changing nothing, when the attempt is no longer dialing (the agent's
+    report or reconciliation got there first)."""
+    row = session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.DIALING)
+        .values(
+            state=AttemptState.ANSWERED,
+            answered_at=now,
+            updated_at=now,
+            dispatch_id=func.coalesce(dispatch_id, col(CallAttempt.dispatch_id)),
+            sip_call_id=func.coalesce(sip_call_id, col(CallAttempt.sip_call_id)),
+            sip_status_code=sip_status_code,
+            sip_status=sip_status,
+        )
+        .returning(col(CallAttempt.clinic_id), col(CallAttempt.appointment_id))
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return False
+    audit.record(
+        session,
+        "attempt.answered",
+        {"sip_call_id": sip_call_id, "dispatch_id": dispatch_id},
+        actor=WORKER,
+        clinic_id=row.clinic_id,
+        appointment_id=row.appointment_id,
+        attempt_id=attempt_id,
+        at=now,
+    )
+    return True
 
 
 def undialed(
