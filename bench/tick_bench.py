@@ -14,7 +14,7 @@ attempt as the tick did before.
 the schedule, so runs of two versions can alternate under the same load.
 
     .venv/bin/python bench/tick_bench.py [--appointments 1000000] [--pending 100000]
-        [--ticks 10] [--broker redis://127.0.0.1:6379/14] [--reuse]
+        [--ticks 10] [--broker redis://127.0.0.1:6379/14] [--publish apply-async] [--reuse]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def main() -> None:
     print(_summary("claim", claims))
     print(_summary("publish", publishes))
     print(_summary("total", totals) + "  target <= 100 ms")
-    print(f"  SQL statements per tick: {statistics.median(counts):.0f} (and the commit)")
+    print(f"  SQL statements per tick: {statistics.median(counts):.0f} (plus BEGIN and COMMIT)")
     engine.dispose()
 
 
