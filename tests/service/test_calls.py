@@ -399,6 +399,46 @@ def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Sessio
     assert all(a.due_at == NOW - timedelta(minutes=1) for a in still_scheduled)
 
 
+def _attempt_in(session: Session, clinic: Clinic, state: AttemptState) -> None:
+    appointment = _appointment(session, clinic)
+    assert appointment.id is not None and clinic.id is not None
+    session.add(
+        CallAttempt(
+            appointment_id=appointment.id,
+            clinic_id=clinic.id,
+            attempt_number=1,
+            state=state,
+            due_at=NOW - timedelta(minutes=1),
+            dialing_at=NOW if state == AttemptState.DIALING else None,
+            number_called=appointment.phone_e164,
+        )
+    )
+
+
+def test_a_trunk_shared_by_clinics_counts_the_calls_of_all_of_them(session: Session) -> None:
+    lakeside = _clinic(session)
+    harbour = _clinic(session, name="Harbour Clinic")  # the same trunk
+    hillside = _clinic(session, name="Hillside Clinic", trunk_id=None)  # the default trunk
+    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=4))
+    session.add(Trunk(sip_trunk_id="ST_default", name="default", max_concurrent=1))
+    for _ in range(3):
+        _attempt_in(session, harbour, AttemptState.DIALING)
+    for clinic in (lakeside, hillside):
+        for _ in range(3):
+            _attempt_in(session, clinic, AttemptState.SCHEDULED)
+    session.flush()
+
+    result = claim.claim_due_attempts(session, NOW, limit=100, default_trunk="ST_default")
+
+    queued = session.execute(
+        select(CallAttempt.clinic_id).where(col(CallAttempt.state) == AttemptState.QUEUED)
+    ).all()
+    assert sorted(clinic_id for (clinic_id,) in queued) == sorted(
+        [lakeside.id or 0, hillside.id or 0]
+    )
+    assert result.waiting_for_trunk == 4  # two per clinic: one line left on each trunk
+
+
 def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
     pg_database_url: str,
 ) -> None:
