@@ -6,7 +6,8 @@ everything the caller configures (clinic row + state rules). :class:`DayRules` i
 policy's view for callees in some states (``Policy.day_rules``, shared by the
 decisions under the policy): per local date, every limit (federal window, clinic
 window, weekdays and holidays, each state's window, Sunday and holiday bans) and
-their intersection. :func:`zone_failures` says why an instant fails in a zone;
+their intersection, and (``DayRules.at``) a callee's zones at one instant: local
+times, the 24-hour cap, the failures. :func:`zone_failures` says why an instant fails in a zone;
 :func:`zone_next` gives a lower bound on the next instant that passes there, never
 stepping over a change of the zone's UTC offset (DST gaps and repeated hours are
 handled from the instants themselves).
@@ -125,6 +126,17 @@ class _Limit:
     detail: str
 
 
+@dataclass(frozen=True)
+class ZoneView:
+    """A callee's zones at one instant: their local times (to the second), the 24-hour
+    cap on those local dates, and why the instant fails in each zone, in zone order."""
+
+    zones: tuple[ZoneInfo, ...]
+    local_times: Mapping[str, str]
+    cap_24h: tuple[int, str]
+    failures: tuple[str, ...]
+
+
 class DayRules:
     """The view of the policy for callees in some states: limits per local date, memoised."""
 
@@ -134,6 +146,33 @@ class DayRules:
         self._limits: dict[date, tuple[_Limit, ...]] = {}
         self._windows: dict[date, tuple[time, time] | None] = {}
         self._boundaries: list[date] | None = None
+        self._views: dict[tuple[tuple[str, ...], datetime], ZoneView] = {}
+
+    def at(self, zone_names: tuple[str, ...], t: datetime) -> ZoneView:
+        """The zones at ``t``, memoised: a batch's decisions share their instant and,
+        mostly, their zones."""
+        view = self._views.get((zone_names, t))
+        if view is None:
+            zones = tuple(ZoneInfo(name) for name in zone_names)
+            local = [t.astimezone(zone) for zone in zones]
+            failures = [
+                failure
+                for zone, moment in zip(zones, local, strict=True)
+                for failure in zone_failures(self, zone, t, moment.replace(tzinfo=None))
+            ]
+            view = ZoneView(
+                zones,
+                MappingProxyType(
+                    {
+                        zone.key: moment.isoformat(timespec="seconds")
+                        for zone, moment in zip(zones, local, strict=True)
+                    }
+                ),
+                self.cap_24h([moment.date() for moment in local] or [t.date()]),
+                tuple(failures),
+            )
+            self._views[(zone_names, t)] = view
+        return view
 
     def rule_for(self, state: str, day: date) -> StateRule | None:
         matches = [r for r in self.policy.state_rules if r.state == state and r.effective_on(day)]
