@@ -355,50 +355,6 @@ def _claim_in_thread(
         errors.append(exc)
 
 
-@pytest.mark.postgres
-def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Session) -> None:
-    clinic = _clinic(session)
-    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=3))
-    busy = _appointment(session, clinic)
-    assert busy.id is not None and clinic.id is not None
-    session.add(
-        CallAttempt(
-            appointment_id=busy.id,
-            clinic_id=clinic.id,
-            attempt_number=1,
-            state=AttemptState.DIALING,
-            due_at=NOW,
-            dialing_at=NOW,
-            number_called=busy.phone_e164,
-        )
-    )
-    for _ in range(5):
-        due = _appointment(session, clinic)
-        assert due.id is not None
-        session.add(
-            CallAttempt(
-                appointment_id=due.id,
-                clinic_id=clinic.id,
-                attempt_number=1,
-                due_at=NOW - timedelta(minutes=1),
-                number_called=due.phone_e164,
-            )
-        )
-    session.flush()
-
-    result = claim.claim_due_attempts(session, NOW, limit=100)
-
-    assert len(result.queued) == 2  # three lines, one already ringing
-    assert result.waiting_for_trunk == 3
-    still_scheduled = (
-        session.execute(select(CallAttempt).where(col(CallAttempt.state) == AttemptState.SCHEDULED))
-        .scalars()
-        .all()
-    )
-    assert len(still_scheduled) == 3
-    assert all(a.due_at == NOW - timedelta(minutes=1) for a in still_scheduled)
-
-
 def _attempt_in(session: Session, clinic: Clinic, state: AttemptState) -> None:
     appointment = _appointment(session, clinic)
     assert appointment.id is not None and clinic.id is not None
@@ -413,6 +369,28 @@ def _attempt_in(session: Session, clinic: Clinic, state: AttemptState) -> None:
             number_called=appointment.phone_e164,
         )
     )
+
+
+@pytest.mark.postgres
+def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Session) -> None:
+    clinic = _clinic(session)
+    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=3))
+    _attempt_in(session, clinic, AttemptState.DIALING)
+    for _ in range(5):
+        _attempt_in(session, clinic, AttemptState.SCHEDULED)
+    session.flush()
+
+    result = claim.claim_due_attempts(session, NOW, limit=100)
+
+    assert len(result.queued) == 2  # three lines, one already ringing
+    assert result.waiting_for_trunk == 3
+    still_scheduled = (
+        session.execute(select(CallAttempt).where(col(CallAttempt.state) == AttemptState.SCHEDULED))
+        .scalars()
+        .all()
+    )
+    assert len(still_scheduled) == 3
+    assert all(a.due_at == NOW - timedelta(minutes=1) for a in still_scheduled)
 
 
 def test_a_trunk_shared_by_clinics_counts_the_calls_of_all_of_them(session: Session) -> None:
