@@ -181,15 +181,7 @@ def finish_dial(
     session: Session, attempt_id: int, result: CallResult, now: datetime, *, jitter: float
 ) -> FinishedDial:
     """Record the result of CreateSIPParticipant and, for a failed dial, the next attempt."""
-    if result.answered and transitions.answered(
-        session,
-        attempt_id,
-        now,
-        dispatch_id=result.dispatch_id,
-        sip_call_id=result.sip_call_id,
-        sip_status_code=result.sip_status_code,
-        sip_status=result.sip_status,
-    ):
+    if result.answered and transitions.answered(session, attempt_id, now, result):
         return FinishedDial(AttemptState.ANSWERED, None, release_slot=False)
     attempt = transitions.load_for_update(session, attempt_id)
     assert attempt is not None

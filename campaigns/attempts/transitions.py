@@ -17,6 +17,7 @@ import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -35,6 +36,7 @@ from campaigns.models import (
     Clinic,
 )
 from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.port import CallResult
 
 SCHEDULER = "scheduler"
 WORKER = "worker"
@@ -328,16 +330,7 @@ def dialing(
     )
 
 
-def answered(
-    session: Session,
-    attempt_id: int,
-    now: datetime,
-    *,
-    dispatch_id: str | None,
-    sip_call_id: str | None,
-    sip_status_code: int | None,
-    sip_status: str | None,
-) -> bool:
+def answered(session: Session, attempt_id: int, now: datetime, result: CallResult) -> bool:
     """dialing -> answered in one guarded UPDATE, with what LiveKit said of the call.
 
     False, changing nothing, when the attempt is no longer dialing (the agent's
@@ -349,10 +342,10 @@ def answered(
             state=AttemptState.ANSWERED,
             answered_at=now,
             updated_at=now,
-            dispatch_id=func.coalesce(dispatch_id, col(CallAttempt.dispatch_id)),
-            sip_call_id=func.coalesce(sip_call_id, col(CallAttempt.sip_call_id)),
-            sip_status_code=sip_status_code,
-            sip_status=sip_status,
+            dispatch_id=func.coalesce(result.dispatch_id, col(CallAttempt.dispatch_id)),
+            sip_call_id=func.coalesce(result.sip_call_id, col(CallAttempt.sip_call_id)),
+            sip_status_code=result.sip_status_code,
+            sip_status=result.sip_status,
         )
         .returning(col(CallAttempt.clinic_id), col(CallAttempt.appointment_id))
         .execution_options(synchronize_session=False)
@@ -362,7 +355,7 @@ def answered(
     audit.record(
         session,
         "attempt.answered",
-        {"sip_call_id": sip_call_id, "dispatch_id": dispatch_id},
+        {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
         actor=WORKER,
         clinic_id=row.clinic_id,
         appointment_id=row.appointment_id,
@@ -417,6 +410,14 @@ def reconciled(
 # --------------------------------------------------------------------------- closing
 
 
+@dataclass(frozen=True)
+class AgentReport:
+    """What the agent said of the call it answered, as the engine keeps it."""
+
+    detail: dict[str, Any]
+    dropped_keys: int = 0  # keys of its detail not kept
+
+
 def closed(
     session: Session,
     attempt: CallAttempt,
@@ -426,12 +427,11 @@ def closed(
     error: str | None,
     actor: str,
     ambiguous: bool = False,
-    detail: dict[str, Any] | None = None,
-    dropped_detail_keys: int = 0,
-    answered: bool = False,
+    report: AgentReport | None = None,
 ) -> None:
-    """dialing, answered or failed -> completed or failed, with the call's outcome."""
-    if answered:
+    """dialing, answered or failed -> completed or failed, with the call's outcome
+    (with the agent's ``report``, the call was answered: now, if not before)."""
+    if report is not None:
         attempt.answered_at = attempt.answered_at or now
     _move(
         attempt,
@@ -457,8 +457,8 @@ def closed(
             "duration_seconds": (now - attempt.answered_at).total_seconds()
             if attempt.answered_at
             else 0,
-            "detail": detail or {},
-            "dropped_detail_keys": dropped_detail_keys,
+            "detail": report.detail if report else {},
+            "dropped_detail_keys": report.dropped_keys if report else 0,
         },
         actor=actor,
         at=now,

@@ -63,7 +63,6 @@ class CallResult:
     outcome: Outcome | None
     dispatch_id: str | None = None
     sip_call_id: str | None = None
-    participant_id: str | None = None
     sip_status_code: int | None = None
     sip_status: str | None = None
     error: str | None = None
