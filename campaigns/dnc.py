@@ -7,8 +7,9 @@ versions it checked, so a reviewer can tell which data a call was cleared agains
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert
@@ -277,32 +278,58 @@ class DncSnapshot:
     hits: Mapping[str, frozenset[str]]
     versions: Mapping[str, int]
     registry_as_of: date | None
+    # Per clinic: the lists it consults and their versions, the same for all its numbers.
+    _consulted: dict[int, tuple[dict[str, str], Mapping[str, int]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def lookup(self, phone_e164: str, clinic_id: int) -> DncLookup:
         """Which lists consulted for this clinic hold the number, and their versions."""
-        labels = consulted_lists(clinic_id)
-        found = self.hits.get(phone_e164, frozenset())
+        consulted = self._consulted.get(clinic_id)
+        if consulted is None:
+            labels = consulted_lists(clinic_id)
+            versions = {label: self.versions.get(name, 0) for name, label in labels.items()}
+            consulted = self._consulted.setdefault(clinic_id, (labels, MappingProxyType(versions)))
+        labels, list_versions = consulted
+        found = self.hits.get(phone_e164)
         return DncLookup(
-            blocked_by=tuple(sorted(label for name, label in labels.items() if name in found)),
+            blocked_by=tuple(sorted(label for name, label in labels.items() if name in found))
+            if found
+            else (),
             registry_as_of=self.registry_as_of,
-            list_versions={label: self.versions.get(name, 0) for name, label in labels.items()},
+            list_versions=list_versions,
         )
 
 
 def snapshot(session: Session, phones: Sequence[str]) -> DncSnapshot:
+    """Every list's version and which lists hold each of ``phones``, in one statement: each
+    list once, and once more per number on it (an entry always belongs to a list)."""
     hits: dict[str, set[str]] = {}
-    for list_name, phone in session.execute(
-        select(DncEntry.list_name, DncEntry.phone_e164).where(
-            one_of(session, col(DncEntry.phone_e164), phones)
+    versions: dict[str, int] = {}
+    registry_as_of: date | None = None
+    for name, version, as_of, phone in session.execute(
+        select(
+            col(DncList.name),
+            col(DncList.version),
+            col(DncList.registry_as_of),
+            col(DncEntry.phone_e164),
+        )
+        .select_from(DncList)
+        .outerjoin(
+            DncEntry,
+            (col(DncEntry.list_name) == col(DncList.name))
+            & one_of(session, col(DncEntry.phone_e164), phones),
         )
     ).all():
-        hits.setdefault(phone, set()).add(list_name)
-    lists = session.execute(select(DncList)).scalars().all()
-    national = next((row for row in lists if row.name == NATIONAL_LIST), None)
+        versions[name] = version
+        if name == NATIONAL_LIST:
+            registry_as_of = as_of
+        if phone is not None:
+            hits.setdefault(phone, set()).add(name)
     return DncSnapshot(
         hits={phone: frozenset(names) for phone, names in hits.items()},
-        versions={row.name: row.version for row in lists},
-        registry_as_of=national.registry_as_of if national else None,
+        versions=versions,
+        registry_as_of=registry_as_of,
     )
 
 

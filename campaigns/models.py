@@ -143,7 +143,16 @@ class CallAttempt(SQLModel, table=True):
             postgresql_where=text("run_date IS NOT NULL"),
             sqlite_where=text("run_date IS NOT NULL"),
         ),
-        Index("ix_call_attempt_number_called_dialing_at", "number_called", "dialing_at"),
+        # Dials to a number (the per-number caps). Dialed attempts only: an attempt is
+        # written again and again before its dial (created, deferred, queued), and an
+        # index it is not in costs those writes nothing.
+        Index(
+            "ix_call_attempt_number_called_dialing_at",
+            "number_called",
+            "dialing_at",
+            postgresql_where=text("dialing_at IS NOT NULL"),
+            sqlite_where=text("dialing_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)

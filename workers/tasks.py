@@ -10,9 +10,12 @@ from sqlalchemy.exc import OperationalError
 from campaigns.settings import get_settings
 from workers import task_names
 from workers.celery_app import app
+from workers.publish import CallPublisher
 from workers.runtime import Heartbeat, get_pipeline
 
 _heartbeat = Heartbeat(get_settings())
+# The tick's place_call messages: each batch's in one round trip to the broker.
+_calls = CallPublisher(app, task_names.PLACE_CALL)
 
 
 @worker_init.connect  # before the first task is taken
@@ -27,12 +30,7 @@ def _stop_heartbeat(**_: Any) -> None:
 
 @app.task(name=task_names.TICK, acks_late=False, ignore_result=True)
 def tick() -> int:
-    # One producer, and the sends of each batch pipelined to the broker in one round trip.
-    with app.producer_or_acquire() as producer, producer.batch(max_size=1000):
-        result = get_pipeline().tick(
-            send=lambda attempt_id: place_call.apply_async((attempt_id,), producer=producer)
-        )
-    return len(result.queued)
+    return len(get_pipeline().tick(send=_calls.publish).queued)
 
 
 @app.task(name=task_names.PLACE_CALL, acks_late=True)

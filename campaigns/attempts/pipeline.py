@@ -109,8 +109,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ tick
 
-    def tick(self, send: Callable[[int], None], *, max_batches: int = 10) -> claim.TickResult:
-        """Claim due attempts batch by batch; send each task after its batch commits."""
+    def tick(self, send: Callable[[list[int]], None], *, max_batches: int = 10) -> claim.TickResult:
+        """Claim due attempts batch by batch; send each batch's ids once its claim has committed.
+
+        ``send`` enqueues one call per id. If it raises, the attempts it was given stay
+        ``queued`` (reconciliation queues them again) and the tick stops there."""
         queued: list[int] = []
         deferred = skipped = waiting = 0
         for _ in range(max_batches):
@@ -121,8 +124,8 @@ class Pipeline:
                     limit=self.settings.tick_batch,
                     default_trunk=self.settings.livekit_trunk_id,
                 )
-            for attempt_id in result.queued:
-                send(attempt_id)
+            if result.queued:
+                send(result.queued)
             queued += result.queued
             deferred += result.deferred
             skipped += result.skipped

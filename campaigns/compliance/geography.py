@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -376,7 +376,7 @@ class Location:
     states: tuple[str, ...]
     zone_sources: Mapping[str, tuple[str, ...]]  # zone -> the signals that brought it
 
-    @property
+    @cached_property  # read by every decision about the callee
     def zone_source(self) -> str:
         """The signals behind the zones, e.g. ``stated_timezone+number``; ``unknown``."""
         signals = _dedupe(s for found in self.zone_sources.values() for s in found)
@@ -457,13 +457,24 @@ def _state_from_description(description: str) -> str | None:
 
 def state_for_number(phone_e164: str, country: str = "US") -> str | None:
     """The state a US number's area code presumes (e.g. +1 305 -> FL); None if not US."""
+    return _listed_state(phone_e164) or _parsed_state(_parse(phone_e164, country))
+
+
+def _listed_state(phone_e164: str) -> str | None:
     if phone_e164.startswith("+1") and len(phone_e164) == 12:
         # The shipped table holds US area codes only: a hit settles it without parsing.
-        known = _STATE_BY_NPA.get(phone_e164[2:5])
-        if known is not None:
-            return known
-    number = _parse(phone_e164, country)
-    if number is None or phonenumbers.region_code_for_number(number) != "US":
+        return _STATE_BY_NPA.get(phone_e164[2:5])
+    return None
+
+
+def _parsed_state(number: phonenumbers.PhoneNumber | None) -> str | None:
+    # Only a +1 number can be a US one: the region lookup (every NANP region's patterns)
+    # is for those alone.
+    if (
+        number is None
+        or number.country_code != 1
+        or phonenumbers.region_code_for_number(number) != "US"
+    ):
         return None
     npa = str(number.national_number)[:3]
     state = state_for_area_code(npa)
@@ -487,12 +498,15 @@ def _country_zones(region: str) -> tuple[str, ...]:
 
 def zones_for_number(phone_e164: str, country: str = "US") -> tuple[str, ...]:
     """phonenumbers' zones for the number, () when unknown or too broad for a US number."""
-    number = _parse(phone_e164, country)
+    return _parsed_zones(_parse(phone_e164, country))
+
+
+def _parsed_zones(number: phonenumbers.PhoneNumber | None) -> tuple[str, ...]:
     if number is None:
         return ()
     zones = tuple(z for z in pn_timezone.time_zones_for_number(number) if z != UNKNOWN_ZONE)
-    region = phonenumbers.region_code_for_number(number)
-    if region == "US" and len(zones) > _MAX_SPECIFIC_ZONES:
+    # The region lookup tries every NANP region's patterns: only ask when it can matter.
+    if len(zones) > _MAX_SPECIFIC_ZONES and phonenumbers.region_code_for_number(number) == "US":
         return ()
     return tuple(z for z in zones if _valid_zone(z))
 
@@ -530,10 +544,12 @@ def _address_zones(state: str | None, zip_code: str | None) -> list[tuple[str, s
     return found
 
 
-def _number_zones(phone_e164: str, country: str, number_state: str | None) -> list[tuple[str, str]]:
+def _number_zones(
+    number: phonenumbers.PhoneNumber | None, number_state: str | None
+) -> list[tuple[str, str]]:
     """(zone, signal) of the number: its own zones (to the exchange), else the zones of the
     state its area code presumes."""
-    own = zones_for_number(phone_e164, country)
+    own = _parsed_zones(number)
     if own:
         return [(zone, "number") for zone in own]
     if number_state is not None:
@@ -550,17 +566,17 @@ def locate(
     zip_code: str | None = None,
 ) -> Location:
     """Candidate zones and states for a callee (see the module docstring)."""
+    number = _parse(phone_e164, country)  # parsed once: the state, the zones, the fallback
     address = _address_states(state, zip_code)
-    number_state = state_for_number(phone_e164, country)
+    number_state = _listed_state(phone_e164) or _parsed_state(number)
     states = tuple(sorted(set(address) | ({number_state} if number_state else set())))
 
     signals: list[tuple[str, str]] = []
     if timezone and _valid_zone(timezone.strip()):
         signals.append((timezone.strip(), "stated_timezone"))
     signals.extend(_address_zones(state, zip_code))
-    signals.extend(_number_zones(phone_e164, country, number_state))
+    signals.extend(_number_zones(number, number_state))
     if not signals:
-        number = _parse(phone_e164, country)
         region = phonenumbers.region_code_for_number(number) if number is not None else None
         region = region or country.upper()
         if region == "US" or (region in ("ZZ", "001") and country.upper() == "US"):

@@ -55,15 +55,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from types import MappingProxyType
-from zoneinfo import ZoneInfo
 
 from campaigns.compliance.geography import locate
 from campaigns.compliance.windows import (
     NEVER,
-    DayRules,
     Policy,
     wall_time,
-    zone_failures,
     zone_next,
 )
 from campaigns.models import AppointmentStatus
@@ -190,8 +187,9 @@ def decide(
     location = locate(
         callee.phone_e164, callee.country, callee.timezone, callee.state, callee.zip_code
     )
-    zones = [ZoneInfo(z) for z in location.zones]
-    rules = DayRules(policy, location.states)
+    rules = policy.day_rules(location.states)
+    view = rules.at(location.zones, now)
+    zones = view.zones
     deadline = _utc(callee.appointment_start, "appointment_start") - policy.cutoff
     dials = sorted(_utc(d, "dials_to_number") for d in history.dials_to_number)
     last = (
@@ -199,7 +197,6 @@ def decide(
         if history.last_attempt_at is not None
         else None
     )
-    boundaries = rules.boundaries()
 
     def cap24(t: datetime) -> tuple[int, str]:
         return rules.cap_24h([wall_time(z, t).date() for z in zones] or [t.date()])
@@ -211,7 +208,7 @@ def decide(
 
     def next_boundary(t: datetime, free: object) -> object:
         # A state rule with another cap may start before the cap frees up: stop there.
-        for day in boundaries:
+        for day in rules.boundaries():
             earliest = datetime.combine(day, time.min, tzinfo=UTC) - _MAX_UTC_OFFSET
             if earliest > t and (not isinstance(free, datetime) or earliest < free):
                 return earliest
@@ -240,7 +237,7 @@ def decide(
             f"min_gap: last attempt {last.isoformat()}, gap {policy.min_gap}, "
             f"until {(last + policy.min_gap).isoformat()}"
         )
-    cap, cap_source = cap24(now)
+    cap, cap_source = view.cap_24h
     in_24h = sum(1 for d in dials if now - timedelta(hours=24) < d <= now)
     if in_24h >= cap:
         reasons.append(f"number_cap_24h: {in_24h} dials in 24 h (cap {cap}, {cap_source})")
@@ -250,8 +247,7 @@ def decide(
             f"number_cap_7d: {in_7d} dials in 7 days "
             f"(cap {policy.max_dials_per_number_7d}, clinic max per week)"
         )
-    for zone in zones:
-        reasons.extend(zone_failures(rules, zone, now))
+    reasons.extend(view.failures)
 
     allowed = not reasons
     next_allowed: datetime | None
@@ -273,9 +269,7 @@ def decide(
         reasons=tuple(reasons),
         next_allowed_at=next_allowed,
         callee_zones=location.zones,
-        callee_local_times=MappingProxyType(
-            {z.key: now.astimezone(z).isoformat(timespec="seconds") for z in zones}
-        ),
+        callee_local_times=view.local_times,
         callee_states=location.states,
         ruleset_version=policy.ruleset_version,
         dnc_list_versions=MappingProxyType(dict(dnc.list_versions)),

@@ -2,10 +2,12 @@
 
 Pure: no clock reads, no I/O. :class:`CallingWindow` is local wall-clock hours;
 :class:`StateRule` one date-stamped row of the state rule table; :class:`Policy`
-everything the caller configures (clinic row + state rules). :class:`DayRules` is
-one decision's view of a policy: per local date, every limit (federal window, clinic
+everything the caller configures (clinic row + state rules). :class:`DayRules` is a
+policy's view for callees in some states (``Policy.day_rules``, shared by the
+decisions under the policy): per local date, every limit (federal window, clinic
 window, weekdays and holidays, each state's window, Sunday and holiday bans) and
-their intersection. :func:`zone_failures` says why an instant fails in a zone;
+their intersection, and (``DayRules.at``) a callee's zones at one instant: local
+times, the 24-hour cap, the failures. :func:`zone_failures` says why an instant fails in a zone;
 :func:`zone_next` gives a lower bound on the next instant that passes there, never
 stepping over a change of the zone's UTC offset (DST gaps and repeated hours are
 handled from the instants themselves).
@@ -14,7 +16,7 @@ handled from the instants themselves).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from types import MappingProxyType
@@ -88,6 +90,18 @@ class Policy:
     ruleset_version: str = ""
     federal_window: CallingWindow = FEDERAL_WINDOW
     require_national_registry: bool = False
+    # One DayRules per callee states, shared by every decision under this policy.
+    _day_rules: dict[tuple[str, ...], DayRules] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def day_rules(self, states: tuple[str, ...]) -> DayRules:
+        """The per-date limits for callees in ``states``, memoised across decisions
+        (they are a function of the policy, the states and the date alone)."""
+        rules = self._day_rules.get(states)
+        if rules is None:
+            rules = self._day_rules.setdefault(states, DayRules(self, states))
+        return rules
 
 
 # --------------------------------------------------------------------------- calendars
@@ -112,14 +126,53 @@ class _Limit:
     detail: str
 
 
+@dataclass(frozen=True)
+class ZoneView:
+    """A callee's zones at one instant: their local times (to the second), the 24-hour
+    cap on those local dates, and why the instant fails in each zone, in zone order."""
+
+    zones: tuple[ZoneInfo, ...]
+    local_times: Mapping[str, str]
+    cap_24h: tuple[int, str]
+    failures: tuple[str, ...]
+
+
 class DayRules:
-    """The per-decision view of the policy: limits per local date, memoised."""
+    """The view of the policy for callees in some states: limits per local date, memoised."""
 
     def __init__(self, policy: Policy, states: tuple[str, ...]) -> None:
         self.policy = policy
         self.states = states
         self._limits: dict[date, tuple[_Limit, ...]] = {}
         self._windows: dict[date, tuple[time, time] | None] = {}
+        self._boundaries: list[date] | None = None
+        self._views: dict[tuple[tuple[str, ...], datetime], ZoneView] = {}
+
+    def at(self, zone_names: tuple[str, ...], t: datetime) -> ZoneView:
+        """The zones at ``t``, memoised: a batch's decisions share their instant and,
+        mostly, their zones."""
+        view = self._views.get((zone_names, t))
+        if view is None:
+            zones = tuple(ZoneInfo(name) for name in zone_names)
+            local = [t.astimezone(zone) for zone in zones]
+            failures = [
+                failure
+                for zone, moment in zip(zones, local, strict=True)
+                for failure in zone_failures(self, zone, t, moment.replace(tzinfo=None))
+            ]
+            view = ZoneView(
+                zones,
+                MappingProxyType(
+                    {
+                        zone.key: moment.isoformat(timespec="seconds")
+                        for zone, moment in zip(zones, local, strict=True)
+                    }
+                ),
+                self.cap_24h([moment.date() for moment in local] or [t.date()]),
+                tuple(failures),
+            )
+            self._views[(zone_names, t)] = view
+        return view
 
     def rule_for(self, state: str, day: date) -> StateRule | None:
         matches = [r for r in self.policy.state_rules if r.state == state and r.effective_on(day)]
@@ -189,13 +242,15 @@ class DayRules:
         return cap, source
 
     def boundaries(self) -> list[date]:
-        out: set[date] = set()
-        for rule in self.policy.state_rules:
-            if rule.state in self.states:
-                out.add(rule.effective_from)
-                if rule.effective_to is not None:
-                    out.add(rule.effective_to)
-        return sorted(out)
+        if self._boundaries is None:
+            out: set[date] = set()
+            for rule in self.policy.state_rules:
+                if rule.state in self.states:
+                    out.add(rule.effective_from)
+                    if rule.effective_to is not None:
+                        out.add(rule.effective_to)
+            self._boundaries = sorted(out)
+        return self._boundaries
 
 
 # --------------------------------------------------------------------------- zone maths
@@ -234,15 +289,19 @@ def _next_offset_change(zone: ZoneInfo, t: datetime, until: datetime) -> datetim
 NEVER = object()
 
 
-def zone_failures(rules: DayRules, zone: ZoneInfo, t: datetime) -> list[str]:
-    wall = wall_time(zone, t)
+def zone_failures(
+    rules: DayRules, zone: ZoneInfo, t: datetime, wall: datetime | None = None
+) -> list[str]:
+    """Why ``t`` fails in ``zone`` (``wall``: its local wall time there, if known)."""
+    wall = wall_time(zone, t) if wall is None else wall
+    clock = wall.time()
     out: list[str] = []
-    stamp = f"{wall:%Y-%m-%d %H:%M} {zone.key}"
     for limit in rules.limits(wall.date()):
         if limit.window is None:
             out.append(f"{limit.code}: {limit.detail} {zone.key}")
-        elif not limit.window.contains(wall.time()):
+        elif not limit.window.contains(clock):
             extra = f" {limit.detail}" if limit.detail else ""
+            stamp = f"{wall:%Y-%m-%d %H:%M} {zone.key}"
             out.append(f"{limit.code}: {stamp} not in {limit.window}{extra}")
     return out
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -86,6 +87,12 @@ def _redis_db(worker_id: str) -> int:
     return base + (int(worker_id[2:]) if worker_id.startswith("gw") else 0)
 
 
+def _redis_server() -> str:
+    # The server of the pacing tests' CAMPAIGNS_TEST_REDIS_URL; the index is _redis_db's.
+    url = urlsplit(os.environ.get("CAMPAIGNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return f"{url.scheme}://{url.netloc}"
+
+
 def pipeline_stack(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -103,7 +110,7 @@ def pipeline_stack(
     env_extra: dict[str, str] = {}
     if kind.startswith("postgresql"):
         index = _redis_db(getattr(request.config, "workerinput", {}).get("workerid", "main"))
-        broker_url = f"redis://127.0.0.1:6379/{index}"
+        broker_url = f"{_redis_server()}/{index}"
         redis.Redis.from_url(broker_url).flushdb()
         env_extra["CAMPAIGNS_REDIS_URL"] = broker_url
     else:

@@ -355,35 +355,29 @@ def _claim_in_thread(
         errors.append(exc)
 
 
+def _attempt_in(session: Session, clinic: Clinic, state: AttemptState) -> None:
+    appointment = _appointment(session, clinic)
+    assert appointment.id is not None and clinic.id is not None
+    session.add(
+        CallAttempt(
+            appointment_id=appointment.id,
+            clinic_id=clinic.id,
+            attempt_number=1,
+            state=state,
+            due_at=NOW - timedelta(minutes=1),
+            dialing_at=NOW if state == AttemptState.DIALING else None,
+            number_called=appointment.phone_e164,
+        )
+    )
+
+
 @pytest.mark.postgres
 def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Session) -> None:
     clinic = _clinic(session)
     session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=3))
-    busy = _appointment(session, clinic)
-    assert busy.id is not None and clinic.id is not None
-    session.add(
-        CallAttempt(
-            appointment_id=busy.id,
-            clinic_id=clinic.id,
-            attempt_number=1,
-            state=AttemptState.DIALING,
-            due_at=NOW,
-            dialing_at=NOW,
-            number_called=busy.phone_e164,
-        )
-    )
+    _attempt_in(session, clinic, AttemptState.DIALING)
     for _ in range(5):
-        due = _appointment(session, clinic)
-        assert due.id is not None
-        session.add(
-            CallAttempt(
-                appointment_id=due.id,
-                clinic_id=clinic.id,
-                attempt_number=1,
-                due_at=NOW - timedelta(minutes=1),
-                number_called=due.phone_e164,
-            )
-        )
+        _attempt_in(session, clinic, AttemptState.SCHEDULED)
     session.flush()
 
     result = claim.claim_due_attempts(session, NOW, limit=100)
@@ -397,6 +391,30 @@ def test_the_claim_queues_no_more_calls_than_the_trunk_can_carry(session: Sessio
     )
     assert len(still_scheduled) == 3
     assert all(a.due_at == NOW - timedelta(minutes=1) for a in still_scheduled)
+
+
+def test_a_trunk_shared_by_clinics_counts_the_calls_of_all_of_them(session: Session) -> None:
+    lakeside = _clinic(session)
+    harbour = _clinic(session, name="Harbour Clinic")  # the same trunk
+    hillside = _clinic(session, name="Hillside Clinic", trunk_id=None)  # the default trunk
+    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=4))
+    session.add(Trunk(sip_trunk_id="ST_default", name="default", max_concurrent=1))
+    for _ in range(3):
+        _attempt_in(session, harbour, AttemptState.DIALING)
+    for clinic in (lakeside, hillside):
+        for _ in range(3):
+            _attempt_in(session, clinic, AttemptState.SCHEDULED)
+    session.flush()
+
+    result = claim.claim_due_attempts(session, NOW, limit=100, default_trunk="ST_default")
+
+    queued = session.execute(
+        select(CallAttempt.clinic_id).where(col(CallAttempt.state) == AttemptState.QUEUED)
+    ).all()
+    assert sorted(clinic_id for (clinic_id,) in queued) == sorted(
+        [lakeside.id or 0, hillside.id or 0]
+    )
+    assert result.waiting_for_trunk == 4  # two per clinic: one line left on each trunk
 
 
 def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
@@ -999,16 +1017,20 @@ def test_tick_sends_each_task_only_after_its_claim_is_committed(
         clock=lambda: NOW,
     )
     seen: list[tuple[int, str]] = []
+    batches: list[int] = []
 
-    def send(attempt_id: int) -> None:
+    def send(attempt_ids: list[int]) -> None:
+        batches.append(len(attempt_ids))
         with sessions() as fresh:
-            attempt = fresh.get(CallAttempt, attempt_id)
-            assert attempt is not None
-            seen.append((attempt_id, attempt.state))
+            for attempt_id in attempt_ids:
+                attempt = fresh.get(CallAttempt, attempt_id)
+                assert attempt is not None
+                seen.append((attempt_id, attempt.state))
 
     result = pipeline.tick(send)
 
     assert len(result.queued) == 3
+    assert batches == [2, 1]  # one send per claimed batch
     assert sorted(attempt_id for attempt_id, _ in seen) == sorted(result.queued)
     assert {state for _, state in seen} == {AttemptState.QUEUED}
     assert pipeline.tick(send).queued == []  # nothing is sent twice
