@@ -14,7 +14,7 @@ import random
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -23,7 +23,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from campaigns.attempts import claim, daily, dial, reconcile, reports, transitions
 from campaigns.db import session_scope
 from campaigns.masking import mask_phone
-from campaigns.models import Clinic
 from campaigns.settings import Settings
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.pacing.pacer import Pacer, wait_for_start
@@ -49,6 +48,8 @@ PACING_RETRY_DELAY = timedelta(seconds=1)
 PACING_LEAD = timedelta(seconds=1)
 # Seconds a room request (hang-up, who is in it) may take.
 ROOM_REQUEST_TIME_LIMIT = 15.0
+# Clinics whose daily runs share a transaction (and its reads and writes).
+DAILY_RUN_BATCH = 50
 
 
 def utc_clock() -> datetime:
@@ -307,17 +308,29 @@ class Pipeline:
     # ------------------------------------------------------------------ daily runs
 
     def daily_runs(self) -> list[daily.DailyRunResult]:
-        results = []
+        """The daily run of every clinic due, :data:`DAILY_RUN_BATCH` clinics per transaction.
+        Should a transaction fail, its clinics are run again one per transaction: one
+        clinic's failure costs no other its run (it stays due for the next beat)."""
         with self.transaction() as session:
             due = [
                 (clinic.id, day)
                 for clinic, day in daily.clinics_due_for_daily_run(session, self.clock())
+                if clinic.id is not None
             ]
-        for clinic_id, day in due:
-            with self.transaction() as session:
-                clinic = session.get(Clinic, clinic_id)
-                assert clinic is not None
-                results.append(
-                    daily.run_daily(session, clinic, day, self.clock(), actor=transitions.SCHEDULER)
-                )
+        results: list[daily.DailyRunResult] = []
+        for start in range(0, len(due), DAILY_RUN_BATCH):
+            batch = due[start : start + DAILY_RUN_BATCH]
+            try:
+                results += self._daily_runs(batch)
+            except Exception:
+                log.exception("daily runs of %d clinics failed; running each alone", len(batch))
+                for one in batch:
+                    try:
+                        results += self._daily_runs([one])
+                    except Exception:
+                        log.exception("daily run of clinic %s for %s failed", *one)
         return results
+
+    def _daily_runs(self, due: list[tuple[int, date]]) -> list[daily.DailyRunResult]:
+        with self.transaction() as session:
+            return daily.run_due(session, due, self.clock(), actor=transitions.SCHEDULER)

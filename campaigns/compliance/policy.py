@@ -60,7 +60,6 @@ from zoneinfo import ZoneInfo
 from campaigns.compliance.geography import locate
 from campaigns.compliance.windows import (
     NEVER,
-    DayRules,
     Policy,
     wall_time,
     zone_failures,
@@ -191,7 +190,7 @@ def decide(
         callee.phone_e164, callee.country, callee.timezone, callee.state, callee.zip_code
     )
     zones = [ZoneInfo(z) for z in location.zones]
-    rules = DayRules(policy, location.states)
+    rules = policy.day_rules(location.states)
     deadline = _utc(callee.appointment_start, "appointment_start") - policy.cutoff
     dials = sorted(_utc(d, "dials_to_number") for d in history.dials_to_number)
     last = (
@@ -224,7 +223,16 @@ def decide(
     def cap7_check(t: datetime) -> object:
         return _cap_free_at(dials, t, timedelta(days=7), policy.max_dials_per_number_7d)
 
-    checks: list[Callable[[datetime], object]] = [gap_check, cap24_check, cap7_check]
+    # A check that passes at every instant (no earlier dial, no zero cap) is left out.
+    checks: list[Callable[[datetime], object]] = [
+        check
+        for check, needed in (
+            (gap_check, last is not None),
+            (cap24_check, bool(dials) or rules.some_24h_cap_is_zero()),
+            (cap7_check, bool(dials) or policy.max_dials_per_number_7d <= 0),
+        )
+        if needed
+    ]
     horizon = now + SEARCH_HORIZON
     for zone in zones:
         checks.append(partial(zone_next, rules, zone, limit=min(deadline, horizon)))

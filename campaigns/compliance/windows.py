@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
@@ -89,6 +89,26 @@ class Policy:
     federal_window: CallingWindow = FEDERAL_WINDOW
     require_national_registry: bool = False
 
+    def day_rules(self, states: tuple[str, ...]) -> DayRules:
+        """The policy's :class:`DayRules` for callees in ``states``, shared by every
+        decision under this policy (what they memoise depends on nothing else)."""
+        shared = self._day_rules
+        found = shared.get(states)
+        if found is None:
+            found = shared.setdefault(states, DayRules(self, states))
+        return found
+
+    @cached_property
+    def _day_rules(self) -> dict[tuple[str, ...], DayRules]:
+        return {}
+
+    @cached_property
+    def rules_by_state(self) -> Mapping[str, tuple[StateRule, ...]]:
+        by_state: dict[str, list[StateRule]] = {}
+        for rule in self.state_rules:
+            by_state.setdefault(rule.state, []).append(rule)
+        return {state: tuple(rules) for state, rules in by_state.items()}
+
 
 # --------------------------------------------------------------------------- calendars
 
@@ -113,16 +133,20 @@ class _Limit:
 
 
 class DayRules:
-    """The per-decision view of the policy: limits per local date, memoised."""
+    """The policy's view for callees in some states: limits per local date, memoised."""
 
     def __init__(self, policy: Policy, states: tuple[str, ...]) -> None:
         self.policy = policy
         self.states = states
         self._limits: dict[date, tuple[_Limit, ...]] = {}
         self._windows: dict[date, tuple[time, time] | None] = {}
+        self._caps: dict[tuple[date, ...], tuple[int, str]] = {}
+        self._boundaries: list[date] | None = None
+        self._zero_cap: bool | None = None
 
     def rule_for(self, state: str, day: date) -> StateRule | None:
-        matches = [r for r in self.policy.state_rules if r.state == state and r.effective_on(day)]
+        rules = self.policy.rules_by_state.get(state, ())
+        matches = [r for r in rules if r.effective_on(day)]
         return max(matches, key=lambda r: r.effective_from) if matches else None
 
     def limits(self, day: date) -> tuple[_Limit, ...]:
@@ -179,6 +203,10 @@ class DayRules:
         return result
 
     def cap_24h(self, days: list[date]) -> tuple[int, str]:
+        key = tuple(days)
+        cached = self._caps.get(key)
+        if cached is not None:
+            return cached
         cap, source = self.policy.max_dials_per_number_24h, "clinic max per day"
         for day in days:
             for state in self.states:
@@ -186,16 +214,29 @@ class DayRules:
                 rule_cap = rule.max_calls_per_24h if rule is not None else None
                 if rule_cap is not None and rule_cap < cap:
                     cap, source = rule_cap, state
+        self._caps[key] = (cap, source)
         return cap, source
 
+    def some_24h_cap_is_zero(self) -> bool:
+        """Whether the 24-hour cap is 0 on some day: the clinic's, or a state rule's."""
+        if self._zero_cap is None:
+            self._zero_cap = self.policy.max_dials_per_number_24h <= 0 or any(
+                rule.max_calls_per_24h is not None and rule.max_calls_per_24h <= 0
+                for state in self.states
+                for rule in self.policy.rules_by_state.get(state, ())
+            )
+        return self._zero_cap
+
     def boundaries(self) -> list[date]:
-        out: set[date] = set()
-        for rule in self.policy.state_rules:
-            if rule.state in self.states:
-                out.add(rule.effective_from)
-                if rule.effective_to is not None:
-                    out.add(rule.effective_to)
-        return sorted(out)
+        if self._boundaries is None:
+            out: set[date] = set()
+            for rule in self.policy.state_rules:
+                if rule.state in self.states:
+                    out.add(rule.effective_from)
+                    if rule.effective_to is not None:
+                        out.add(rule.effective_to)
+            self._boundaries = sorted(out)
+        return self._boundaries
 
 
 # --------------------------------------------------------------------------- zone maths
@@ -237,11 +278,12 @@ NEVER = object()
 def zone_failures(rules: DayRules, zone: ZoneInfo, t: datetime) -> list[str]:
     wall = wall_time(zone, t)
     out: list[str] = []
-    stamp = f"{wall:%Y-%m-%d %H:%M} {zone.key}"
+    clock = wall.time()
     for limit in rules.limits(wall.date()):
         if limit.window is None:
             out.append(f"{limit.code}: {limit.detail} {zone.key}")
-        elif not limit.window.contains(wall.time()):
+        elif not limit.window.contains(clock):
+            stamp = f"{wall:%Y-%m-%d %H:%M} {zone.key}"
             extra = f" {limit.detail}" if limit.detail else ""
             out.append(f"{limit.code}: {stamp} not in {limit.window}{extra}")
     return out
