@@ -21,7 +21,9 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import ColumnElement, Table, insert, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
@@ -222,10 +224,15 @@ def _insert_attempts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     )
     raw = session.connection().connection.driver_connection
     assert raw is not None
-    columns = ", ".join(("id", *_NEW_COLUMNS))
-    with raw.cursor() as cursor, cursor.copy(f"COPY call_attempt ({columns}) FROM STDIN") as copy:
-        for attempt_id, row in zip(ids, rows, strict=True):
-            copy.write_row((attempt_id, *(row[name] for name in _NEW_COLUMNS)))
+    statement = f"COPY call_attempt ({', '.join(('id', *_NEW_COLUMNS))}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for attempt_id, row in zip(ids, rows, strict=True):
+                copy.write_row((attempt_id, *(row[name] for name in _NEW_COLUMNS)))
+    except psycopg.Error as exc:
+        # As SQLAlchemy raises it for any other statement (an IntegrityError for a
+        # constraint), so callers catch one family of errors.
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
     return ids
 
 
