@@ -10,13 +10,14 @@ process (Celery's broker transport opens its own).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
@@ -30,6 +31,7 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -69,6 +71,28 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
         element_type = Integer() if values and isinstance(values[0], int) else Text()
         return column == any_(bindparam("values", list(values), type_=ARRAY(element_type)))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def copy_rows(
+    session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert rows with PostgreSQL's COPY, in the session's transaction: many times
+    faster than an INSERT of many rows, with every constraint and index kept. Values
+    are sent as given (timestamps timezone-aware). A failure is raised as SQLAlchemy
+    raises any other (an :class:`~sqlalchemy.exc.IntegrityError` for a constraint)."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def is_sqlite(url: str) -> bool:

@@ -21,16 +21,14 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, Protocol
 
-import psycopg
 from sqlalchemy import ColumnElement, Table, insert, text, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
 from campaigns.compliance import service as compliance
 from campaigns.compliance.policy import Decision
-from campaigns.db import one_of, utcnow
+from campaigns.db import copy_rows, is_postgresql, one_of, utcnow
 from campaigns.models import (
     Appointment,
     AttemptState,
@@ -211,7 +209,7 @@ def _insert_attempts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
     """Insert the rows, returning their ids in order. On PostgreSQL the ids are drawn
     from the table's sequence first and the rows sent with COPY, several times faster
     than an INSERT of many rows; the table's constraints hold all the same."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not is_postgresql(session):
         return list(session.execute(_INSERT_RETURNING_IDS, rows).scalars())
     ids = list(
         session.execute(
@@ -222,17 +220,15 @@ def _insert_attempts(session: Session, rows: list[dict[str, Any]]) -> list[int]:
             {"n": len(rows)},
         ).scalars()
     )
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    statement = f"COPY call_attempt ({', '.join(('id', *_NEW_COLUMNS))}) FROM STDIN"
-    try:
-        with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for attempt_id, row in zip(ids, rows, strict=True):
-                copy.write_row((attempt_id, *(row[name] for name in _NEW_COLUMNS)))
-    except psycopg.Error as exc:
-        # As SQLAlchemy raises it for any other statement (an IntegrityError for a
-        # constraint), so callers catch one family of errors.
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+    copy_rows(
+        session,
+        "call_attempt",
+        ("id", *_NEW_COLUMNS),
+        (
+            (attempt_id, *(row[name] for name in _NEW_COLUMNS))
+            for attempt_id, row in zip(ids, rows, strict=True)
+        ),
+    )
     return ids
 
 

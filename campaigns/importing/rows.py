@@ -105,6 +105,7 @@ class RowParser:
             )
         self.clinic_zone = zone
         self.now = now
+        self._phones: dict[str, tuple[str | None, str | None]] = {}
         self.optional = [
             k for k in ("patient_ref", "provider", "location", "language") if columns.has(k)
         ]
@@ -184,11 +185,19 @@ class RowParser:
         if not raw:
             reject("phone", "phone number is missing")
             return None
-        try:
-            return to_callable_e164(raw, self.region)
-        except InvalidInputError as exc:
-            reject("phone", str(exc))
-            return None
+        # A patient's number recurs (several appointments, one household): judged once
+        # per file (kept like the file's appointment ids, one entry per distinct cell).
+        judged = self._phones.get(raw)
+        if judged is None:
+            try:
+                judged = (to_callable_e164(raw, self.region), None)
+            except InvalidInputError as exc:
+                judged = (None, str(exc))
+            self._phones[raw] = judged
+        e164, reason = judged
+        if reason is not None:
+            reject("phone", reason)
+        return e164
 
     def _zone(
         self, record: list[str], values: dict[str, Any], reject: Callable[[str, str], None]
