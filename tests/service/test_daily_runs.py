@@ -113,9 +113,11 @@ def _one_at_a_time(session: Session, clinic: Clinic, run_date: date, now: dateti
         ).scalars()
         for appointment in appointments:
             earlier = session.execute(
-                select(CallAttempt.attempt_number, CallAttempt.state, CallAttempt.run_date).where(
-                    col(CallAttempt.appointment_id) == appointment.id
-                )
+                select(
+                    col(CallAttempt.attempt_number),
+                    col(CallAttempt.state),
+                    col(CallAttempt.run_date),
+                ).where(col(CallAttempt.appointment_id) == appointment.id)
             ).all()
             if any(s in OPEN_ATTEMPT_STATES or r == run_date for _, s, r in earlier):
                 continue
@@ -141,23 +143,23 @@ def _made(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]
     the ids and times that differ from one run to another."""
     audit.write_pending(session)
     attempts = session.execute(
-        select(
-            CallAttempt.appointment_id,
-            CallAttempt.clinic_id,
-            CallAttempt.attempt_number,
-            CallAttempt.run_date,
-            CallAttempt.state,
-            CallAttempt.due_at,
-            CallAttempt.number_called,
-            CallAttempt.decision,
-            CallAttempt.skip_reasons,
-            CallAttempt.ended_at,
+        select(  # type: ignore[call-overload]
+            col(CallAttempt.appointment_id),
+            col(CallAttempt.clinic_id),
+            col(CallAttempt.attempt_number),
+            col(CallAttempt.run_date),
+            col(CallAttempt.state),
+            col(CallAttempt.due_at),
+            col(CallAttempt.number_called),
+            col(CallAttempt.decision),
+            col(CallAttempt.skip_reasons),
+            col(CallAttempt.ended_at),
         )
         .where(col(CallAttempt.run_date).is_not(None))
         .order_by(col(CallAttempt.appointment_id), col(CallAttempt.attempt_number))
     ).all()
     events = session.execute(
-        select(
+        select(  # type: ignore[call-overload]
             AuditEvent.kind,
             AuditEvent.actor,
             AuditEvent.clinic_id,
