@@ -1,4 +1,5 @@
-"""Engine, sessions and the column types shared by every table.
+"""Engine, sessions, the column types shared by every table, and the bulk helpers
+(:func:`one_of`, :func:`copy_rows`).
 
 Sessions are opened at the edges (CLI command, task, request) with
 :func:`session_scope` and passed down; service functions never commit.

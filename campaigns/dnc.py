@@ -7,8 +7,9 @@ versions it checked, so a reviewer can tell which data a call was cleared agains
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
+from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert
@@ -265,15 +266,27 @@ class DncSnapshot:
     hits: Mapping[str, frozenset[str]]
     versions: Mapping[str, int]
     registry_as_of: date | None
+    # The answer for a number on no list, per clinic: the same for all such numbers.
+    _unlisted: dict[int, DncLookup] = field(default_factory=dict, compare=False, repr=False)
 
     def lookup(self, phone_e164: str, clinic_id: int) -> DncLookup:
         """Which lists consulted for this clinic hold the number, and their versions."""
+        found = self.hits.get(phone_e164)
+        if found is not None:
+            return self._lookup(found, clinic_id)
+        unlisted = self._unlisted.get(clinic_id)
+        if unlisted is None:
+            unlisted = self._unlisted[clinic_id] = self._lookup(frozenset(), clinic_id)
+        return unlisted
+
+    def _lookup(self, found: frozenset[str], clinic_id: int) -> DncLookup:
         labels = consulted_lists(clinic_id)
-        found = self.hits.get(phone_e164, frozenset())
         return DncLookup(
             blocked_by=tuple(sorted(label for name, label in labels.items() if name in found)),
             registry_as_of=self.registry_as_of,
-            list_versions={label: self.versions.get(name, 0) for name, label in labels.items()},
+            list_versions=MappingProxyType(
+                {label: self.versions.get(name, 0) for name, label in labels.items()}
+            ),
         )
 
 

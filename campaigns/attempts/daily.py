@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -137,11 +137,14 @@ def _scheduled(
         )
         .order_by(col(Appointment.starts_at), col(Appointment.id))
     ).all()
+    # Bounds in UTC, as the rows' times are: comparing those needs no zone offsets.
+    bounds = [(start.astimezone(UTC), end.astimezone(UTC)) for _, start, end in days]
     for row in rows:
         appointment = _Scheduled(*row)
-        for index in which[appointment.clinic_id]:
-            _, start, end = days[index]
-            if start <= appointment.starts_at < end:
+        indexes = which[appointment.clinic_id]
+        for index in indexes:
+            start, end = bounds[index]
+            if len(indexes) == 1 or start <= appointment.starts_at < end:
                 found[index].append(appointment)
                 break
     return found

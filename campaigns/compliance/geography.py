@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -376,7 +376,7 @@ class Location:
     states: tuple[str, ...]
     zone_sources: Mapping[str, tuple[str, ...]]  # zone -> the signals that brought it
 
-    @property
+    @cached_property  # a decision reads it twice; locate() hands out the same Location
     def zone_source(self) -> str:
         """The signals behind the zones, e.g. ``stated_timezone+number``; ``unknown``."""
         signals = _dedupe(s for found in self.zone_sources.values() for s in found)
