@@ -84,7 +84,8 @@ def copy_rows(
     """Insert rows with PostgreSQL's COPY, in the session's transaction: many times
     faster than an INSERT of many rows, with every constraint and index kept. Values
     are sent as given (timestamps timezone-aware). A failure is raised as SQLAlchemy
-    raises any other (an :class:`~sqlalchemy.exc.IntegrityError` for a constraint)."""
+    raises any other (an :class:`~sqlalchemy.exc.IntegrityError` for a constraint),
+    saying which constraint or type but quoting no value."""
     raw = session.connection().connection.driver_connection
     assert raw is not None
     statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
@@ -93,7 +94,10 @@ def copy_rows(
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        # The server's detail and context quote the row (patients' numbers and names):
+        # only the first line of its message goes on, in an error of the same class.
+        primary = exc.diag.message_primary or type(exc).__name__
+        raise DBAPIError.instance(statement, None, type(exc)(primary), psycopg.Error) from None
 
 
 def is_sqlite(url: str) -> bool:
