@@ -9,6 +9,7 @@ framework's answering-machine detection (``livekit.agents.AMD``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 
 from livekit import api, rtc
 from livekit.agents import AMD, AgentSession
@@ -20,28 +21,24 @@ from livekit.agents.utils.participant import (
 SIP_CALL_STATUS = "sip.callStatus"
 
 
+@dataclass(eq=False)
 class LiveKitCall:
-    def __init__(
-        self,
-        lkapi: api.LiveKitAPI,
-        room_name: str,
-        participant_identity: str,
-        *,
-        room: rtc.Room | None = None,
-        shutdown: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._api = lkapi
-        self._room_name = room_name
-        self._identity = participant_identity
-        self._room = room
-        self._shutdown = shutdown
-        self._hung_up = False
+    """The call the agent is on, acted on through the server API; ``room``, once the
+    agent is in it, tells when the callee answered, and ``shutdown`` ends the job."""
+
+    lkapi: api.LiveKitAPI
+    room_name: str
+    identity: str
+    _: KW_ONLY
+    room: rtc.Room | None = None
+    shutdown: Callable[[], None] = lambda: None
+    _hung_up: bool = field(default=False, init=False)
 
     async def wait_until_answered(self) -> None:
-        if self._room is not None:
-            await wait_for_participant(self._room, identity=self._identity)
+        if self.room is not None:
+            await wait_for_participant(self.room, identity=self.identity)
             await wait_for_participant_attribute(
-                self._room, identity=self._identity, attribute=SIP_CALL_STATUS, value="active"
+                self.room, identity=self.identity, attribute=SIP_CALL_STATUS, value="active"
             )
 
     async def hang_up(self) -> None:
@@ -49,16 +46,16 @@ class LiveKitCall:
             return
         self._hung_up = True
         try:
-            await self._api.room.delete_room(api.DeleteRoomRequest(room=self._room_name))
+            await self.lkapi.room.delete_room(api.DeleteRoomRequest(room=self.room_name))
         except api.TwirpError as exc:
             if exc.code != api.TwirpErrorCode.NOT_FOUND:  # already gone: the call is over
                 raise
 
     async def transfer(self, to: str) -> None:
-        response = await self._api.sip.transfer_sip_participant(
+        response = await self.lkapi.sip.transfer_sip_participant(
             api.TransferSIPParticipantRequest(
-                room_name=self._room_name,
-                participant_identity=self._identity,
+                room_name=self.room_name,
+                participant_identity=self.identity,
                 transfer_to=f"tel:{to}",
             )
         )
@@ -66,24 +63,22 @@ class LiveKitCall:
             raise RuntimeError(f"transfer failed (reason {response.reason})")
 
     async def leave(self) -> None:
-        self._shutdown()
+        self.shutdown()
 
 
+@dataclass(eq=False)
 class AmdScreener:
     """The framework's AMD, listening to the callee only, with the deployment's models."""
 
-    def __init__(
-        self, session: AgentSession[None], participant_identity: str, llm: str | None
-    ) -> None:
-        self._session = session
-        self._identity = participant_identity
-        self._llm = llm
+    session: AgentSession[None]
+    identity: str
+    llm: str | None
 
     async def screen(self) -> str:
         async with AMD(
-            self._session,
-            llm=self._llm,
-            participant_identity=self._identity,
+            self.session,
+            llm=self.llm,
+            participant_identity=self.identity,
             ivr_detection=False,
             suppress_compatibility_warning=True,
         ) as detector:

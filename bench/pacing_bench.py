@@ -3,8 +3,8 @@ measured where the callee is.
 
 Two processes (each with a pool of threads, like Celery workers with threads)
 pull calls from one shared queue and place each as a worker does: acquire a
-slot on one trunk a second ahead (``PACING_LEAD``), spend a random time
-preparing it (``--prep-max``: the database commit, here a sleep), then dispatch
+slot on one trunk ``PACING_LEAD`` ahead, spend a random time preparing it
+(``--prep-max``: a slow agent dispatch, here a sleep), then dispatch
 the agent and dial through the real LiveKit client against the simulator in
 this process, the dial held back until the slot's start. Every callee is busy
 after a random ring (``--hold-min``/``--hold-max``), then the slot is released.

@@ -3,18 +3,23 @@ PostgreSQL + the LiveKit simulator (a subprocess, speed 1000 so ringing and
 talking take milliseconds), all real processes on loopback.
 
 Per configuration (worker processes x thread concurrency) it creates a fresh,
-migrated PostgreSQL database, a clinic where it is daytime now, a trunk with
-high limits, N appointments with distinct valid numbers and their first
-attempts (``daily.run_daily``, or bulk-inserted scheduled rows with
+migrated PostgreSQL database, ``--clinics`` clinics where it is daytime now
+sharing a trunk with high limits, N appointments spread over them with distinct
+valid numbers and their first attempts (``daily.run_daily``, or bulk-inserted scheduled rows with
 ``--setup bulk``), starts the simulator and the worker(s), waits until every
 worker is ready, then starts beat and the clock. The clock stops when no
 attempt is open (scheduled / queued / dialing / answered) any more. CPU time
 and peak RSS of every process are sampled with psutil. Each run stops by itself
 (``--limit`` seconds at most), kills its processes and drops its database.
 
-    .venv/bin/python bench/pipeline_throughput.py                       # 2000 calls, 1 x 100
-    .venv/bin/python bench/pipeline_throughput.py --configs 1x50,1x100,1x200,2x100
-    .venv/bin/python bench/pipeline_throughput.py --scenario mix --calls 1000
+By default the simulator reports each answered callee's scripted outcome at
+once (``--agent instant``), so the figures are the engine's own cost; with
+``--agent real`` the voice agent plays every answered call inside the simulator
+too (its CPU per call is printed apart, and ``bench/agent_rehearsal.py`` measures it alone).
+
+    .venv/bin/python bench/pipeline_throughput.py                 # 5000 calls, 2 x 100
+    .venv/bin/python bench/pipeline_throughput.py --scenario mix  # outcome mix with retries
+    .venv/bin/python bench/pipeline_throughput.py --configs 1x100,2x100 --calls 2000
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     # The simulator's default weights (55% confirmed, 15% no answer, ...), no suffix map.
     "mix": {"suffixes": {f"{n:02d}": None for n in range(12)}},
 }
+# Attempts per appointment when --max-attempts is not given: the mix retries.
+SCENARIO_ATTEMPTS = {"confirm": 1, "mix": 3}
 
 
 @contextmanager
@@ -78,6 +85,7 @@ def seed(
     engine: Engine,
     count: int,
     *,
+    clinics: int,
     zone: str,
     cps: float,
     max_concurrent: int,
@@ -88,21 +96,24 @@ def seed(
     started = time.monotonic()
     now = datetime.now(UTC)
     with session_factory(engine)() as s:
-        clinic = always_open_clinic(
-            s,
-            "Bench Clinic",
-            zone,
-            TRUNK,
-            max_attempts=max_attempts,
-            cps=cps,
-            max_concurrent=max_concurrent,
-            actor="bench",
-        )
-        assert clinic.id is not None
+        made = [
+            always_open_clinic(
+                s,
+                f"Bench Clinic {c:03d}",
+                zone,
+                TRUNK,
+                max_attempts=max_attempts,
+                cps=cps,
+                max_concurrent=max_concurrent,
+                actor="bench",
+            )
+            for c in range(clinics)
+        ]
+        ids = [clinic.id for clinic in made if clinic.id is not None]
         starts_at = now + timedelta(days=2)
         s.add_all(
             Appointment(
-                clinic_id=clinic.id,
+                clinic_id=ids[n % len(ids)],
                 external_id=f"BENCH-{n:05d}",
                 patient_name=f"Patient {n:05d}",
                 phone_e164=local_number(zone, f"{n:04d}"),
@@ -114,13 +125,16 @@ def seed(
         s.flush()
         if setup == "run_daily":
             local_today = now.astimezone(ZoneInfo(zone)).date()
-            result = daily.run_daily(s, clinic, local_today, now, actor="bench")
-            assert result.created == count, result
+            created = sum(
+                daily.run_daily(s, clinic, local_today, now, actor="bench").created
+                for clinic in made
+            )
+            assert created == count, created
         else:
             rows = [
                 {
                     "appointment_id": appointment_id,
-                    "clinic_id": clinic.id,
+                    "clinic_id": clinic_id,
                     "attempt_number": 1,
                     "number_called": phone,
                     "state": AttemptState.SCHEDULED,
@@ -128,8 +142,10 @@ def seed(
                     "created_at": now,
                     "updated_at": now,
                 }
-                for appointment_id, phone in s.execute(
-                    select(col(Appointment.id), col(Appointment.phone_e164))
+                for appointment_id, clinic_id, phone in s.execute(
+                    select(
+                        col(Appointment.id), col(Appointment.clinic_id), col(Appointment.phone_e164)
+                    )
                 ).all()
             ]
             s.execute(insert(CallAttempt), rows)
@@ -245,6 +261,7 @@ def running_stack(
     speed: float,
     scenario: dict[str, Any],
     workdir: Path,
+    agent: str,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[Stack, str]]:
     """Simulator subprocess plus the environment for worker and beat; stops everything."""
@@ -280,6 +297,7 @@ def running_stack(
             f"--speed={speed}",
             f"--trunk={TRUNK}",
             f"--scenario={scenario_path}",
+            f"--agent={agent}",
         )
         wait_until(
             lambda: http_ok(sim_url + "/_sim/stats"), timeout=30, what="the simulator", every=0.1
@@ -312,8 +330,18 @@ class RunResult:
     finished: bool
 
     @property
+    def dials(self) -> int:
+        """Calls placed, retries included."""
+        return int(self.sim.get("dials") or 0)
+
+    @property
     def rate(self) -> float:
-        return self.calls / self.seconds if self.seconds else 0.0
+        return self.dials / self.seconds if self.seconds else 0.0
+
+    def cpu_ms_per_call(self, prefix: str) -> float:
+        """CPU of the processes whose name starts with ``prefix``, per call placed."""
+        cpu = sum(seconds for name, seconds, _ in self.procs if name.startswith(prefix))
+        return 1000 * cpu / self.dials if self.dials else 0.0
 
 
 def outcome_counts(engine: Engine) -> Counter[str]:
@@ -333,19 +361,24 @@ def run_once(args: argparse.Namespace, workers: int, concurrency: int) -> RunRes
             setup_s = seed(
                 engine,
                 args.calls,
+                clinics=args.clinics,
                 zone=zone,
                 cps=args.cps,
                 max_concurrent=args.max_concurrent,
                 max_attempts=args.max_attempts,
                 setup=args.setup,
             )
-            print(f"[{config}] seeded {args.calls} attempts ({args.setup}) in {setup_s:.1f}s")
+            print(
+                f"[{config}] seeded {args.calls} attempts over {args.clinics} clinics "
+                f"({args.setup}) in {setup_s:.1f}s"
+            )
             with running_stack(
                 database_url=url,
                 redis_db=args.redis_db,
                 speed=args.speed,
                 scenario=SCENARIOS[args.scenario],
                 workdir=workdir,
+                agent=args.agent,
             ) as (stack, sim_url):
                 names = [f"worker{i + 1}" for i in range(workers)]
                 for name in names:
@@ -412,42 +445,49 @@ def run_once(args: argparse.Namespace, workers: int, concurrency: int) -> RunRes
 def print_table(results: list[RunResult]) -> None:
     print()
     print(
-        f"{'config':>7} {'calls':>6} {'wall s':>7} {'calls/s':>8} {'1st dial':>8}  "
-        "per process: cpu s / peak RSS MB"
+        f"{'config':>7} {'appts':>6} {'calls':>6} {'wall s':>7} {'calls/s':>8} {'1st dial':>8}  "
+        "CPU ms per call: workers / beat / simulator"
     )
     for r in results:
-        cells = "  ".join(f"{name} {cpu:.1f}s/{rss:.0f}MB" for name, cpu, rss in r.procs)
         first = f"{r.first_dial_s:.2f}s" if r.first_dial_s is not None else "-"
         flag = "" if r.finished else "  (timed out)"
         print(
-            f"{r.config:>7} {r.calls:>6} {r.seconds:7.1f} {r.rate:8.1f} {first:>8}  {cells}{flag}"
+            f"{r.config:>7} {r.calls:>6} {r.dials:>6} {r.seconds:7.1f} {r.rate:8.1f} {first:>8}  "
+            f"{r.cpu_ms_per_call('worker'):.1f} / {r.cpu_ms_per_call('beat'):.1f} / "
+            f"{r.cpu_ms_per_call('simulator'):.1f}{flag}"
         )
     for r in results:
         outcomes = ", ".join(f"{k}={v}" for k, v in sorted(r.outcomes.items()))
-        # The real agent plays every answered call inside the simulator: its CPU per call.
-        sim_cpu = sum(cpu for name, cpu, _ in r.procs if name == "simulator")
-        reports = r.sim.get("reports") or 0
-        per_call = f"{1000 * sim_cpu / reports:.1f} ms" if reports else "-"
+        cells = "  ".join(f"{name} {cpu:.1f}s/{rss:.0f}MB" for name, cpu, rss in r.procs)
         print(
             f"  {r.config}: states {dict(sorted(r.states.items()))}; outcomes {outcomes}; "
-            f"simulator dials={r.sim.get('dials')} max_in_flight={r.sim.get('max_in_flight')}, "
-            f"cpu {per_call} per answered call"
+            f"simulator max_in_flight={r.sim.get('max_in_flight')}, reports={r.sim.get('reports')}"
         )
+        print(f"  {r.config}: per process cpu s / peak RSS MB: {cells}")
     best = max(results, key=lambda r: r.rate if r.finished else 0.0)
     print(f"best: {best.config} (workers x threads) at {best.rate:.1f} calls/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=5000, help="appointments to call")
+    parser.add_argument("--clinics", type=int, default=20, help="clinics they belong to")
     parser.add_argument(
         "--configs",
-        default="1x100",
+        default="2x100",
         help="comma-separated WORKERSxTHREADS, e.g. 1x50,1x100,2x100",
     )
     parser.add_argument("--speed", type=float, default=1000.0)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="confirm")
-    parser.add_argument("--max-attempts", type=int, default=1, help="1: no retries")
+    parser.add_argument(
+        "--max-attempts", type=int, help="attempts per appointment (confirm: 1, mix: 3)"
+    )
+    parser.add_argument(
+        "--agent",
+        choices=["instant", "real"],
+        default="instant",
+        help="instant: the callee's outcome is reported at once; real: the agent plays it",
+    )
     parser.add_argument("--setup", choices=["run_daily", "bulk"], default="bulk")
     parser.add_argument("--cps", type=float, default=500.0)
     parser.add_argument("--max-concurrent", type=int, default=1000)
@@ -456,6 +496,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the logs directory")
     parser.add_argument("--loglevel", default="INFO", help="worker and beat log level")
     args = parser.parse_args()
+    if args.max_attempts is None:
+        args.max_attempts = SCENARIO_ATTEMPTS[args.scenario]
     if args.calls > 10_000:
         parser.error("--calls: at most 10000 distinct numbers")
     results = []

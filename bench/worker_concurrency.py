@@ -66,6 +66,7 @@ def main() -> None:
             seed(
                 engine,
                 args.calls,
+                clinics=1,
                 zone=zone,
                 cps=1000.0,
                 max_concurrent=10_000,
@@ -78,6 +79,7 @@ def main() -> None:
                 speed=1.0,
                 scenario={**NO_ANSWER, "default_ringing_timeout": args.ring},
                 workdir=workdir,
+                agent="instant",
                 extra_env={
                     "CAMPAIGNS_RINGING_TIMEOUT_SECONDS": str(args.ring),
                     "CAMPAIGNS_WORKER_CONCURRENCY": str(args.concurrency),

@@ -1,5 +1,5 @@
 """Engine, sessions, the column types shared by every table, and the bulk helpers
-(:func:`one_of`, :func:`copy_rows`).
+(:func:`one_of`, :func:`copy_rows`, :func:`insert_returning_ids`).
 
 Sessions are opened at the edges (CLI command, task, request) with
 :func:`session_scope` and passed down; service functions never commit.
@@ -25,11 +25,14 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Integer,
+    Table,
     Text,
     any_,
     bindparam,
     create_engine,
     event,
+    insert,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -98,6 +101,35 @@ def copy_rows(
         # only the first line of its message goes on, in an error of the same class.
         primary = exc.diag.message_primary or type(exc).__name__
         raise DBAPIError.instance(statement, None, type(exc)(primary), psycopg.Error) from None
+
+
+def insert_returning_ids(
+    session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[int]:
+    """Insert rows (values of ``columns``) into a table with an integer ``id`` drawn from
+    a sequence, returning their ids in order. On PostgreSQL the ids are drawn first and
+    the rows sent with :func:`copy_rows`; elsewhere one INSERT ... RETURNING."""
+    if not rows:
+        return []
+    if not is_postgresql(session):
+        values = [dict(zip(columns, row, strict=True)) for row in rows]
+        insert_rows = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return list(session.execute(insert_rows, values).scalars())
+    ids = list(
+        session.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
+            ),
+            {"table": table.name, "n": len(rows)},
+        ).scalars()
+    )
+    copy_rows(
+        session,
+        table.name,
+        ("id", *columns),
+        ((row_id, *row) for row_id, row in zip(ids, rows, strict=True)),
+    )
+    return ids
 
 
 def is_sqlite(url: str) -> bool:

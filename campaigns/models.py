@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime, time
 from enum import StrEnum
 
-from sqlalchemy import Index, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Column, Identity, Index, Integer, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from campaigns.db import UTCDateTime, utcnow
@@ -182,7 +182,7 @@ class CallAttempt(SQLModel, table=True):
     ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     worker_id: str | None = Field(
-        default=None, max_length=64, description="the worker process that took it from the queue"
+        default=None, max_length=64, description="the worker process that dialed it"
     )
 
 
@@ -241,13 +241,25 @@ class DncEntry(SQLModel, table=True):
 class AuditEvent(SQLModel, table=True):
     """Append-only, HMAC-chained record of every change and decision.
 
-    ``seq`` runs 1, 2, 3 ... with no gap; ``key_id`` names the key that chained the event
-    (a fingerprint, not the key).
+    Events form one chain per clinic (``chain`` is the clinic's id) and chain 0 for
+    events of no clinic (and for the log written before chains were per clinic);
+    ``seq`` runs 1, 2, 3 ... with no gap within a chain. ``id`` orders events across
+    chains as they were written. ``key_id`` names the key that chained the event (a
+    fingerprint, not the key).
     """
 
     __tablename__ = "audit_event"
+    __table_args__ = (UniqueConstraint("chain", "seq"),)
 
-    seq: int | None = Field(default=None, primary_key=True)
+    # BIGINT: every clinic's events share it; SQLite's rowid is INTEGER (64-bit) already.
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True
+        ),
+    )
+    chain: int
+    seq: int
     at: datetime = Field(sa_type=UTCDateTime, index=True)
     actor: str = Field(max_length=100)
     kind: str = Field(max_length=64, index=True)

@@ -91,9 +91,7 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How often stuck and orphaned attempts are settled."
     )
     queued_timeout_seconds: int = Field(
-        default=30,
-        ge=10,
-        description="A queued attempt no worker took is queued again after this.",
+        default=30, ge=10, description="A queued attempt no worker took is queued again after this."
     )
     worker_lost_seconds: float = Field(
         default=20.0,

@@ -8,6 +8,7 @@ with the same 403/404 as the API, as a page.
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -21,29 +22,19 @@ from campaigns.attempts import dial
 from campaigns.compliance import service as compliance
 from campaigns.errors import CampaignError, NotFoundError
 from campaigns.masking import mask_phone
-from campaigns.models import AppointmentStatus, DncSource, Role
+from campaigns.models import AppointmentStatus, Clinic, DncSource, Role
 from campaigns.phones import to_e164
 from campaigns.telephony.outcomes import Outcome
 from campaigns.users import Principal
+from console import deps
 from console.api.routes import (
+    AuditFilters,
     dnc_rows,
     export_response,
     parse_time,
     run_import,
     take_checkpoint,
     verify_document,
-)
-from console.deps import (
-    DB,
-    LOGIN_CSRF_COOKIE,
-    SESSION_COOKIE,
-    Admin,
-    Auditor,
-    CurrentUser,
-    OperableClinic,
-    PipelineDep,
-    ReadableClinic,
-    now,
 )
 from console.render import render
 
@@ -65,17 +56,54 @@ def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303)
 
 
-def page_context(request: Request, session: Session, user: Principal) -> None:
-    """What every signed-in page shows around its content: the user's clinics."""
+@dataclass(frozen=True)
+class Page:
+    """A signed-in page being answered: its request, who asks, and the request's
+    transaction."""
+
+    request: Request
+    user: Principal
+    session: Session
+
+    def render(self, name: str, context: dict[str, Any], *, status: int = 200) -> HTMLResponse:
+        return render(self.request, name, context, status=status)
+
+
+@dataclass(frozen=True)
+class ClinicPage(Page):
+    """A page of one clinic the user may read (or, as :data:`OperablePage`, change)."""
+
+    clinic: Clinic
+
+    @property
+    def full_phones(self) -> bool:
+        assert self.clinic.id is not None
+        return self.user.sees_phone_numbers(self.clinic.id)
+
+    def render(self, name: str, context: dict[str, Any], *, status: int = 200) -> HTMLResponse:
+        return super().render(name, {"clinic": self.clinic} | context, status=status)
+
+
+def signed_in(request: Request, user: deps.CurrentUser, session: deps.DB) -> Page:
+    """Every signed-in page shows the user's clinics around its content."""
     request.state.nav_clinics = users.visible_clinics(session, user)
+    return Page(request, user, session)
 
 
-def signed_in(request: Request, user: CurrentUser, session: DB) -> Principal:
-    page_context(request, session, user)
-    return user
+SignedIn = Annotated[Page, Depends(signed_in)]
 
 
-PageUser = Annotated[Principal, Depends(signed_in)]
+# The clinic is checked first, so a page the user may not open gets no navigation.
+def readable_page(clinic: deps.ReadableClinic, page: SignedIn) -> ClinicPage:
+    return ClinicPage(page.request, page.user, page.session, clinic)
+
+
+def operable_page(clinic: deps.OperableClinic, page: SignedIn) -> ClinicPage:
+    return ClinicPage(page.request, page.user, page.session, clinic)
+
+
+ReadablePage = Annotated[ClinicPage, Depends(readable_page)]
+OperablePage = Annotated[ClinicPage, Depends(operable_page)]
 
 
 # --------------------------------------------------------------------------- sign-in
@@ -86,7 +114,7 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:
     token = secrets.token_urlsafe(32)
     response = render(request, "login.html", {"login_csrf": token, "next": _safe_next(next)})
     response.set_cookie(
-        LOGIN_CSRF_COOKIE, token, httponly=True, samesite="lax", secure=_secure(request)
+        deps.LOGIN_CSRF_COOKIE, token, httponly=True, samesite="lax", secure=_secure(request)
     )
     return response
 
@@ -94,14 +122,14 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:
 @router.post("/login")
 def login(
     request: Request,
-    session: DB,
-    pipeline: PipelineDep,
+    session: deps.DB,
+    pipeline: deps.PipelineDep,
     email: Annotated[str, Form()],
     password: Annotated[str, Form()],
     csrf_token: Annotated[str, Form()],
     next: Annotated[str, Form()] = "/",
 ) -> Response:
-    cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
+    cookie = request.cookies.get(deps.LOGIN_CSRF_COOKIE)
     if not cookie or not secrets.compare_digest(cookie.encode(), csrf_token.encode()):
         raise HTTPException(403, "the sign-in form expired; reload the page and try again")
     settings = pipeline.settings
@@ -110,7 +138,7 @@ def login(
             session,
             email,
             password,
-            now(),
+            deps.now(),
             max_failures=settings.login_max_failures,
             lockout=timedelta(minutes=settings.login_lockout_minutes),
         )
@@ -122,26 +150,26 @@ def login(
             status=401,
         )
     token, expires_at = users.open_session(
-        session, user, users.BROWSER, now(), timedelta(hours=settings.session_hours)
+        session, user, users.BROWSER, deps.now(), timedelta(hours=settings.session_hours)
     )
     response = _see_other(_safe_next(next))
     response.set_cookie(
-        SESSION_COOKIE,
+        deps.SESSION_COOKIE,
         token,
         expires=expires_at,
         httponly=True,
         samesite="lax",
         secure=_secure(request),
     )
-    response.delete_cookie(LOGIN_CSRF_COOKIE)
+    response.delete_cookie(deps.LOGIN_CSRF_COOKIE)
     return response
 
 
 @router.post("/logout")
-def logout(user: CurrentUser, session: DB) -> Response:
-    users.revoke_session(session, user, now())
+def logout(user: deps.CurrentUser, session: deps.DB) -> Response:
+    users.revoke_session(session, user, deps.now())
     response = _see_other("/login")
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(deps.SESSION_COOKIE)
     return response
 
 
@@ -149,42 +177,42 @@ def logout(user: CurrentUser, session: DB) -> Response:
 
 
 @router.get("/")
-def home(request: Request, user: PageUser) -> Response:
-    clinics = request.state.nav_clinics
+def home(page: SignedIn) -> Response:
+    clinics = page.request.state.nav_clinics
     if len(clinics) == 1:
         return _see_other(f"/clinics/{clinics[0].id}")
-    return render(request, "clinics.html", {"clinics": clinics})
+    return page.render("clinics.html", {"clinics": clinics})
 
 
 @router.get("/clinics/{clinic_id}")
-def dashboard(request: Request, clinic: ReadableClinic, user: PageUser, session: DB) -> Response:
-    document = appointments.dashboard(session, clinic, now())
-    return render(request, "dashboard.html", {"clinic": clinic, "d": document})
+def dashboard(page: ReadablePage) -> Response:
+    document = appointments.dashboard(page.session, page.clinic, deps.now())
+    return page.render("dashboard.html", {"d": document})
 
 
 @router.get("/clinics/{clinic_id}/live")
 def dashboard_live(
-    request: Request, clinic: ReadableClinic, user: CurrentUser, session: DB
+    request: Request, clinic: deps.ReadableClinic, user: deps.CurrentUser, session: deps.DB
 ) -> Response:
     """The part of the dashboard that changes while a campaign runs (polled by the page)."""
-    document = appointments.dashboard(session, clinic, now())
+    document = appointments.dashboard(session, clinic, deps.now())
     return render(request, "_live.html", {"clinic": clinic, "d": document})
 
 
 @router.post("/clinics/{clinic_id}/pause")
 def pause(
-    clinic: OperableClinic,
-    user: CurrentUser,
-    session: DB,
+    clinic: deps.OperableClinic,
+    user: deps.CurrentUser,
+    session: deps.DB,
     reason: Annotated[str, Form(min_length=1, max_length=500)],
 ) -> Response:
     reason = f"paused by {user.email}: {reason}"
-    dial.pause_clinic(session, clinic, reason, now(), actor=user.actor)
+    dial.pause_clinic(session, clinic, reason, deps.now(), actor=user.actor)
     return _see_other(f"/clinics/{clinic.id}")
 
 
 @router.post("/clinics/{clinic_id}/resume")
-def resume(clinic: OperableClinic, user: CurrentUser, session: DB) -> Response:
+def resume(clinic: deps.OperableClinic, user: deps.CurrentUser, session: deps.DB) -> Response:
     dial.resume_clinic(session, clinic, actor=user.actor)
     return _see_other(f"/clinics/{clinic.id}")
 
@@ -193,23 +221,16 @@ def resume(clinic: OperableClinic, user: CurrentUser, session: DB) -> Response:
 
 
 @router.get("/clinics/{clinic_id}/upload")
-def upload_page(request: Request, clinic: OperableClinic, user: PageUser) -> Response:
-    return render(request, "upload.html", {"clinic": clinic, "result": None, "status": 200})
+def upload_page(page: OperablePage) -> Response:
+    return page.render("upload.html", {"result": None, "status": 200})
 
 
 @router.post("/clinics/{clinic_id}/upload")
-def upload(
-    request: Request,
-    clinic: OperableClinic,
-    user: PageUser,
-    session: DB,
-    file: UploadFile,
-) -> Response:
-    status, result = run_import(session, clinic, file, user.actor)
-    return render(
-        request,
+def upload(page: OperablePage, file: UploadFile) -> Response:
+    status, result = run_import(page.session, page.clinic, file, page.user.actor)
+    return page.render(
         "upload.html",
-        {"clinic": clinic, "result": result, "status": status, "filename": file.filename},
+        {"result": result, "status": status, "filename": file.filename},
         status=status,
     )
 
@@ -219,30 +240,22 @@ def upload(
 
 @router.get("/clinics/{clinic_id}/appointments")
 def appointment_list(
-    request: Request,
-    clinic: ReadableClinic,
-    user: PageUser,
-    session: DB,
+    page: ReadablePage,
     q: str = "",
     status: str = "",
     outcome: str = "",
-    page: Annotated[int, Query(ge=1)] = 1,
+    number: Annotated[int, Query(ge=1, alias="page")] = 1,
 ) -> Response:
-    assert clinic.id is not None
-    criteria = appointments.Search(status=status or None, outcome=outcome or None, q=q, page=page)
-    found = appointments.search(
-        session, clinic, criteria, full_phones=user.sees_phone_numbers(clinic.id)
-    )
+    criteria = appointments.Search(status=status or None, outcome=outcome or None, q=q, page=number)
+    found = appointments.search(page.session, page.clinic, criteria, full_phones=page.full_phones)
 
     def page_url(number: int) -> str:
         query = {"q": q, "status": status, "outcome": outcome, "page": number}
         return f"?{urlencode(query)}"
 
-    return render(
-        request,
+    return page.render(
         "appointments.html",
         {
-            "clinic": clinic,
             "found": found,
             "q": q,
             "status": status,
@@ -255,47 +268,28 @@ def appointment_list(
 
 
 @router.get("/clinics/{clinic_id}/appointments/{appointment_id}")
-def appointment_page(
-    request: Request,
-    appointment_id: int,
-    clinic: ReadableClinic,
-    user: PageUser,
-    session: DB,
-) -> Response:
-    assert clinic.id is not None
+def appointment_page(appointment_id: int, page: ReadablePage) -> Response:
+    session, clinic = page.session, page.clinic
     found = appointments.get(session, clinic, appointment_id)
-    detail = appointments.timeline(
-        session, clinic, found, full_phones=user.sees_phone_numbers(clinic.id)
-    )
-    explained = compliance.explain_appointment(session, clinic, found, now())
-    return render(
-        request,
-        "appointment.html",
-        {"clinic": clinic, "a": detail, "explain": explained},
-    )
+    detail = appointments.timeline(session, clinic, found, full_phones=page.full_phones)
+    explained = compliance.explain_appointment(session, clinic, found, deps.now())
+    return page.render("appointment.html", {"a": detail, "explain": explained})
 
 
 # --------------------------------------------------------------------------- do-not-call
 
 
 @router.get("/clinics/{clinic_id}/dnc")
-def dnc_page(
-    request: Request,
-    clinic: ReadableClinic,
-    user: PageUser,
-    session: DB,
-    q: str = "",
-    message: str = "",
-) -> Response:
-    rows = dnc_rows(session, clinic, user, q)
-    return render(request, "dnc.html", {"clinic": clinic, "rows": rows, "q": q, "message": message})
+def dnc_page(page: ReadablePage, q: str = "", message: str = "") -> Response:
+    rows = dnc_rows(page.session, page.clinic, page.user, q)
+    return page.render("dnc.html", {"rows": rows, "q": q, "message": message})
 
 
 @router.post("/clinics/{clinic_id}/dnc")
 def dnc_add(
-    clinic: OperableClinic,
-    user: CurrentUser,
-    session: DB,
+    clinic: deps.OperableClinic,
+    user: deps.CurrentUser,
+    session: deps.DB,
     phone: Annotated[str, Form(max_length=40)],
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
@@ -317,9 +311,9 @@ def dnc_add(
 
 @router.post("/clinics/{clinic_id}/dnc/remove")
 def dnc_remove(
-    clinic: ReadableClinic,
-    user: Admin,
-    session: DB,
+    clinic: deps.ReadableClinic,
+    user: deps.Admin,
+    session: deps.DB,
     phone: Annotated[str, Form(max_length=40)],
     reason: Annotated[str, Form(min_length=1, max_length=500)],
 ) -> Response:
@@ -333,58 +327,35 @@ def dnc_remove(
 # --------------------------------------------------------------------------- audit
 
 
-def _audit_page(
-    request: Request, session: Session, filters: dict[str, str], **extra: Any
-) -> Response:
-    page = int(filters.get("page") or 1)
-    listing = audit.list_events(
-        session,
-        since=parse_time(filters.get("since"), "since"),
-        until=parse_time(filters.get("until"), "until"),
-        kind=filters.get("kind") or None,
-        actor=filters.get("actor") or None,
-        page=page,
-    )
-    return render(
-        request,
-        "audit.html",
-        {"listing": listing, "filters": filters, "verified": None, "checkpoint": None} | extra,
-    )
+def _audit_page(page: Page, filters: AuditFilters, **extra: Any) -> Response:
+    listing = filters.listing(page.session)
+    context = {"listing": listing, "filters": filters, "verified": None, "checkpoint": None}
+    return page.render("audit.html", context | extra)
 
 
-@router.get("/audit")
-def audit_page(
-    request: Request,
-    user: Auditor,
-    session: DB,
-    since: str = "",
-    until: str = "",
-    kind: str = "",
-    actor: str = "",
-    page: Annotated[int, Query(ge=1)] = 1,
-) -> Response:
-    page_context(request, session, user)
-    filters = {"since": since, "until": until, "kind": kind, "actor": actor, "page": str(page)}
-    return _audit_page(request, session, filters)
+# The role is checked before the page is built: a refused page gets no navigation.
+@router.get("/audit", dependencies=[Depends(deps.auditor)])
+def audit_page(page: SignedIn, filters: Annotated[AuditFilters, Query()]) -> Response:
+    return _audit_page(page, filters)
 
 
-@router.post("/audit/verify")
-def audit_verify(request: Request, user: Auditor, session: DB) -> Response:
-    page_context(request, session, user)
-    return _audit_page(request, session, {}, verified=verify_document(audit.verify(session)))
+@router.post("/audit/verify", dependencies=[Depends(deps.auditor)])
+def audit_verify(page: SignedIn) -> Response:
+    verified = verify_document(audit.verify(page.session))
+    return _audit_page(page, AuditFilters(), verified=verified)
 
 
-@router.post("/audit/checkpoint")
-def audit_checkpoint(request: Request, user: Auditor, session: DB) -> Response:
-    page_context(request, session, user)
-    return _audit_page(request, session, {}, checkpoint=take_checkpoint(session, user))
+@router.post("/audit/checkpoint", dependencies=[Depends(deps.auditor)])
+def audit_checkpoint(page: SignedIn) -> Response:
+    checkpoint = take_checkpoint(page.session, page.user)
+    return _audit_page(page, AuditFilters(), checkpoint=checkpoint)
 
 
 @router.get("/audit/export")
 def audit_export(
-    user: Auditor,
-    session: DB,
-    pipeline: PipelineDep,
+    user: deps.Auditor,
+    session: deps.DB,
+    pipeline: deps.PipelineDep,
     format: str = "csv",
     since: str = "",
 ) -> Response:
@@ -394,14 +365,12 @@ def audit_export(
 # --------------------------------------------------------------------------- users
 
 
-@router.get("/users")
-def users_page(request: Request, user: Admin, session: DB, message: str = "") -> Response:
-    page_context(request, session, user)
-    return render(
-        request,
+@router.get("/users", dependencies=[Depends(deps.admin)])
+def users_page(page: SignedIn, message: str = "") -> Response:
+    return page.render(
         "users.html",
         {
-            "people": users.list_users(session),
+            "people": users.list_users(page.session),
             "roles": [r.value for r in Role],
             "message": message,
         },
@@ -410,8 +379,8 @@ def users_page(request: Request, user: Admin, session: DB, message: str = "") ->
 
 @router.post("/users")
 def users_add(
-    user: Admin,
-    session: DB,
+    user: deps.Admin,
+    session: deps.DB,
     email: Annotated[str, Form()],
     role: Annotated[str, Form()],
     password: Annotated[str, Form()],
@@ -426,6 +395,6 @@ def users_add(
 
 
 @router.post("/users/disable")
-def users_disable(user: Admin, session: DB, email: Annotated[str, Form()]) -> Response:
-    users.disable_user(session, email, now(), actor=user.actor)
+def users_disable(user: deps.Admin, session: deps.DB, email: Annotated[str, Form()]) -> Response:
+    users.disable_user(session, email, deps.now(), actor=user.actor)
     return _see_other(f"/users?{urlencode({'message': f'{email} disabled'})}")

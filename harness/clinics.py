@@ -1,7 +1,8 @@
 """A clinic for running campaigns against the simulator at any hour, fast.
 
 Open all day every day in the callee's zone, its retries seconds apart, with a
-trunk of its own: what the end-to-end tests and the throughput benchmark run on.
+trunk of its own or one it shares: what the end-to-end tests and the throughput
+benchmark run on.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ def always_open_clinic(
     clinic.retry_base_seconds = 1
     clinic.retry_cap_seconds = 4
     clinic.min_gap_seconds = 1
-    session.add(
-        Trunk(
-            sip_trunk_id=trunk_id,
-            name=f"{name} trunk",
-            calls_per_second=cps,
-            max_concurrent=max_concurrent,
+    if session.get(Trunk, trunk_id) is None:  # clinics may share one
+        session.add(
+            Trunk(
+                sip_trunk_id=trunk_id,
+                name=f"{name} trunk",
+                calls_per_second=cps,
+                max_concurrent=max_concurrent,
+            )
         )
-    )
     session.flush()
     return clinic

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from simulator.app import run
+from simulator.scenario import AGENT_MODES
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +30,13 @@ def main(argv: list[str] | None = None) -> None:
         "--webhook-url",
         help="send LiveKit webhooks here, e.g. http://127.0.0.1:8000/livekit/webhook",
     )
+    parser.add_argument(
+        "--agent",
+        choices=AGENT_MODES,
+        default="real",
+        help="real: the agent plays each answered call; instant: report the callee's "
+        "scripted outcome at once (load tests of the engine)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -43,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         no_report=args.no_report,
         broker_url=args.broker_url,
         webhook_url=args.webhook_url,
+        agent=args.agent,
     )
 
 

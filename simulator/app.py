@@ -221,12 +221,14 @@ def run(
     api_secret: str | None = None,
     broker_url: str | None = None,
     webhook_url: str | None = None,
+    agent: str = "real",
 ) -> None:
     """Serve until interrupted (the ``campaigns simulator`` command)."""
     overrides: dict[str, Any] = {
         "speed": speed,
         "default_trunk_id": trunk,
         "webhook_url": webhook_url,
+        "agent": agent,
     }
     if scenario_path:
         overrides["scenario"] = Scenario.load(scenario_path)

@@ -110,6 +110,10 @@ async def _converse(sim: Simulator, call: Call, length: float) -> None:
             await report(refused)
         call.record["end"] = "completed"
         return
+    if sim.config.agent == "instant":
+        await report(Report(meta.attempt_id, call.behaviour, meta.report_token))
+        call.record["end"] = "completed"
+        return
     persona = PERSONAS[call.behaviour]
     async with sim.agents:
         await rehearse(meta, persona, reporter=report, call=SimulatedCall(sim, call, persona.amd))

@@ -307,6 +307,9 @@ def _unit(*parts: str) -> float:
 # --- simulator configuration ---------------------------------------------------
 
 
+AGENT_MODES = ("real", "instant")
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     api_key: str = "devkey"
@@ -326,6 +329,9 @@ class SimulatorConfig:
     # Answered calls the agent plays at once; more wait their turn (each costs ~15-20 ms
     # of CPU on the event loop, and hundreds at once only add memory and switching).
     agent_concurrency: int = 32
+    # "real": the agent plays every answered call. "instant": the callee's scripted
+    # outcome is reported at once, so a load test measures the engine, not the agent.
+    agent: str = "real"
     # Where to send LiveKit webhooks (room_finished, participant_left), signed like LiveKit.
     webhook_url: str | None = None
     request_id_cache_size: int = 10_000
@@ -334,6 +340,8 @@ class SimulatorConfig:
     def __post_init__(self) -> None:
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
+        if self.agent not in AGENT_MODES:
+            raise ValueError(f"agent must be one of {', '.join(AGENT_MODES)}")
         if self.grant_error not in ("permission_denied", "unauthenticated"):
             raise ValueError("grant_error must be 'permission_denied' or 'unauthenticated'")
 

@@ -110,12 +110,16 @@ async def create_sip_participant(
     received_at: float | None = None,
 ) -> Message:
     call = start_call(sim, req, request_id, received_at)
-    if not req.wait_until_answered:
-        return call.info()
-    failure = await asyncio.shield(call.answer)
-    if failure is not None:
-        raise TwirpError.from_sip(failure)
-    return call.info()
+    if req.wait_until_answered:
+        failure = await asyncio.shield(call.answer)
+        if failure is not None:
+            raise TwirpError.from_sip(failure)
+    return pb_sip.SIPParticipantInfo(
+        participant_id=call.participant_sid,
+        participant_identity=call.identity,
+        room_name=call.room_name,
+        sip_call_id=call.sip_call_id,
+    )
 
 
 def create_outbound_trunk(sim: Simulator, req: pb_sip.CreateSIPOutboundTrunkRequest) -> Message:

@@ -68,14 +68,6 @@ class Call:
     )
     task: asyncio.Task[None] | None = None
 
-    def info(self) -> pb_sip.SIPParticipantInfo:
-        return pb_sip.SIPParticipantInfo(
-            participant_id=self.participant_sid,
-            participant_identity=self.identity,
-            room_name=self.room_name,
-            sip_call_id=self.sip_call_id,
-        )
-
 
 @dataclass(eq=False)
 class Room:

@@ -8,7 +8,6 @@ Callers own the transaction: nothing here commits.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -53,14 +52,12 @@ def close(
     jitter: float,
     actor: str,
     ambiguous: bool = False,
-    detail: dict[str, Any] | None = None,
-    dropped_detail_keys: int = 0,
+    report: transitions.AgentReport | None = None,
     schedule_next: bool = True,
-    answered: bool = False,
 ) -> None:
     """Set the outcome, apply it to the appointment, and schedule the retry if any
-    (unless ``schedule_next`` is False: a later attempt exists already). ``answered``:
-    the outcome comes from the agent, so the call was answered (now, if not before)."""
+    (unless ``schedule_next`` is False: a later attempt exists already). With the
+    agent's ``report``, the call was answered."""
     appointment = session.get(Appointment, attempt.appointment_id)
     assert appointment is not None and clinic.id is not None
     status = _STATUS_FOR_OUTCOME.get(outcome)
@@ -74,16 +71,7 @@ def close(
         record_opt_out(session, attempt, actor=actor)
     session.flush()
     transitions.closed(
-        session,
-        attempt,
-        outcome,
-        now,
-        error=error,
-        actor=actor,
-        ambiguous=ambiguous,
-        detail=detail,
-        dropped_detail_keys=dropped_detail_keys,
-        answered=answered,
+        session, attempt, outcome, now, error=error, actor=actor, ambiguous=ambiguous, report=report
     )
     if schedule_next:
         schedule_retry(

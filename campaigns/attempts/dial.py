@@ -16,48 +16,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
-from sqlmodel import col, select
 
 from campaigns import audit
 from campaigns.attempts import closing, transitions
 from campaigns.attempts.metadata import agent_metadata
 from campaigns.attempts.transitions import WORKER
 from campaigns.compliance import service as compliance
-from campaigns.models import Appointment, AttemptState, CallAttempt, Clinic, Trunk
+from campaigns.models import Appointment, AttemptState, Clinic, Trunk
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.telephony.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DialTarget:
-    """What pacing needs to know before the attempt is touched."""
-
-    attempt_id: int
-    trunk_id: str | None
-    calls_per_second: float
-    max_concurrent: int
-
-
-def dial_target(session: Session, attempt_id: int, default_trunk: str | None) -> DialTarget | None:
-    """The trunk and its limits for a queued attempt; None if it is not queued (a no-op)."""
-    row = session.execute(
-        select(CallAttempt.state, Clinic.trunk_id)
-        .join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
-        .where(col(CallAttempt.id) == attempt_id)
-    ).first()
-    if row is None or row[0] != AttemptState.QUEUED:
-        return None
-    trunk_id = row[1] or default_trunk
-    limits = session.get(Trunk, trunk_id) if trunk_id else None
-    return DialTarget(
-        attempt_id=attempt_id,
-        trunk_id=trunk_id,
-        calls_per_second=limits.calls_per_second if limits else DEFAULT_CPS,
-        max_concurrent=limits.max_concurrent if limits else DEFAULT_MAX_CONCURRENT,
-    )
 
 
 @dataclass(frozen=True)
@@ -72,16 +42,31 @@ class DialSettings:
     report_grace: timedelta
 
 
+@dataclass(frozen=True)
+class DialPlan:
+    """The one request to dial, and the limits of the trunk it goes through."""
+
+    request: CallRequest
+    calls_per_second: float
+    max_concurrent: int
+
+
 def begin_dial(
-    session: Session, attempt_id: int, now: datetime, config: DialSettings
-) -> CallRequest | None:
+    session: Session,
+    attempt_id: int,
+    now: datetime,
+    config: DialSettings,
+    *,
+    worker_id: str | None = None,
+) -> DialPlan | None:
     """queued -> dialing after a last policy check; the returned request is dialed exactly once.
 
     None when there is nothing to dial: not queued any more (a duplicate task),
     the policy now says no (a DNC entry added a second ago wins), or the clinic
-    has no trunk (the clinic is paused until an operator fixes it).
+    has no trunk (the clinic is paused until an operator fixes it). ``worker_id``
+    marks the attempt as this worker's, so reconciliation notices if it dies.
     """
-    attempt = transitions.load_for_update(session, attempt_id)
+    attempt = transitions.load_for_update(session, attempt_id, with_context=True)
     if attempt is None or attempt.state != AttemptState.QUEUED:
         return None
     appointment = session.get(Appointment, attempt.appointment_id)
@@ -112,6 +97,7 @@ def begin_dial(
         now,
         trunk_id=trunk_id,
         caller_id=clinic.caller_id,
+        worker_id=worker_id,
         payload={
             "number_source": appointment.phone_source,
             "agent_name": clinic.agent_name or config.default_agent,
@@ -120,7 +106,7 @@ def begin_dial(
         },
     )
     assert attempt.id is not None and attempt.room_name and attempt.participant_identity
-    return CallRequest(
+    request = CallRequest(
         attempt_id=attempt.id,
         room_name=attempt.room_name,
         participant_identity=attempt.participant_identity,
@@ -141,6 +127,21 @@ def begin_dial(
         ringing_timeout=config.ringing_timeout,
         max_call_duration=config.max_call_duration,
     )
+    trunk = session.get(Trunk, trunk_id)
+    return DialPlan(
+        request,
+        trunk.calls_per_second if trunk else DEFAULT_CPS,
+        trunk.max_concurrent if trunk else DEFAULT_MAX_CONCURRENT,
+    )
+
+
+def not_dialed(
+    session: Session, attempt_id: int, now: datetime, *, why: str, due_at: datetime
+) -> None:
+    """dialing -> scheduled, due at ``due_at``: the worker sent no dial (its trunk was full)."""
+    attempt = transitions.load_for_update(session, attempt_id)
+    if attempt is not None and attempt.state == AttemptState.DIALING:
+        transitions.undialed(session, attempt, now, why=why, error=None, due_at=due_at)
 
 
 def pause_clinic(
@@ -180,6 +181,8 @@ def finish_dial(
     session: Session, attempt_id: int, result: CallResult, now: datetime, *, jitter: float
 ) -> FinishedDial:
     """Record the result of CreateSIPParticipant and, for a failed dial, the next attempt."""
+    if result.answered and transitions.answered(session, attempt_id, now, result):
+        return FinishedDial(AttemptState.ANSWERED, None, release_slot=False)
     attempt = transitions.load_for_update(session, attempt_id)
     assert attempt is not None
     attempt.dispatch_id = result.dispatch_id or attempt.dispatch_id
@@ -192,15 +195,6 @@ def finish_dial(
         return FinishedDial(attempt.state, attempt.outcome, attempt.state != AttemptState.ANSWERED)
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    if result.answered:
-        transitions.answered(
-            session,
-            attempt,
-            now,
-            {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
-            actor=WORKER,
-        )
-        return FinishedDial(attempt.state, None, release_slot=False)
     if result.config_error or result.missed_start:
         # Nothing was dialed: the attempt goes back; on a configuration error the
         # clinic stops until fixed.

@@ -44,9 +44,10 @@ class Runner(Protocol):
 
 # How soon a call that found its trunk full is due again.
 PACING_RETRY_DELAY = timedelta(seconds=1)
-# A trunk's start is granted this long ahead: time for the dialing state's commit
-# and the agent's dispatch, so the dial itself leaves on time (see campaigns.telephony.pacing).
-PACING_LEAD = timedelta(seconds=1)
+# A trunk's start is granted this long ahead: time for the agent's dispatch (the
+# dialing state is already committed), so the dial itself leaves on time
+# (see campaigns.telephony.pacing).
+PACING_LEAD = timedelta(seconds=0.5)
 # Seconds a room request (hang-up, who is in it) may take.
 ROOM_REQUEST_TIME_LIMIT = 15.0
 # Clinics whose daily runs share a transaction (and its reads and writes).
@@ -147,48 +148,47 @@ class Pipeline:
     # ------------------------------------------------------------------ place a call
 
     def place_call(self, attempt_id: int) -> str:
-        """Dial one queued attempt at most once. Returns what happened, for logs and tests."""
+        """Dial one queued attempt at most once. Returns what happened, for logs and tests.
+
+        Two transactions: ``dialing`` is committed first, then the trunk's start is
+        awaited and the call placed, then its result is recorded. Waiting for the
+        start after the commit means no database work has to fit before it."""
         telephony, run = self._telephony()
         with self.transaction() as session:
-            if self.worker_id is not None:
-                transitions.take_attempt(session, attempt_id, self.worker_id)
-            target = dial.dial_target(session, attempt_id, self.settings.livekit_trunk_id)
-        if target is None:
-            return "not-queued"
-        slot = None
-        if target.trunk_id is not None:
-            slot = self.pacer.acquire(
-                target.trunk_id,
-                attempt_id,
-                cps=target.calls_per_second,
-                max_concurrent=target.max_concurrent,
-                lease=self.slot_lease,
-                max_wait=timedelta(seconds=self.settings.pacing_max_wait_seconds),
-                lead=PACING_LEAD,
+            plan = dial.begin_dial(
+                session, attempt_id, self.clock(), self.dial_settings, worker_id=self.worker_id
             )
-            if slot is None:
-                with self.transaction() as session:
-                    now = self.clock()
-                    transitions.return_to_queue(
-                        session,
-                        attempt_id,
-                        now,
-                        due_at=now + PACING_RETRY_DELAY,
-                        why="trunk at its limit",
-                    )
-                return "paced"
+        if plan is None:
+            return "not-dialed"
+        request = plan.request
+        slot = self.pacer.acquire(
+            request.trunk_id,
+            attempt_id,
+            cps=plan.calls_per_second,
+            max_concurrent=plan.max_concurrent,
+            lease=self.slot_lease,
+            max_wait=timedelta(seconds=self.settings.pacing_max_wait_seconds),
+            lead=PACING_LEAD,
+        )
+        if slot is None:
+            with self.transaction() as session:
+                now = self.clock()
+                dial.not_dialed(
+                    session,
+                    attempt_id,
+                    now,
+                    why="trunk at its limit",
+                    due_at=now + PACING_RETRY_DELAY,
+                )
+            return "paced"
         release = True
         try:
-            with self.transaction() as session:
-                request = dial.begin_dial(session, attempt_id, self.clock(), self.dial_settings)
-            if request is None:
-                return "not-dialed"
             log.info("attempt %s: dialing %s", attempt_id, mask_phone(request.call_to))
             abandoned = False
             try:
-                paced = None if slot is None else partial(wait_for_start, slot)
                 result: CallResult = run(
-                    telephony.place_call(request, paced), timeout=self.dial_time_limit
+                    telephony.place_call(request, partial(wait_for_start, slot)),
+                    timeout=self.dial_time_limit,
                 )
             except TimeoutError:
                 # The call may be ringing: record an ambiguous failure, hang up, never re-dial.
@@ -222,8 +222,8 @@ class Pipeline:
                 self._hang_up(request.room_name)
             return finished.state
         finally:
-            if release and target.trunk_id is not None:
-                self.pacer.release(target.trunk_id, attempt_id)
+            if release:
+                self.pacer.release(request.trunk_id, attempt_id)
 
     def _hang_up(self, room_name: str) -> None:
         telephony, run = self._telephony()

@@ -45,8 +45,8 @@ def stale_attempts(
 ) -> list[StaleAttempt]:
     """Attempts past the deadline of their state: lost tasks, killed workers, silent agents.
 
-    With ``worker_lost``, a queued or dialing attempt whose worker has not beaten
-    its heartbeat for that long is stale at once, whatever its own deadline.
+    With ``worker_lost``, a dialing attempt whose worker has not beaten its
+    heartbeat for that long is stale at once, whatever its own deadline.
     """
     overdue = [
         (col(CallAttempt.state) == AttemptState.QUEUED)
@@ -66,7 +66,7 @@ def stale_attempts(
             .exists()
         )
         overdue.append(
-            col(CallAttempt.state).in_((AttemptState.QUEUED, AttemptState.DIALING))
+            (col(CallAttempt.state) == AttemptState.DIALING)
             & col(CallAttempt.worker_id).is_not(None)
             & ~alive
         )
@@ -90,7 +90,7 @@ def reconcile_attempt(
     ``room_participants`` is None when the room could not be inspected (then a
     dialing/answered attempt is left for the next pass).
     """
-    attempt = transitions.load_for_update(session, stale.attempt_id)
+    attempt = transitions.load_for_update(session, stale.attempt_id, with_context=True)
     if attempt is None or attempt.state != stale.state:
         return None
     clinic = session.get(Clinic, attempt.clinic_id)

@@ -45,7 +45,7 @@ def _clean_detail_value(value: Any) -> Any:
     return _DROP
 
 
-def clean_detail(detail: Any) -> tuple[dict[str, Any], int]:
+def clean_detail(detail: Any) -> transitions.AgentReport:
     """The part of an agent's ``detail`` the engine keeps, and how many keys it dropped.
 
     Only :data:`DETAIL_KEYS` with scalar or list-of-scalar values are kept,
@@ -53,7 +53,7 @@ def clean_detail(detail: Any) -> tuple[dict[str, Any], int]:
     over :data:`DETAIL_SIZE_LIMIT` bytes of JSON its largest value is dropped.
     """
     if not isinstance(detail, dict):
-        return {}, 0 if detail is None else 1
+        return transitions.AgentReport({}, 0 if detail is None else 1)
     kept: dict[str, Any] = {}
     for key, value in detail.items():
         cleaned = _clean_detail_value(value) if key in DETAIL_KEYS else _DROP
@@ -61,7 +61,7 @@ def clean_detail(detail: Any) -> tuple[dict[str, Any], int]:
             kept[key] = cleaned
     while len(audit.canonical_json(kept).encode()) > DETAIL_SIZE_LIMIT:
         del kept[max(kept, key=lambda k: len(audit.canonical_json(kept[k]).encode()))]
-    return kept, len(detail) - len(kept)
+    return transitions.AgentReport(kept, len(detail) - len(kept))
 
 
 REPORT_IGNORED = "report.ignored"  # authentic, but the attempt already has its outcome
@@ -147,7 +147,7 @@ def record_outcome(
     applied is audited with the reason (``report.refused`` / ``report.ignored``);
     an opt-out under an authentic token reaches the do-not-call list even then.
     """
-    attempt = transitions.load_for_update(session, attempt_id)
+    attempt = transitions.load_for_update(session, attempt_id, with_context=True)
     if attempt is None:
         return _not_applied(
             session, REPORT_REFUSED, attempt_id, None, outcome, "no such attempt", now
@@ -181,7 +181,6 @@ def record_outcome(
     )
     # A report can beat the worker's own write after an answer; then the worker frees the slot.
     release = attempt.state == AttemptState.ANSWERED
-    kept, dropped = clean_detail(detail)
     closing.close(
         session,
         attempt,
@@ -191,10 +190,8 @@ def record_outcome(
         error=None,
         jitter=jitter,
         actor=AGENT,
-        detail=kept,
-        dropped_detail_keys=dropped,
+        report=clean_detail(detail),
         schedule_next=not later_attempt_exists,
-        answered=True,
     )
     log.info(
         "attempt %s: agent reported %s for %s",

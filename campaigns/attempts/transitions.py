@@ -21,14 +21,14 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, Table, insert, text, update
+from sqlalchemy import ColumnElement, Table, func, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
 from campaigns.compliance import service as compliance
 from campaigns.compliance.policy import Decision
-from campaigns.db import copy_rows, is_postgresql, one_of, utcnow
+from campaigns.db import insert_returning_ids, one_of, utcnow
 from campaigns.models import (
     Appointment,
     AttemptState,
@@ -36,6 +36,7 @@ from campaigns.models import (
     Clinic,
 )
 from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.port import CallResult
 
 SCHEDULER = "scheduler"
 WORKER = "worker"
@@ -79,11 +80,26 @@ def refusal(decision: Decision, now: datetime) -> tuple[str, dict[str, Any]]:
     return SKIPPED, change | {"state": AttemptState.SKIPPED, "ended_at": now}
 
 
-def load_for_update(session: Session, attempt_id: int) -> CallAttempt | None:
-    """The attempt, its row locked until the caller's transaction ends."""
-    return session.execute(
-        select(CallAttempt).where(col(CallAttempt.id) == attempt_id).with_for_update()
-    ).scalar_one_or_none()
+def load_for_update(
+    session: Session, attempt_id: int, *, with_context: bool = False
+) -> CallAttempt | None:
+    """The attempt, its row locked until the caller's transaction ends.
+
+    ``with_context``: its appointment and clinic are read in the same round trip
+    (not locked), so a ``session.get`` of either afterwards is answered from the session.
+    """
+    entities: tuple[type[Any], ...] = (
+        (CallAttempt, Appointment, Clinic) if with_context else (CallAttempt,)
+    )
+    query = select(*entities)
+    if with_context:
+        query = query.join(
+            Appointment, col(Appointment.id) == col(CallAttempt.appointment_id)
+        ).join(Clinic, col(Clinic.id) == col(CallAttempt.clinic_id))
+    row = session.execute(
+        query.where(col(CallAttempt.id) == attempt_id).with_for_update(of=CallAttempt)
+    ).first()
+    return None if row is None else row[0]
 
 
 def _record(
@@ -176,9 +192,6 @@ class NewAttempt:
 
 
 _CALL_ATTEMPT: Table = CallAttempt.__table__  # type: ignore[attr-defined]
-_INSERT_RETURNING_IDS = insert(_CALL_ATTEMPT).returning(
-    _CALL_ATTEMPT.c.id, sort_by_parameter_order=True
-)
 # The columns a new attempt sets, in create_many's order; the others stay NULL.
 _NEW_COLUMNS = (
     "appointment_id",
@@ -203,31 +216,6 @@ def _decision_key(decision: Decision) -> tuple[Any, ...]:
         tuple(value.items()) if hasattr(value, "items") else value
         for value in (getattr(decision, field.name) for field in fields(decision))
     )
-
-
-def _insert_attempts(session: Session, rows: list[tuple[Any, ...]]) -> list[int]:
-    """Insert the rows (values of :data:`_NEW_COLUMNS`), returning their ids in order.
-    On PostgreSQL the ids are drawn from the table's sequence first and the rows sent
-    with COPY."""
-    if not is_postgresql(session):
-        values = [dict(zip(_NEW_COLUMNS, row, strict=True)) for row in rows]
-        return list(session.execute(_INSERT_RETURNING_IDS, values).scalars())
-    ids = list(
-        session.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence('call_attempt', 'id'))"
-                " FROM generate_series(1, :n)"
-            ),
-            {"n": len(rows)},
-        ).scalars()
-    )
-    copy_rows(
-        session,
-        "call_attempt",
-        ("id", *_NEW_COLUMNS),
-        ((attempt_id, *row) for attempt_id, row in zip(ids, rows, strict=True)),
-    )
-    return ids
 
 
 def create_many(
@@ -271,7 +259,7 @@ def create_many(
         events.append(
             (item, item_kind, item.payload | {"due_at": due_at.isoformat(), "decision": document})
         )
-    ids = _insert_attempts(session, rows)
+    ids = insert_returning_ids(session, _CALL_ATTEMPT, _NEW_COLUMNS, rows)
     audit.record_many(
         session,
         [
@@ -384,37 +372,6 @@ def skip_scheduled(
 # --------------------------------------------------------------------------- dialing
 
 
-def take_attempt(session: Session, attempt_id: int, worker_id: str) -> None:
-    """Mark a queued attempt as the worker's, so reconciliation notices if that worker dies."""
-    session.execute(
-        update(CallAttempt)
-        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
-        .values(worker_id=worker_id)
-    )
-
-
-def return_to_queue(
-    session: Session, attempt_id: int, now: datetime, *, due_at: datetime, why: str
-) -> bool:
-    """queued -> scheduled: the call never started (pacing full, a worker shutting down)."""
-    changed = session.execute(
-        update(CallAttempt)
-        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.QUEUED)
-        .values(state=AttemptState.SCHEDULED, due_at=due_at, updated_at=now)
-    ).rowcount  # type: ignore[attr-defined]
-    if changed:
-        attempt = session.get(CallAttempt, attempt_id)
-        assert attempt is not None
-        _record(
-            session,
-            attempt,
-            "attempt.requeued",
-            {"why": why, "due_at": due_at.isoformat()},
-            actor=WORKER,
-        )
-    return bool(changed)
-
-
 def hold(attempt: CallAttempt, now: datetime) -> None:
     """queued -> scheduled, unaudited: the clinic is paused (its pause is the audited event)."""
     _move(attempt, now, state=AttemptState.SCHEDULED)
@@ -441,6 +398,7 @@ def dialing(
     trunk_id: str,
     caller_id: str | None,
     payload: dict[str, Any],
+    worker_id: str | None = None,
 ) -> None:
     """queued -> dialing, committed by the caller before any dial."""
     assert attempt.id is not None
@@ -451,6 +409,7 @@ def dialing(
         dialing_at=now,
         trunk_id=trunk_id,
         caller_id=caller_id,
+        worker_id=worker_id,
         room_name=f"appt-{attempt.id}-{secrets.token_hex(4)}",
         participant_identity=f"callee-{attempt.id}-{secrets.token_hex(4)}",
     )
@@ -471,12 +430,39 @@ def dialing(
     )
 
 
-def answered(
-    session: Session, attempt: CallAttempt, now: datetime, payload: dict[str, Any], *, actor: str
-) -> None:
-    """dialing -> answered."""
-    _record(session, attempt, "attempt.answered", payload, actor=actor, at=now)
-    _move(attempt, now, state=AttemptState.ANSWERED, answered_at=now)
+def answered(session: Session, attempt_id: int, now: datetime, result: CallResult) -> bool:
+    """dialing -> answered in one guarded UPDATE, with what LiveKit said of the call.
+
+    False, changing nothing, when the attempt is no longer dialing (the agent's
+    report or reconciliation got there first)."""
+    row = session.execute(
+        update(CallAttempt)
+        .where(col(CallAttempt.id) == attempt_id, col(CallAttempt.state) == AttemptState.DIALING)
+        .values(
+            state=AttemptState.ANSWERED,
+            answered_at=now,
+            updated_at=now,
+            dispatch_id=func.coalesce(result.dispatch_id, col(CallAttempt.dispatch_id)),
+            sip_call_id=func.coalesce(result.sip_call_id, col(CallAttempt.sip_call_id)),
+            sip_status_code=result.sip_status_code,
+            sip_status=result.sip_status,
+        )
+        .returning(col(CallAttempt.clinic_id), col(CallAttempt.appointment_id))
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return False
+    audit.record(
+        session,
+        "attempt.answered",
+        {"sip_call_id": result.sip_call_id, "dispatch_id": result.dispatch_id},
+        actor=WORKER,
+        clinic_id=row.clinic_id,
+        appointment_id=row.appointment_id,
+        attempt_id=attempt_id,
+        at=now,
+    )
+    return True
 
 
 def undialed(
@@ -524,6 +510,14 @@ def reconciled(
 # --------------------------------------------------------------------------- closing
 
 
+@dataclass(frozen=True)
+class AgentReport:
+    """What the agent said of the call it answered, as the engine keeps it."""
+
+    detail: dict[str, Any]
+    dropped_keys: int = 0  # keys of its detail not kept
+
+
 def closed(
     session: Session,
     attempt: CallAttempt,
@@ -533,12 +527,11 @@ def closed(
     error: str | None,
     actor: str,
     ambiguous: bool = False,
-    detail: dict[str, Any] | None = None,
-    dropped_detail_keys: int = 0,
-    answered: bool = False,
+    report: AgentReport | None = None,
 ) -> None:
-    """dialing, answered or failed -> completed or failed, with the call's outcome."""
-    if answered:
+    """dialing, answered or failed -> completed or failed, with the call's outcome
+    (with the agent's ``report``, the call was answered: now, if not before)."""
+    if report is not None:
         attempt.answered_at = attempt.answered_at or now
     _move(
         attempt,
@@ -564,8 +557,8 @@ def closed(
             "duration_seconds": (now - attempt.answered_at).total_seconds()
             if attempt.answered_at
             else 0,
-            "detail": detail or {},
-            "dropped_detail_keys": dropped_detail_keys,
+            "detail": report.detail if report else {},
+            "dropped_detail_keys": report.dropped_keys if report else 0,
         },
         actor=actor,
         at=now,

@@ -40,25 +40,19 @@ def _read_checkpoint(path: Path) -> audit.Checkpoint:
 def audit_verify(
     checkpoint_file: CheckpointOption = None, as_json: common.JsonFlag = False
 ) -> None:
-    """Re-walk the keyed chain; exit 1 naming the first event that does not hold."""
+    """Re-walk every keyed chain; exit 1 naming the first event (chain, seq) that does not hold."""
     checkpoint = _read_checkpoint(checkpoint_file) if checkpoint_file else None
     with common.unit_of_work() as session:
         result = audit.verify(session, checkpoint)
     if as_json:
-        common.emit_json(
-            {
-                "ok": result.ok,
-                "events": result.events,
-                "first_bad_seq": result.first_bad_seq,
-                "problem": result.problem,
-                "checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None,
-            }
-        )
+        common.emit_json(result.document())
     if not result.ok:
-        common.fail(f"audit log broken at event {result.first_bad_seq}: {result.problem}")
+        common.fail(f"audit log broken at {result.where}: {result.problem}")
     if not as_json:
-        anchored = f"; checkpoint at event {checkpoint.seq} holds" if checkpoint else ""
-        common.out.print(f"audit log intact: {result.events} events{anchored}")
+        anchored = f"; checkpoint at event {checkpoint.seq} of chain 0 holds" if checkpoint else ""
+        common.out.print(
+            f"audit log intact: {result.events} events in {result.chains} chains{anchored}"
+        )
 
 
 @app.command("checkpoint")
@@ -68,7 +62,8 @@ def audit_checkpoint(
         typer.Option("--out", help="Write to this file (owner-only) instead of stdout."),
     ] = None,
 ) -> None:
-    """Verify the log and print its head as {"seq", "hash", "at", "count"}; keep it elsewhere."""
+    """Verify the log and print a checkpoint anchoring every chain, {"seq", "hash", "at",
+    "count"}; keep it elsewhere."""
     if out_file is None:
         with common.unit_of_work() as session:
             checkpoint = audit.take_checkpoint(session, actor=common.actor(), out="stdout")
@@ -91,7 +86,11 @@ def audit_checkpoint(
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise
-    common.err.print(f"checkpoint at event {checkpoint.seq} written to {out_file}", markup=False)
+    common.err.print(
+        f"checkpoint at event {checkpoint.seq} of chain 0 ({checkpoint.count} events in all "
+        f"chains) written to {out_file}",
+        markup=False,
+    )
 
 
 @app.command("export")
@@ -99,7 +98,7 @@ def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO 8601 time with offset")] = None,
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "jsonl",
 ) -> None:
-    """Write the audit log to stdout; the export itself is audited."""
+    """Write the audit log to stdout, chain by chain; the export itself is audited."""
     if fmt not in audit.EXPORT_WRITERS:
         raise InvalidInputError("--format must be csv or jsonl")
     start = common.parse_instant(since, "--since") if since else None

@@ -90,13 +90,23 @@ def simulator(
     webhook_url: Annotated[
         str | None, typer.Option(help="Send LiveKit webhooks here (the console's /livekit/webhook)")
     ] = None,
+    agent: Annotated[
+        str,
+        typer.Option(
+            help="real: the agent plays each answered call; instant: report the callee's "
+            "scripted outcome at once (load tests of the engine)"
+        ),
+    ] = "real",
 ) -> None:
     """Serve the LiveKit simulator (Twirp API; scripted callees talk to the real agent)."""
     from simulator.app import run
+    from simulator.scenario import AGENT_MODES
 
     settings = get_settings()
     if speed <= 0:
         raise InvalidInputError("--speed must be positive")
+    if agent not in AGENT_MODES:
+        raise InvalidInputError(f"--agent must be one of {', '.join(AGENT_MODES)}")
     run(
         host,
         port,
@@ -108,6 +118,7 @@ def simulator(
         api_secret=settings.livekit_api_secret.get_secret_value(),
         broker_url=settings.broker_url,
         webhook_url=webhook_url,
+        agent=agent,
     )
 
 

@@ -346,7 +346,6 @@ class LiveKitTelephony:
                 outcome=None,
                 dispatch_id=dispatch.id,
                 sip_call_id=info.sip_call_id or None,
-                participant_id=info.participant_id or None,
             )
         log = logger.error if result.config_error else logger.info
         log(

@@ -63,7 +63,6 @@ class CallResult:
     outcome: Outcome | None
     dispatch_id: str | None = None
     sip_call_id: str | None = None
-    participant_id: str | None = None
     sip_status_code: int | None = None
     sip_status: str | None = None
     error: str | None = None
@@ -73,28 +72,29 @@ class CallResult:
     missed_start: bool = False
 
 
-@dataclass(frozen=True)
-class TrunkSpec:
-    """An outbound SIP trunk to create at the provider."""
+@dataclass(frozen=True, kw_only=True)
+class TrunkDetails:
+    """What an outbound SIP trunk is at the provider, apart from its id and password."""
 
     name: str
     address: str  # the carrier's SIP host, e.g. "example.pstn.twilio.com"
     numbers: tuple[str, ...]  # caller-ID numbers (E.164) the trunk may present
     auth_username: str | None = None
-    auth_password: str | None = field(default=None, repr=False)  # never logged or returned
     destination_country: str | None = None  # ISO 3166-1 alpha-2, e.g. "US"
 
 
-@dataclass(frozen=True)
-class TrunkInfo:
-    """An outbound trunk as listed by the provider (without its password)."""
+@dataclass(frozen=True, kw_only=True)
+class TrunkSpec(TrunkDetails):
+    """An outbound SIP trunk to create at the provider."""
+
+    auth_password: str | None = field(default=None, repr=False)  # never logged or returned
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrunkInfo(TrunkDetails):
+    """An outbound trunk as listed by the provider (it never returns the password)."""
 
     trunk_id: str
-    name: str
-    address: str
-    numbers: tuple[str, ...]
-    auth_username: str | None = None
-    destination_country: str | None = None
 
 
 # Awaited right before the dial is sent; False: send nothing.

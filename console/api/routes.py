@@ -296,24 +296,32 @@ def remove_dnc(
 # --------------------------------------------------------------------------- audit
 
 
+class AuditFilters(BaseModel):
+    """Which page of the audit log to list, as the API's and the console page's query
+    parameters: an empty value filters nothing."""
+
+    since: str = ""
+    until: str = ""
+    kind: str = ""
+    actor: str = ""
+    page: int = Field(default=1, ge=1)
+
+    def listing(self, session: Session) -> dict[str, Any]:
+        return audit.list_events(
+            session,
+            since=parse_time(self.since, "since"),
+            until=parse_time(self.until, "until"),
+            kind=self.kind or None,
+            actor=self.actor or None,
+            page=self.page,
+        )
+
+
 @router.get("/audit/events")
 def audit_events(
-    user: Auditor,
-    session: DB,
-    since: str | None = None,
-    until: str | None = None,
-    kind: str | None = None,
-    actor: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    user: Auditor, session: DB, filters: Annotated[AuditFilters, Query()]
 ) -> dict[str, Any]:
-    return audit.list_events(
-        session,
-        since=parse_time(since, "since"),
-        until=parse_time(until, "until"),
-        kind=kind or None,
-        actor=actor or None,
-        page=page,
-    )
+    return filters.listing(session)
 
 
 EXPORT_MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson"}
@@ -349,13 +357,7 @@ def audit_export(
 
 def verify_document(result: audit.VerifyResult) -> dict[str, Any]:
     """As ``audit verify --json`` prints it."""
-    return {
-        "ok": result.ok,
-        "events": result.events,
-        "first_bad_seq": result.first_bad_seq,
-        "problem": result.problem,
-        "checkpoint": result.checkpoint.model_dump(mode="json") if result.checkpoint else None,
-    }
+    return result.document()
 
 
 @router.post("/audit/verify")
@@ -364,8 +366,8 @@ def audit_verify(
     session: DB,
     checkpoint: Annotated[dict[str, Any] | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Re-walk the chain; with a checkpoint taken earlier as the body, also check that the
-    events it covers are still there as they were."""
+    """Re-walk every chain; with a checkpoint taken earlier as the body, also check that
+    the events it anchors in each chain are still there as they were."""
     anchor = audit.Checkpoint.parse(json.dumps(checkpoint)) if checkpoint else None
     return verify_document(audit.verify(session, anchor))
 

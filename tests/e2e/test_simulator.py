@@ -26,7 +26,7 @@ from livekit.protocol.sip import (
     SIPOutboundTrunkInfo,
 )
 
-from simulator.scenario import DEFAULT_WEIGHTS, Scenario, ScenarioError
+from simulator.scenario import DEFAULT_WEIGHTS, Scenario, ScenarioError, coerce_config
 from simulator.state import OutcomeReport
 from simulator.testing import SimulatorHandle, running_simulator
 from tests.agent_helpers import metadata_json, token_verifies
@@ -538,6 +538,26 @@ def test_the_agent_plays_each_answered_persona_and_reports_once(
     [call] = sim.calls()
     assert call["end"] == end
     assert call.get("transferred_to") == detail.get("transferred_to")
+
+
+def test_instant_agent_reports_each_scripted_outcome_without_playing_the_call() -> None:
+    with running_simulator(
+        speed=SPEED, default_trunk_id=TRUNK, reporter=_record, agent="instant"
+    ) as instant:
+        REPORTS.clear()
+        for suffix in ("00", "07", "11"):
+            dispatch_and_dial(instant, f"+155501234{suffix}", f"r-{suffix}", metadata_json(42))
+        wait_for(lambda: len(REPORTS) == 3)
+        outcomes = sorted(report.outcome for report in REPORTS)
+        assert outcomes == ["cancelled", "confirmed", "transferred"]
+        assert all(token_verifies(42, report.token) and not report.detail for report in REPORTS)
+        wait_for(lambda: all(call["end"] == "completed" for call in instant.calls()))
+    REPORTS.clear()
+
+
+def test_simulator_refuses_an_unknown_agent_mode() -> None:
+    with pytest.raises(ValueError, match="agent must be one of real, instant"):
+        coerce_config(agent="llm")
 
 
 def test_unusable_metadata_reports_failed_when_the_attempt_is_known(

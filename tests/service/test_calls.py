@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit, dnc
-from campaigns.attempts import claim, daily, dial, reconcile, reports, status, transitions
+from campaigns.attempts import claim, daily, dial, reconcile, reports, status
 from campaigns.attempts.pipeline import Pipeline
 from campaigns.compliance import service as compliance
 from campaigns.db import make_engine, session_factory
@@ -33,11 +33,14 @@ from campaigns.models import (
     Trunk,
 )
 from campaigns.settings import Settings
+from campaigns.telephony.livekit_gateway import LiveKitTelephony
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.tokens import check_report_token
+from simulator.testing import TEST_API_SECRET, running_simulator
 from tests.factories import add_appointment, add_clinic
+from workers.runtime import EventLoopThread
 
 NOW = datetime(2026, 5, 12, 15, 0, tzinfo=UTC)  # Tuesday 11:00 EDT
 RUN_DATE = date(2026, 5, 12)
@@ -113,10 +116,10 @@ def _dialing(
 ) -> tuple[CallAttempt, CallRequest]:
     attempt = _queued(session, clinic, appointment)
     assert attempt.id is not None
-    request = dial.begin_dial(session, attempt.id, NOW, DIAL)
-    assert request is not None
+    plan = dial.begin_dial(session, attempt.id, NOW, DIAL)
+    assert plan is not None
     _commit(session)
-    return attempt, request
+    return attempt, plan.request
 
 
 def _answered(
@@ -151,7 +154,7 @@ def _audit_kinds(session: Session, attempt_id: int | None) -> list[str]:
         session.execute(
             select(AuditEvent.kind)
             .where(col(AuditEvent.attempt_id) == attempt_id)
-            .order_by(col(AuditEvent.seq))
+            .order_by(col(AuditEvent.id))
         ).scalars()
     )
 
@@ -462,15 +465,21 @@ def test_begin_dial_dials_a_queued_attempt_once_with_what_the_agent_needs(
     (first,) = _attempts(session, first_appointment)
     (second,) = _attempts(session, second_appointment)
     assert first.id is not None and second.id is not None
-
-    request = dial.begin_dial(session, first.id, NOW, DIAL)
+    session.add(
+        Trunk(sip_trunk_id="ST_lakeside", name="lakeside", calls_per_second=7, max_concurrent=9)
+    )
     _commit(session)
-    other = dial.begin_dial(session, second.id, NOW, DIAL)
+
+    plan = dial.begin_dial(session, first.id, NOW, DIAL)
+    _commit(session)
+    other_plan = dial.begin_dial(session, second.id, NOW, DIAL)
     _commit(session)
 
-    assert request is not None and other is not None
+    assert plan is not None and other_plan is not None
     assert dial.begin_dial(session, first.id, NOW, DIAL) is None  # a duplicate task
     _commit(session)
+    request, other = plan.request, other_plan.request
+    assert (plan.calls_per_second, plan.max_concurrent) == (7, 9)  # the clinic's trunk
     assert request.attempt_id == first.id
     assert request.call_to == first_appointment.phone_e164
     assert request.caller_id == "+12125550199"
@@ -692,7 +701,7 @@ def _audit_payloads(session: Session, kind: str) -> list[dict[str, object]]:
         for payload in session.execute(
             select(AuditEvent.payload)
             .where(col(AuditEvent.kind) == kind)
-            .order_by(col(AuditEvent.seq))
+            .order_by(col(AuditEvent.id))
         ).scalars()
     ]
 
@@ -904,10 +913,9 @@ def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
     assert lost.id and waiting.id and busy.id
     reconcile.heartbeat(session, "worker-a", NOW)
     reconcile.heartbeat(session, "worker-b", NOW)
-    for attempt_id, worker in ((lost.id, "worker-a"), (waiting.id, "worker-a")):
-        session.execute(
-            update(CallAttempt).where(col(CallAttempt.id) == attempt_id).values(worker_id=worker)
-        )
+    session.execute(
+        update(CallAttempt).where(col(CallAttempt.id) == lost.id).values(worker_id="worker-a")
+    )
     session.execute(
         update(CallAttempt).where(col(CallAttempt.id) == busy.id).values(worker_id="worker-b")
     )
@@ -927,28 +935,21 @@ def test_the_calls_of_a_silent_worker_are_stale_at_once_and_a_live_ones_are_not(
         )
 
     assert stale(NOW + timedelta(seconds=10)) == []
-    found = {s.attempt_id: s for s in stale(later)}
-    assert {k: s.state for k, s in found.items()} == {
-        lost.id: AttemptState.DIALING,
-        waiting.id: AttemptState.QUEUED,
-    }
-    action = reconcile.reconcile_attempt(session, found[waiting.id], None, later, jitter=MID_JITTER)
-    assert action == "rescheduled"
-    _commit(session)
-    session.refresh(waiting)
-    assert (waiting.state, waiting.worker_id) == (AttemptState.SCHEDULED, None)
+    # A queued attempt belongs to no worker yet: only its own deadline makes it stale.
+    found = {s.attempt_id: s.state for s in stale(later)}
+    assert found == {lost.id: AttemptState.DIALING}
+    assert waiting.id in {s.attempt_id for s in stale(NOW + timedelta(minutes=6))}
 
 
-def test_a_worker_takes_only_a_queued_attempt(session: Session) -> None:
+def test_the_worker_that_dials_an_attempt_is_recorded_on_it(session: Session) -> None:
     clinic = _clinic(session)
-    queued = _queued(session, clinic, _appointment(session, clinic))
-    dialing, _ = _dialing(session, clinic, _appointment(session, clinic))
-    assert queued.id and dialing.id
-    transitions.take_attempt(session, queued.id, "worker-a")
-    transitions.take_attempt(session, dialing.id, "worker-a")
+    attempt = _queued(session, clinic, _appointment(session, clinic))
+    assert attempt.id is not None and not attempt.worker_id
+    plan = dial.begin_dial(session, attempt.id, NOW, DIAL, worker_id="worker-a")
     _commit(session)
-    assert session.get(CallAttempt, queued.id).worker_id == "worker-a"  # type: ignore[union-attr]
-    assert session.get(CallAttempt, dialing.id).worker_id is None  # type: ignore[union-attr]
+    assert plan is not None
+    session.refresh(attempt)
+    assert (attempt.state, attempt.worker_id) == (AttemptState.DIALING, "worker-a")
 
 
 # --------------------------------------------------------------------------- status
@@ -1012,3 +1013,50 @@ def test_tick_sends_each_task_only_after_its_claim_is_committed(
     assert {state for _, state in seen} == {AttemptState.QUEUED}
     assert pipeline.tick(send).queued == []  # nothing is sent twice
     assert len(seen) == 3
+
+
+# --------------------------------------------------------------------------- Pipeline.place_call
+
+
+def test_a_call_whose_trunk_is_full_goes_back_to_the_schedule_undialed(
+    session: Session, engine: Engine
+) -> None:
+    clinic = _clinic(session)
+    attempt = _queued(session, clinic, _appointment(session, clinic))
+    attempt_id = attempt.id
+    assert attempt_id is not None
+    session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=1))
+    _commit(session)
+    pacer = LocalPacer()
+    lease = timedelta(minutes=5)
+    held = pacer.acquire(
+        "ST_lakeside", 0, cps=1, max_concurrent=1, lease=lease, max_wait=lease, lead=timedelta(0)
+    )
+    assert held is not None  # another call holds the trunk's only line
+    io = EventLoopThread()
+    with running_simulator(default_trunk_id="ST_lakeside") as sim:
+        settings = Settings(
+            database_url=str(engine.url),
+            livekit_url=sim.url,
+            livekit_api_secret=TEST_API_SECRET,
+            report_secret=SECRET,
+            pacing_max_wait_seconds=0,
+        )
+        pipeline = Pipeline(
+            sessions=session_factory(engine),
+            settings=settings,
+            pacer=pacer,
+            telephony=LiveKitTelephony.from_settings(settings),
+            run=io.run,
+            clock=lambda: NOW,
+            worker_id="worker-a",
+        )
+
+        assert pipeline.place_call(attempt_id) == "paced"
+        assert pipeline.place_call(attempt_id) == "not-dialed"  # a duplicate message: a no-op
+
+        assert sim.calls() == []
+    session.refresh(attempt)
+    assert (attempt.state, attempt.due_at) == (AttemptState.SCHEDULED, NOW + timedelta(seconds=1))
+    assert attempt.dialing_at is None
+    assert _audit_kinds(session, attempt_id)[-2:] == ["attempt.dialing", "attempt.requeued"]

@@ -257,16 +257,24 @@ def test_audit_verify_names_the_tampered_event(app_env: str) -> None:
     add_clinic_cli()
     assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0
     verified = cli_json("audit", "verify")
-    assert (verified["ok"], verified["first_bad_seq"]) == (True, None)
-    assert verified["events"] >= 2
+    assert (verified["ok"], verified["chain"], verified["first_bad_seq"]) == (True, None, None)
+    assert verified["events"] >= 2 and verified["chains"] == 2  # the clinic's and chain 0
     with database(app_env) as session:
+        clinic_id = session.execute(text("SELECT id FROM clinic")).scalar_one()
         lift_append_only_guard(session)
-        session.execute(text("UPDATE audit_event SET actor = 'mallory' WHERE seq = 2"))
+        session.execute(
+            text("UPDATE audit_event SET actor = 'mallory' WHERE chain = :chain AND seq = 1"),
+            {"chain": clinic_id},
+        )
 
     result = cli("audit", "verify")
 
-    line = assert_one_line_error(result, "audit log broken at event 2")
+    line = assert_one_line_error(
+        result, f"audit log broken at event 1 of clinic {clinic_id}'s chain"
+    )
     assert "altered" in line
+    broken = json.loads(cli("audit", "verify", "--json").stdout)
+    assert (broken["ok"], broken["chain"], broken["first_bad_seq"]) == (False, clinic_id, 1)
 
 
 @SQLITE_ONLY
@@ -289,7 +297,7 @@ def test_audit_export_csv_neutralises_formula_cells(app_env: str) -> None:
 
 def _audit_events(url: str, kind: str) -> list[AuditEvent]:
     with database(url) as session:
-        query = select(AuditEvent).where(col(AuditEvent.kind) == kind).order_by(col(AuditEvent.seq))
+        query = select(AuditEvent).where(col(AuditEvent.kind) == kind).order_by(col(AuditEvent.id))
         return list(session.execute(query).scalars())
 
 
@@ -305,9 +313,9 @@ def test_audit_checkpoint_anchors_the_log_until_events_are_removed(
     assert anchor.stat().st_mode & 0o777 == 0o600
     checkpoint = json.loads(anchor.read_text())
     assert list(checkpoint) == ["seq", "hash", "at", "count"]
-    assert (checkpoint["seq"], checkpoint["count"]) == (2, 2)
+    assert (checkpoint["seq"], checkpoint["count"]) == (1, 2)  # chain 0's first; and the clinic's
     [event] = _audit_events(app_env, "audit.checkpoint")
-    assert (event.seq, event.actor, event.hash) == (2, actor(), checkpoint["hash"])
+    assert (event.chain, event.seq, event.actor, event.hash) == (0, 1, actor(), checkpoint["hash"])
 
     assert cli("dnc", "add", "+1 305 555 0101").exit_code == 0  # the log grows: still fine
     verified = cli_json("audit", "verify", "--checkpoint", str(anchor))
@@ -315,11 +323,14 @@ def test_audit_checkpoint_anchors_the_log_until_events_are_removed(
     assert verified["checkpoint"] == checkpoint
 
     with database(app_env) as session:
+        clinic_id = session.execute(text("SELECT id FROM clinic")).scalar_one()
         lift_append_only_guard(session)
-        session.execute(text("DELETE FROM audit_event WHERE seq >= 2"))
+        session.execute(text("DELETE FROM audit_event WHERE chain = :c"), {"c": clinic_id})
     assert cli("audit", "verify").exit_code == 0  # what is left still chains
     result = cli("audit", "verify", "--checkpoint", str(anchor))
-    line = assert_one_line_error(result, "audit log broken at event 2", "event 2 is missing")
+    line = assert_one_line_error(
+        result, f"audit log broken at event 1 of clinic {clinic_id}'s chain", "event 1 is missing"
+    )
     assert "truncated" in line
 
 

@@ -72,7 +72,7 @@ def events(console: Console, kind: str) -> list[AuditEvent]:
     with console.sessions() as session:
         return list(
             session.execute(
-                select(AuditEvent).where(col(AuditEvent.kind) == kind).order_by(col(AuditEvent.seq))
+                select(AuditEvent).where(col(AuditEvent.kind) == kind).order_by(col(AuditEvent.id))
             ).scalars()
         )
 
@@ -393,6 +393,7 @@ def test_reviewers_browse_verify_checkpoint_and_export_the_audit_log(console: Co
     beyond = checkpoint | {"seq": checkpoint["seq"] + 50, "count": checkpoint["count"] + 50}
     truncated = console.client.post("/api/v1/audit/verify", json=beyond, headers=headers).json()
     assert truncated["ok"] is False and "truncated" in truncated["problem"]
+    assert (truncated["chain"], truncated["first_bad_seq"]) == (0, checkpoint["seq"] + 1)
     malformed = console.client.post("/api/v1/audit/verify", json={"seq": 1}, headers=headers)
     assert malformed.status_code == 400
 
@@ -401,7 +402,7 @@ def test_reviewers_browse_verify_checkpoint_and_export_the_audit_log(console: Co
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert "appointments.imported" in [r["kind"] for r in rows]
     lines = console.client.get("/api/v1/audit/export", headers=headers).text.splitlines()
-    assert all("seq" in json.loads(line) for line in lines)
+    assert all({"chain", "seq"} <= set(json.loads(line)) for line in lines)
     assert len(events(console, "audit.exported")) == 2
     assert events(console, "audit.exported")[0].actor == f"user:{REVIEWER}"
     unknown = console.client.get("/api/v1/audit/export", params={"format": "xml"}, headers=headers)

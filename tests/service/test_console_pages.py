@@ -8,13 +8,14 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
+from campaigns import audit
 from campaigns.models import AuditEvent, Clinic
 from tests.console_support import PASSWORD, Console, running_console
-from tests.factories import add_appointment, add_clinic
+from tests.factories import add_appointment, add_clinic, lift_append_only_guard
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 ADMIN = "admin@example.org"
@@ -64,9 +65,7 @@ def sign_in(console: Console, email: str) -> str:
 
 def kinds(console: Console) -> list[str]:
     with console.sessions() as session:
-        return list(
-            session.execute(select(AuditEvent.kind).order_by(col(AuditEvent.seq))).scalars()
-        )
+        return list(session.execute(select(AuditEvent.kind).order_by(col(AuditEvent.id))).scalars())
 
 
 @SQLITE_ONLY
@@ -196,3 +195,29 @@ def test_session_cookies_are_httponly_lax_and_secure_over_https(console: Console
     )
     attributes = {part.strip().lower() for part in cookie.split(";")}
     assert {"httponly", "secure", "samesite=lax"} <= attributes
+
+
+@SQLITE_ONLY
+def test_the_audit_page_shows_chains_and_names_a_broken_one(console: Console) -> None:
+    clinic = clinic_id(console)
+    with console.sessions() as session:
+        audit.record(session, "clinic.noted", {"n": 1}, actor="t", clinic_id=clinic)
+        session.commit()
+    csrf = sign_in(console, REVIEWER)
+
+    listing = console.client.get("/audit").text
+    assert '<th scope="col">Chain</th>' in listing
+    assert f"<td>{clinic}</td><td>1</td>" in listing  # the clinic's chain, its first event
+    verified = console.client.post("/audit/verify", data={"csrf_token": csrf}).text
+    assert re.search(r"Intact: \d+ events verified in 2 chains", verified)
+    checkpoint = console.client.post("/audit/checkpoint", data={"csrf_token": csrf}).text
+    assert "of chain 0, anchoring every chain" in checkpoint
+
+    with console.sessions() as session:
+        lift_append_only_guard(session)
+        session.execute(
+            text("UPDATE audit_event SET payload = '{}' WHERE chain = :c"), {"c": clinic}
+        )
+        session.commit()
+    broken = console.client.post("/audit/verify", data={"csrf_token": csrf}).text
+    assert f"Broken at chain {clinic}, event 1: content does not match its hash" in broken

@@ -169,7 +169,7 @@ def _made(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]
         )
         .join(CallAttempt, col(CallAttempt.id) == col(AuditEvent.attempt_id))
         .where(col(AuditEvent.kind).startswith("attempt."))
-        .order_by(col(AuditEvent.seq))
+        .order_by(col(AuditEvent.id))
     ).all()
     return [tuple(a) for a in attempts], [(*e[:-1], json.loads(e[-1])) for e in events]
 

@@ -138,7 +138,7 @@ def _audited(session: Session, kind: str) -> list[dict[str, Any]]:
         for payload in session.execute(
             select(AuditEvent.payload)
             .where(col(AuditEvent.kind) == kind)
-            .order_by(col(AuditEvent.seq))
+            .order_by(col(AuditEvent.id))
         ).scalars()
     ]
 

@@ -6,7 +6,7 @@ before dialing:
 
     slot = pacer.acquire(trunk_id, attempt_id, cps=..., max_concurrent=...,
                          lease=max_call + ringing + margin, max_wait=timedelta(seconds=5),
-                         lead=timedelta(seconds=1))
+                         lead=timedelta(seconds=0.5))
     if slot is None:
         ...  # put the attempt back in the database queue; nothing was reserved
     try:
@@ -19,7 +19,7 @@ before dialing:
         pacer.release(trunk_id, attempt_id)
 
 The limit holds where the callee is, so the dial itself is paced: the work
-before it (database, agent dispatch) takes a varying time and fits in ``lead``.
+before it (the agent's dispatch) takes a varying time and fits in ``lead``.
 
 Rate: virtual scheduling (GCRA without burst). Each grant reserves
 ``start = max(now + lead, next)`` and moves ``next`` to ``start + 1/cps`` (stretched by a

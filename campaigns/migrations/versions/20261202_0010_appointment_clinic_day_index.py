@@ -3,17 +3,17 @@
 A clinic's appointments of one day (the daily run's read) are then found without
 visiting the clinic's other rows.
 
-Revision ID: 0009
-Revises: 0008
-Create Date: 2026-11-30
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-02
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0009"
-down_revision: str | None = "0008"
+revision: str = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
