@@ -36,6 +36,9 @@ from campaigns.models import (
     DailyRun,
 )
 
+# Clinics whose appointments one statement reads (its size, and SQLite's bound values).
+CLINICS_READ_AT_ONCE = 50
+
 
 @dataclass(frozen=True)
 class DailyRunResult:
@@ -210,6 +213,14 @@ def run_many(
     """The daily run of each ``(clinic, run date)``, one result each, in order (a clinic
     at most once). Each attempt is audited as ``attempt.created`` (``attempt.skipped``
     when refused for good); each run then as ``daily_run.completed``."""
+    if len(runs) > CLINICS_READ_AT_ONCE:
+        return [
+            result
+            for start in range(0, len(runs), CLINICS_READ_AT_ONCE)
+            for result in run_many(
+                session, runs[start : start + CLINICS_READ_AT_ONCE], now, actor=actor
+            )
+        ]
     days: list[tuple[int, datetime, datetime]] = []
     owner: list[int] = []  # the run each of `days` belongs to
     for index, (clinic, run_date) in enumerate(runs):

@@ -200,7 +200,10 @@ def test_the_batched_run_makes_what_a_run_of_one_appointment_at_a_time_made(
     assert len(deferred) >= 2  # Los Angeles, and the number dialled 30 minutes ago
 
 
-def test_several_clinics_in_one_run_make_what_each_alone_makes(session: Session) -> None:
+def test_several_clinics_in_one_run_make_what_each_alone_makes(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daily, "CLINICS_READ_AT_ONCE", 2)  # three clinics: two reads
     clinics = [_clinic(session, f"Clinic {n}") for n in range(3)]
     clinics[1].timezone = "America/Chicago"
     clinics[2].lead_days = "2"
