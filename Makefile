@@ -39,6 +39,7 @@ check-migrations: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py
 	$(BIN)/python bench/tick_bench.py
+	$(BIN)/python bench/daily_bench.py
 	$(BIN)/python bench/pacing_bench.py
 	$(BIN)/python bench/audit_bench.py
 	$(BIN)/python bench/agent_rehearsal.py

@@ -21,11 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from campaigns import migrate
 from campaigns.db import make_engine, session_factory
 from campaigns.importing import ImportReport, import_appointments
 from campaigns.models import Appointment, Clinic
+from harness.measure import rss_sampler
 
 PG_ADMIN_DSN = os.environ.get(
     "CAMPAIGNS_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
@@ -79,28 +78,6 @@ def write_csv(path: Path, rows: int, now: datetime) -> None:
                 f"BENCH-{i:07d},Patient {i} Example,{phone},{start},Dr. {i % 37},"
                 f"{location},{zone},{state},{zip_code}\n"
             )
-
-
-@contextmanager
-def rss_sampler() -> Iterator[Callable[[], float]]:
-    """Peak resident set size (MiB) of this process while the block runs."""
-    process = psutil.Process()
-    peak = process.memory_info().rss
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.wait(0.02):
-            peak = max(peak, process.memory_info().rss)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield lambda: peak / 2**20
-    finally:
-        stop.set()
-        thread.join()
-        peak = max(peak, process.memory_info().rss)
 
 
 def import_once(

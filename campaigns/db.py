@@ -1,4 +1,5 @@
-"""Engine, sessions and the column types shared by every table.
+"""Engine, sessions, the column types shared by every table, and the bulk helpers
+(:func:`one_of`, :func:`copy_rows`, :func:`insert_returning_ids`).
 
 Sessions are opened at the edges (CLI command, task, request) with
 :func:`session_scope` and passed down; service functions never commit.
@@ -10,26 +11,31 @@ process (Celery's broker transport opens its own).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
     DateTime,
     Engine,
     Integer,
+    Table,
     Text,
     any_,
     bindparam,
     create_engine,
     event,
+    insert,
+    text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -69,6 +75,61 @@ def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElemen
         element_type = Integer() if values and isinstance(values[0], int) else Text()
         return column == any_(bindparam("values", list(values), type_=ARRAY(element_type)))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
+
+
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def copy_rows(
+    session: Session, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Insert rows with PostgreSQL's COPY, in the session's transaction: many times
+    faster than an INSERT of many rows, with every constraint and index kept. Values
+    are sent as given (timestamps timezone-aware). A failure is raised as SQLAlchemy
+    raises any other (an :class:`~sqlalchemy.exc.IntegrityError` for a constraint),
+    saying which constraint or type but quoting no value."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        # The server's detail and context quote the row (patients' numbers and names):
+        # only the first line of its message goes on, in an error of the same class.
+        primary = exc.diag.message_primary or type(exc).__name__
+        raise DBAPIError.instance(statement, None, type(exc)(primary), psycopg.Error) from None
+
+
+def insert_returning_ids(
+    session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[int]:
+    """Insert rows (values of ``columns``) into a table with an integer ``id`` drawn from
+    a sequence, returning their ids in order. On PostgreSQL the ids are drawn first and
+    the rows sent with :func:`copy_rows`; elsewhere one INSERT ... RETURNING."""
+    if not rows:
+        return []
+    if not is_postgresql(session):
+        values = [dict(zip(columns, row, strict=True)) for row in rows]
+        insert_rows = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+        return list(session.execute(insert_rows, values).scalars())
+    ids = list(
+        session.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence(:table, 'id')) FROM generate_series(1, :n)"
+            ),
+            {"table": table.name, "n": len(rows)},
+        ).scalars()
+    )
+    copy_rows(
+        session,
+        table.name,
+        ("id", *columns),
+        ((row_id, *row) for row_id, row in zip(ids, rows, strict=True)),
+    )
+    return ids
 
 
 def is_sqlite(url: str) -> bool:

@@ -98,10 +98,15 @@ class Clinic(SQLModel, table=True):
 
 
 class Appointment(SQLModel, table=True):
-    __table_args__ = (UniqueConstraint("clinic_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("clinic_id", "external_id"),
+        # A clinic's appointments of one day (the daily run, the console's pages) read
+        # only that day's rows, however the clinic's rows lie in the table.
+        Index("ix_appointment_clinic_id_starts_at", "clinic_id", "starts_at"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    clinic_id: int = Field(foreign_key="clinic.id", index=True)
+    clinic_id: int = Field(foreign_key="clinic.id")
     external_id: str = Field(max_length=100)
     patient_ref: str | None = Field(default=None, max_length=100)
     patient_name: str = Field(max_length=200)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from campaigns.attempts import claim, daily, dial, reconcile, reports, transitions
-from campaigns.db import session_scope
+from campaigns.db import is_postgresql, session_scope
 from campaigns.masking import mask_phone
-from campaigns.models import Clinic
 from campaigns.settings import Settings
 from campaigns.telephony.outcomes import Outcome
 from campaigns.telephony.pacing.pacer import Pacer, wait_for_start
@@ -50,6 +50,10 @@ PACING_RETRY_DELAY = timedelta(seconds=1)
 PACING_LEAD = timedelta(seconds=0.5)
 # Seconds a room request (hang-up, who is in it) may take.
 ROOM_REQUEST_TIME_LIMIT = 15.0
+# Clinics whose daily runs share a transaction (and its reads and writes).
+DAILY_RUN_BATCH = 50
+# Daily-run transactions at a time (PostgreSQL; SQLite has one writer).
+DAILY_RUN_THREADS = 2
 
 
 def utc_clock() -> datetime:
@@ -310,17 +314,40 @@ class Pipeline:
     # ------------------------------------------------------------------ daily runs
 
     def daily_runs(self) -> list[daily.DailyRunResult]:
-        results = []
+        """The daily run of every clinic due, :data:`DAILY_RUN_BATCH` clinics per transaction,
+        :data:`DAILY_RUN_THREADS` transactions at a time on PostgreSQL. Should a transaction
+        fail, its clinics are run again one per transaction: one clinic's failure costs
+        no other its run (it stays due for the next beat)."""
         with self.transaction() as session:
             due = [
                 (clinic.id, day)
                 for clinic, day in daily.clinics_due_for_daily_run(session, self.clock())
+                if clinic.id is not None
             ]
-        for clinic_id, day in due:
-            with self.transaction() as session:
-                clinic = session.get(Clinic, clinic_id)
-                assert clinic is not None
-                results.append(
-                    daily.run_daily(session, clinic, day, self.clock(), actor=transitions.SCHEDULER)
-                )
+            threads = DAILY_RUN_THREADS if is_postgresql(session) else 1
+        batches = [due[i : i + DAILY_RUN_BATCH] for i in range(0, len(due), DAILY_RUN_BATCH)]
+        if threads == 1 or len(batches) < 2:
+            done = [self._daily_run_batch(batch) for batch in batches]
+        else:
+            # While one transaction waits on the database (COPY, the audit's insert, the
+            # commit), the other computes its clinics' decisions.
+            with ThreadPoolExecutor(threads, thread_name_prefix="daily-run") as pool:
+                done = list(pool.map(self._daily_run_batch, batches))
+        return [result for results in done for result in results]
+
+    def _daily_run_batch(self, batch: list[tuple[int, date]]) -> list[daily.DailyRunResult]:
+        try:
+            return self._daily_runs(batch)
+        except Exception:
+            log.exception("daily runs of %d clinics failed; running each alone", len(batch))
+        results: list[daily.DailyRunResult] = []
+        for one in batch:
+            try:
+                results += self._daily_runs([one])
+            except Exception:
+                log.exception("daily run of clinic %s for %s failed", *one)
         return results
+
+    def _daily_runs(self, due: list[tuple[int, date]]) -> list[daily.DailyRunResult]:
+        with self.transaction() as session:
+            return daily.run_due(session, due, self.clock(), actor=transitions.SCHEDULER)

@@ -17,18 +17,18 @@ import json
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, func, update
+from sqlalchemy import ColumnElement, Table, func, update
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
 from campaigns.compliance import service as compliance
 from campaigns.compliance.policy import Decision
-from campaigns.db import one_of
+from campaigns.db import insert_returning_ids, one_of, utcnow
 from campaigns.models import (
     Appointment,
     AttemptState,
@@ -125,6 +125,17 @@ def _move(attempt: CallAttempt, now: datetime, **change: Any) -> None:
 # --------------------------------------------------------------------------- creation
 
 
+def _first_state(
+    decision: Decision, at: datetime, kind: str
+) -> tuple[str, datetime, dict[str, Any]]:
+    """A new attempt's audit kind, due time and refusal columns as the policy judged it."""
+    due_at = decision.next_allowed_at or at
+    if decision.allowed:
+        return kind, due_at, {}
+    refused_kind, change = refusal(decision, at)
+    return (SKIPPED if refused_kind == SKIPPED else kind), change.get("due_at", due_at), change
+
+
 def create(
     session: Session,
     appointment: Appointment,
@@ -142,21 +153,18 @@ def create(
     """An attempt as the policy judged it at ``at``: due then, due when it next allows
     a call, or skipped saying why not. Audited as ``kind`` unless skipped."""
     assert appointment.id is not None and clinic.id is not None
+    kind, due_at, change = _first_state(decision, at, kind)
     attempt = CallAttempt(
         appointment_id=appointment.id,
         clinic_id=clinic.id,
         attempt_number=number,
         run_date=run_date,
         number_called=appointment.phone_e164,
-        due_at=decision.next_allowed_at or at,
+        due_at=due_at,
         decision=decision_json(decision),
     )
-    if not decision.allowed:
-        refused_kind, change = refusal(decision, at)
-        if refused_kind == SKIPPED:
-            kind = SKIPPED
-        for name, value in change.items():
-            setattr(attempt, name, value)
+    for name, value in change.items():
+        setattr(attempt, name, value)
     session.add(attempt)
     session.flush()
     _record(
@@ -168,6 +176,98 @@ def create(
         at=audited_at,
     )
     return attempt
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """One attempt for :func:`create_many`: whose, which, what the policy said, what to audit."""
+
+    appointment_id: int
+    clinic_id: int
+    number_called: str
+    attempt_number: int
+    decision: Decision
+    payload: dict[str, Any]
+    run_date: date | None = None
+
+
+_CALL_ATTEMPT: Table = CallAttempt.__table__  # type: ignore[attr-defined]
+# The columns a new attempt sets, in create_many's order; the others stay NULL.
+_NEW_COLUMNS = (
+    "appointment_id",
+    "clinic_id",
+    "attempt_number",
+    "run_date",
+    "number_called",
+    "state",
+    "due_at",
+    "decision",
+    "skip_reasons",
+    "ended_at",
+    "created_at",
+    "updated_at",
+)
+
+
+def _decision_key(decision: Decision) -> tuple[Any, ...]:
+    """Every field of the decision, hashable: equal keys, equal documents."""
+    # hasattr, not isinstance(value, Mapping): the ABC check costs more than the rest.
+    return tuple(
+        tuple(value.items()) if hasattr(value, "items") else value
+        for value in (getattr(decision, field.name) for field in fields(decision))
+    )
+
+
+def create_many(
+    session: Session, new: Sequence[NewAttempt], at: datetime, *, kind: str, actor: str
+) -> list[tuple[int, str]]:
+    """:func:`create` for many attempts at once: the same rows and the same audit events,
+    in order. Returns each attempt's id and state."""
+    if not new:
+        return []
+    rows: list[tuple[Any, ...]] = []
+    states: list[str] = []
+    events: list[tuple[NewAttempt, str, dict[str, Any]]] = []
+    created = utcnow()
+    # Callees alike get alike decisions: each distinct one is written out once.
+    written: dict[tuple[Any, ...], tuple[dict[str, Any], str]] = {}
+    for item in new:
+        item_kind, due_at, change = _first_state(item.decision, at, kind)
+        key = _decision_key(item.decision)
+        if key not in written:
+            document = compliance.decision_document(item.decision)
+            written[key] = (document, json.dumps(document, sort_keys=True))
+        document, text = written[key]
+        state = change.get("state", AttemptState.SCHEDULED)
+        states.append(state)
+        rows.append(
+            (
+                item.appointment_id,
+                item.clinic_id,
+                item.attempt_number,
+                item.run_date,
+                item.number_called,
+                state,
+                due_at,
+                text,
+                change.get("skip_reasons"),
+                change.get("ended_at"),
+                created,
+                created,
+            )
+        )
+        events.append(
+            (item, item_kind, item.payload | {"due_at": due_at.isoformat(), "decision": document})
+        )
+    ids = insert_returning_ids(session, _CALL_ATTEMPT, _NEW_COLUMNS, rows)
+    audit.record_many(
+        session,
+        [
+            audit.Entry(item_kind, payload, actor, item.clinic_id, item.appointment_id, attempt_id)
+            for attempt_id, (item, item_kind, payload) in zip(ids, events, strict=True)
+        ],
+    )
+    return list(zip(ids, states, strict=True))
 
 
 # --------------------------------------------------------------------------- the tick

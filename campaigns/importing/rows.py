@@ -67,6 +67,8 @@ _STATUS_WORDS: dict[str, str] = {
     "void": AppointmentStatus.CANCELLED,
 }
 
+# Distinct phone cells a parser remembers the verdict of (about 20 MB at most).
+_PHONES_KEPT = 100_000
 _OUT_OF_RANGE = "appointment start is outside the supported range of dates"
 _NAME_KEYS = frozenset({"patient_name", "first_name", "last_name"})
 _LINE_BREAKS = frozenset("\t\n\r")
@@ -105,6 +107,7 @@ class RowParser:
             )
         self.clinic_zone = zone
         self.now = now
+        self._phones: dict[str, tuple[str | None, str | None]] = {}
         self.optional = [
             k for k in ("patient_ref", "provider", "location", "language") if columns.has(k)
         ]
@@ -184,11 +187,20 @@ class RowParser:
         if not raw:
             reject("phone", "phone number is missing")
             return None
-        try:
-            return to_callable_e164(raw, self.region)
-        except InvalidInputError as exc:
-            reject("phone", str(exc))
-            return None
+        # A patient's number recurs (several appointments, one household): judged once.
+        judged = self._phones.get(raw)
+        if judged is None:
+            try:
+                judged = (to_callable_e164(raw, self.region), None)
+            except InvalidInputError as exc:
+                judged = (None, str(exc))
+            if len(self._phones) >= _PHONES_KEPT:
+                self._phones.clear()
+            self._phones[raw] = judged
+        e164, reason = judged
+        if reason is not None:
+            reject("phone", reason)
+        return e164
 
     def _zone(
         self, record: list[str], values: dict[str, Any], reject: Callable[[str, str], None]

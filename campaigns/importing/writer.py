@@ -1,5 +1,5 @@
 """Writing validated rows in chunks: one lookup of the existing appointments per
-chunk, one bulk insert and one bulk update.
+chunk, one bulk insert (COPY on PostgreSQL) and one bulk update.
 
 Re-import updates by (clinic, appointment id). Optional columns absent from the
 file keep their stored values; an empty cell clears them.
@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns.attempts import transitions
+from campaigns.db import copy_rows, is_postgresql
 from campaigns.importing.report import ImportReport
 from campaigns.importing.rows import Row
 from campaigns.models import Appointment, AppointmentStatus, CallAttempt
@@ -99,7 +100,7 @@ class Writer:
         self.phone_source = phone_source
         self.now = now
         self.report = report
-        self.postgresql = session.get_bind().dialect.name == "postgresql"
+        self.postgresql = is_postgresql(session)
 
     def flush(self, rows: list[Row]) -> None:
         if not rows:
@@ -167,9 +168,16 @@ class Writer:
                 skips[_SKIP_RESCHEDULED].append(old.id)
             elif phone_changed:
                 skips[_SKIP_PHONE_CHANGED].append(old.id)
-        # Core executemany: one batched statement per chunk on both databases (the ORM
-        # bulk path splits rows into groups by which values are None).
-        if inserts:
+        # COPY on PostgreSQL; elsewhere Core executemany, one batched statement per chunk
+        # (the ORM bulk path splits rows into groups by which values are None).
+        if inserts and self.postgresql:
+            copy_rows(
+                self.session,
+                "appointment",
+                tuple(_BLANK),
+                ([values.get(name) for name in _BLANK] for values in inserts),
+            )
+        elif inserts:
             self.session.execute(_INSERT, [{**_BLANK, **values} for values in inserts])
         if updates:
             self.session.execute(_UPDATE, [{f"b_{k}": v for k, v in u.items()} for u in updates])

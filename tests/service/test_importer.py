@@ -475,21 +475,23 @@ def test_progress_error_after_flushed_chunks_leaves_nothing(
 def test_database_failure_mid_file_leaves_nothing(session: Session, clinic: Clinic) -> None:
     session.commit()
     engine = session.get_bind()
-    inserts = 0
+    lookups = 0
 
-    def fail_third_insert(*args: Any) -> None:
-        nonlocal inserts
-        if args[2].lstrip().upper().startswith("INSERT INTO APPOINTMENT"):
-            inserts += 1
-            if inserts == 3:
+    # The third chunk's read fails, after two chunks were written (with COPY on
+    # PostgreSQL, which passes no SQLAlchemy cursor event, else with INSERT).
+    def fail_third_chunk(*args: Any) -> None:
+        nonlocal lookups
+        if args[2].lstrip().upper().startswith("SELECT APPOINTMENT.ID, APPOINTMENT.EXTERNAL_ID"):
+            lookups += 1
+            if lookups == 3:
                 raise RuntimeError("database went away")
 
-    event.listen(engine, "before_cursor_execute", fail_third_insert)
+    event.listen(engine, "before_cursor_execute", fail_third_chunk)
     try:
         with pytest.raises(RuntimeError, match="database went away"):
             run(session, clinic, _rows(50), chunk_rows=10)
     finally:
-        event.remove(engine, "before_cursor_execute", fail_third_insert)
+        event.remove(engine, "before_cursor_execute", fail_third_chunk)
     session.rollback()
     assert count(session) == 0
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import traceback
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from campaigns import migrate
 from campaigns.compliance.state_rules import load_seed_state_rules, load_state_rules
+from campaigns.db import copy_rows, make_engine, session_factory
 from campaigns.models import AttemptState, CallAttempt
 from tests.factories import add_appointment, add_clinic
 
@@ -71,3 +73,24 @@ def test_timestamps_come_back_as_utc(session: Session) -> None:
     session.refresh(appointment)
     assert appointment.starts_at == datetime(2026, 12, 1, 15, 30, tzinfo=UTC)
     assert appointment.starts_at.tzinfo is not None
+
+
+def test_a_failed_copy_names_its_constraint_but_quotes_no_patient_data(
+    pg_database_url: str,
+) -> None:
+    engine = make_engine(pg_database_url)
+    try:
+        with session_factory(engine)() as session:
+            clinic = add_clinic(session)
+            appointment = add_appointment(session, clinic, phone_e164="+12125550100")
+            too_long = "+1212555010099999999999"
+            columns = ("appointment_id", "clinic_id", "attempt_number", "due_at", "number_called")
+            row = (appointment.id, clinic.id, 1, datetime.now(UTC), too_long)
+            with pytest.raises(DataError) as raised:
+                copy_rows(session, "call_attempt", columns, [row])
+            shown = "".join(traceback.format_exception(raised.value))
+            assert "value too long" in shown
+            assert too_long not in shown
+            session.rollback()
+    finally:
+        engine.dispose()
