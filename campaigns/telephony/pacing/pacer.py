@@ -6,7 +6,7 @@ before dialing:
 
     slot = pacer.acquire(trunk_id, attempt_id, cps=..., max_concurrent=...,
                          lease=max_call + ringing + margin, max_wait=timedelta(seconds=5),
-                         lead=timedelta(seconds=0.5))
+                         lead=timedelta(seconds=0.2))
     if slot is None:
         ...  # put the attempt back in the database queue; nothing was reserved
     try:
