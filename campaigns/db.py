@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -69,16 +70,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def insert_or_skip(session: Session, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT into ``table`` in the session's dialect, which can skip rows whose key
+    exists already (``.on_conflict_do_nothing``): PostgreSQL and SQLite both have it."""
+    return (postgresql.insert if is_postgresql(session) else sqlite.insert)(table)
+
+
 def one_of(session: Session, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
     """``column IN values``; one array parameter on PostgreSQL instead of a thousand."""
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         element_type = Integer() if values and isinstance(values[0], int) else Text()
         return column == any_(bindparam("values", list(values), type_=ARRAY(element_type)))  # type: ignore[no-any-return]
     return column.in_(values)  # type: ignore[no-any-return]
-
-
-def is_postgresql(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
 
 
 def copy_rows(

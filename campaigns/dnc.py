@@ -13,12 +13,11 @@ from types import MappingProxyType
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns import audit
-from campaigns.db import one_of, utcnow
+from campaigns.db import insert_or_skip, one_of, utcnow
 from campaigns.errors import InvalidInputError
 from campaigns.masking import mask_phone
 from campaigns.models import DncEntry, DncList, DncSource
@@ -41,10 +40,8 @@ def _list(session: Session, name: str) -> DncList:
     """
     found = session.get(DncList, name, with_for_update=True)
     if found is None:
-        dialect = session.get_bind().dialect.name
-        insert_once = postgresql.insert if dialect == "postgresql" else sqlite.insert
         session.execute(
-            insert_once(DncList)
+            insert_or_skip(session, DncList)
             .values(name=name, version=0, entries=0, updated_at=utcnow())
             .on_conflict_do_nothing(index_elements=["name"])
         )

@@ -25,7 +25,7 @@ from campaigns import audit
 from campaigns.attempts import transitions
 from campaigns.clinics import get_clinic, list_clinics, parse_lead_days
 from campaigns.compliance import service as compliance
-from campaigns.db import one_of, utcnow
+from campaigns.db import insert_or_skip, one_of, utcnow
 from campaigns.models import (
     OPEN_ATTEMPT_STATES,
     Appointment,
@@ -310,9 +310,8 @@ _RUN_KEY = ["clinic_id", "run_date"]
 def _new_runs(
     session: Session, runs: Sequence[tuple[int | None, date, int]]
 ) -> postgresql.Insert | sqlite.Insert:
-    build = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     started = utcnow()
-    return build(_RUNS).values(
+    return insert_or_skip(session, _RUNS).values(
         [
             {
                 "clinic_id": clinic_id,

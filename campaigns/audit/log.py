@@ -19,7 +19,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, select
 
-from campaigns.db import EngineSession, utcnow
+from campaigns.db import EngineSession, is_postgresql, utcnow
 from campaigns.models import AuditEvent
 from campaigns.settings import get_settings
 
@@ -218,7 +218,7 @@ def write_pending(session: Session) -> None:
 
 def _lock_heads(session: Session, chains: list[int]) -> dict[int, tuple[int, str]]:
     """Lock ``chains`` (sorted) until the transaction ends; their heads, once locked."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not is_postgresql(session):
         heads: dict[int, tuple[int, str]] = {}  # SQLite: the one writer is this transaction
         for chain in chains:
             head = session.execute(

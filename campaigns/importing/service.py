@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from campaigns import audit
+from campaigns.db import is_postgresql
 from campaigns.importing.columns import resolve_columns
 from campaigns.importing.report import ImportFileError, ImportReport, Rejection
 from campaigns.importing.rows import Row, RowParser
@@ -66,7 +67,7 @@ def import_appointments(
     clinic_id = clinic.id
     # Imports into one clinic run one at a time (a no-op on SQLite, a single writer).
     session.execute(select(col(Clinic.id)).where(col(Clinic.id) == clinic_id).with_for_update())
-    if session.get_bind().dialect.name == "postgresql":
+    if is_postgresql(session):
         # psycopg prepares a statement after 5 runs, and PostgreSQL then reuses a generic
         # plan made while the table was small: the per-chunk lookup degrades to a scan of
         # every row inserted so far (quadratic). Plan each lookup, for this transaction only.
