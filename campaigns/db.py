@@ -110,15 +110,19 @@ def copy_rows(
         raise DBAPIError.instance(statement, None, type(exc)(primary), psycopg.Error) from None
 
 
+# Below this many rows, drawing the ids and a COPY take longer than one INSERT.
+_COPY_PAYS_FROM = 50
+
+
 def insert_returning_ids(
     session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> list[int]:
     """Insert rows (values of ``columns``) into a table with an integer ``id`` drawn from
-    a sequence, returning their ids in order. On PostgreSQL the ids are drawn first and
-    the rows sent with :func:`copy_rows`; elsewhere one INSERT ... RETURNING."""
+    a sequence, returning their ids in order. Many rows on PostgreSQL: the ids are drawn
+    first and the rows sent with :func:`copy_rows`; otherwise one INSERT ... RETURNING."""
     if not rows:
         return []
-    if not is_postgresql(session):
+    if len(rows) < _COPY_PAYS_FROM or not is_postgresql(session):
         values = [dict(zip(columns, row, strict=True)) for row in rows]
         insert_rows = insert(table).returning(table.c.id, sort_by_parameter_order=True)
         return list(session.execute(insert_rows, values).scalars())

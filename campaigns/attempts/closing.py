@@ -89,10 +89,10 @@ def schedule_retry(
     *,
     jitter: float,
     actor: str,
-) -> CallAttempt | None:
+) -> None:
     """The next attempt as a row due after the backoff, moved into the next allowed instant."""
     if not is_retryable(outcome, retry_voicemail=clinic.retry_voicemail):
-        return None
+        return
     due = next_retry_due(
         outcome,
         attempt.attempt_number,
@@ -115,7 +115,7 @@ def schedule_retry(
             at=now,
             **base,
         )
-        return None
+        return
     number = attempt.attempt_number + 1
     decision = compliance.decide_for(session, appointment, clinic, number, due)
     if not decision.allowed and decision.next_allowed_at is None:
@@ -127,16 +127,14 @@ def schedule_retry(
             at=now,
             **base,
         )
-        return None
-    return transitions.create(
-        session,
-        appointment,
-        clinic,
-        number,
-        decision,
-        due,
-        kind="attempt.scheduled",
+        return
+    assert appointment.id is not None and clinic.id is not None
+    retry = transitions.NewAttempt(
+        appointment_id=appointment.id,
+        clinic_id=clinic.id,
+        number_called=appointment.phone_e164,
+        attempt_number=number,
+        decision=decision,
         payload={"attempt_number": number, "after_outcome": outcome},
-        actor=actor,
-        audited_at=now,
     )
+    transitions.create(session, [retry], due, kind="attempt.scheduled", actor=actor, audited_at=now)

@@ -258,7 +258,7 @@ def run_many(
             )
             for q in questions
         ]
-        states = transitions.create_many(session, new, now, kind="attempt.created", actor=actor)
+        states = transitions.create(session, new, now, kind="attempt.created", actor=actor)
     created: dict[int, int] = dict.fromkeys(run_date_of, 0)
     skipped: dict[int, int] = dict.fromkeys(run_date_of, 0)
     for question, (_, state) in zip(questions, states, strict=True):

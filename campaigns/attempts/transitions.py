@@ -136,51 +136,9 @@ def _first_state(
     return (SKIPPED if refused_kind == SKIPPED else kind), change.get("due_at", due_at), change
 
 
-def create(
-    session: Session,
-    appointment: Appointment,
-    clinic: Clinic,
-    number: int,
-    decision: Decision,
-    at: datetime,
-    *,
-    kind: str,
-    payload: dict[str, Any],
-    actor: str,
-    run_date: date | None = None,
-    audited_at: datetime | None = None,
-) -> CallAttempt:
-    """An attempt as the policy judged it at ``at``: due then, due when it next allows
-    a call, or skipped saying why not. Audited as ``kind`` unless skipped."""
-    assert appointment.id is not None and clinic.id is not None
-    kind, due_at, change = _first_state(decision, at, kind)
-    attempt = CallAttempt(
-        appointment_id=appointment.id,
-        clinic_id=clinic.id,
-        attempt_number=number,
-        run_date=run_date,
-        number_called=appointment.phone_e164,
-        due_at=due_at,
-        decision=decision_json(decision),
-    )
-    for name, value in change.items():
-        setattr(attempt, name, value)
-    session.add(attempt)
-    session.flush()
-    _record(
-        session,
-        attempt,
-        kind,
-        payload | {"due_at": attempt.due_at.isoformat(), "decision": audit_decision(decision)},
-        actor=actor,
-        at=audited_at,
-    )
-    return attempt
-
-
 @dataclass(frozen=True)
 class NewAttempt:
-    """One attempt for :func:`create_many`: whose, which, what the policy said, what to audit."""
+    """One attempt for :func:`create`: whose, which, what the policy said, what to audit."""
 
     appointment_id: int
     clinic_id: int
@@ -192,7 +150,7 @@ class NewAttempt:
 
 
 _CALL_ATTEMPT: Table = CallAttempt.__table__  # type: ignore[attr-defined]
-# The columns a new attempt sets, in create_many's order; the others stay NULL.
+# The columns a new attempt sets, in create's order; the others stay NULL.
 _NEW_COLUMNS = (
     "appointment_id",
     "clinic_id",
@@ -218,13 +176,23 @@ def _decision_key(decision: Decision) -> tuple[Any, ...]:
     )
 
 
-def create_many(
-    session: Session, new: Sequence[NewAttempt], at: datetime, *, kind: str, actor: str
+def create(
+    session: Session,
+    new: Sequence[NewAttempt],
+    at: datetime,
+    *,
+    kind: str,
+    actor: str,
+    audited_at: datetime | None = None,
 ) -> list[tuple[int, str]]:
-    """:func:`create` for many attempts at once: the same rows and the same audit events,
-    in order. Returns each attempt's id and state."""
+    """Attempts as the policy judged each at ``at``: due then, due when it next allows
+    a call, or skipped saying why not; audited as ``kind`` unless skipped (at
+    ``audited_at``, or when written). Returns each attempt's id and state, in order."""
     if not new:
         return []
+    # An attempt this session closed but has not written yet must be in the database
+    # before its retry meets the one-open-attempt-per-appointment index.
+    session.flush()
     rows: list[tuple[Any, ...]] = []
     states: list[str] = []
     events: list[tuple[NewAttempt, str, dict[str, Any]]] = []
@@ -263,7 +231,15 @@ def create_many(
     audit.record_many(
         session,
         [
-            audit.Entry(item_kind, payload, actor, item.clinic_id, item.appointment_id, attempt_id)
+            audit.Entry(
+                item_kind,
+                payload,
+                actor,
+                item.clinic_id,
+                item.appointment_id,
+                attempt_id,
+                audited_at,
+            )
             for attempt_id, (item, item_kind, payload) in zip(ids, events, strict=True)
         ],
     )

@@ -124,18 +124,17 @@ def _one_at_a_time(session: Session, clinic: Clinic, run_date: date, now: dateti
             number = max((n for n, _, _ in earlier), default=0) + 1
             if number > clinic.max_attempts:
                 continue
-            transitions.create(
-                session,
-                appointment,
-                clinic,
-                number,
-                compliance.decide_for(session, appointment, clinic, number, now),
-                now,
-                kind="attempt.created",
+            assert appointment.id is not None
+            one = transitions.NewAttempt(
+                appointment_id=appointment.id,
+                clinic_id=clinic.id,
+                number_called=appointment.phone_e164,
+                attempt_number=number,
+                decision=compliance.decide_for(session, appointment, clinic, number, now),
                 payload={"attempt_number": number, "run_date": run_date.isoformat()},
-                actor="test",
                 run_date=run_date,
             )
+            transitions.create(session, [one], now, kind="attempt.created", actor="test")
 
 
 def _made(session: Session) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -303,7 +302,7 @@ def test_a_clinic_whose_run_fails_costs_no_other_clinic_its_run(
     assert audit.verify(session).ok
 
 
-def test_create_many_keeps_one_open_attempt_per_appointment(session: Session) -> None:
+def test_create_keeps_one_open_attempt_per_appointment(session: Session) -> None:
     clinic = _clinic(session)
     assert clinic.id is not None
     appointment = _appointment(session, clinic, "+12125550100")
@@ -315,7 +314,7 @@ def test_create_many_keeps_one_open_attempt_per_appointment(session: Session) ->
     )
 
     with pytest.raises(IntegrityError), session.begin_nested():
-        transitions.create_many(session, [second], NOW, kind="attempt.created", actor="test")
+        transitions.create(session, [second], NOW, kind="attempt.created", actor="test")
 
 
 def _daily_runs_in_thread(
