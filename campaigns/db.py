@@ -111,7 +111,7 @@ def copy_rows(
 
 
 # Below this many rows, drawing the ids and a COPY take longer than one INSERT.
-_COPY_PAYS_FROM = 50
+COPY_FROM_ROWS = 50
 
 
 def insert_returning_ids(
@@ -122,7 +122,7 @@ def insert_returning_ids(
     first and the rows sent with :func:`copy_rows`; otherwise one INSERT ... RETURNING."""
     if not rows:
         return []
-    if len(rows) < _COPY_PAYS_FROM or not is_postgresql(session):
+    if len(rows) < COPY_FROM_ROWS or not is_postgresql(session):
         values = [dict(zip(columns, row, strict=True)) for row in rows]
         insert_rows = insert(table).returning(table.c.id, sort_by_parameter_order=True)
         return list(session.execute(insert_rows, values).scalars())

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import audit, dnc
+from campaigns import audit, db, dnc
 from campaigns.attempts import daily, pipeline, transitions
 from campaigns.attempts.pipeline import Pipeline
 from campaigns.clinics import parse_lead_days
@@ -203,6 +203,9 @@ def test_several_clinics_in_one_run_make_what_each_alone_makes(
     session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(daily, "CLINICS_READ_AT_ONCE", 2)  # three clinics: two reads
+    # A run's many attempts go by COPY on PostgreSQL; the one-clinic test above covers
+    # the single INSERT a few rows take.
+    monkeypatch.setattr(db, "COPY_FROM_ROWS", 2)
     clinics = [_clinic(session, f"Clinic {n}") for n in range(3)]
     clinics[1].timezone = "America/Chicago"
     clinics[2].lead_days = "2"
