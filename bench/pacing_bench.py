@@ -38,6 +38,7 @@ import redis
 
 from campaigns.attempts.pipeline import PACING_LEAD
 from campaigns.telephony.livekit_gateway import LiveKitTelephony
+from campaigns.telephony.outcomes import DialProblem
 from campaigns.telephony.pacing.pacer import Slot, wait_for_start
 from campaigns.telephony.pacing.redis_pacer import RedisPacer
 from campaigns.telephony.port import CallRequest
@@ -106,7 +107,7 @@ def worker_process(cfg: dict[str, Any], pool: Any, done: Any, requeued: Any, out
                 result = io.run(telephony.place_call(request, partial(sent_on_time, slot, sent)))
                 ended = now_us()
                 pacer.release(TRUNK, call)
-            if slot is None or result.missed_start:
+            if slot is None or result.problem is DialProblem.MISSED_START:
                 pool.put(call)
                 with requeued.get_lock():
                     requeued.value += 1

@@ -45,7 +45,7 @@ def log_counts(stack: Stack, name: str) -> dict[str, int]:
         "pool timeouts": text.count("QueuePool limit"),
         "dial raised": text.count("dial raised"),
         "tracebacks": text.count("Traceback"),
-        "ambiguous": text.count("ambiguous=True"),
+        "ambiguous": text.count("problem=ambiguous"),
     }
 
 

@@ -23,7 +23,7 @@ from campaigns.attempts.metadata import agent_metadata
 from campaigns.attempts.transitions import WORKER
 from campaigns.compliance import service as compliance
 from campaigns.models import Appointment, AttemptState, Clinic, Trunk
-from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.outcomes import DialProblem, Outcome
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.telephony.trunks import DEFAULT_CPS, DEFAULT_MAX_CONCURRENT
 
@@ -195,10 +195,10 @@ def finish_dial(
         return FinishedDial(attempt.state, attempt.outcome, attempt.state != AttemptState.ANSWERED)
     clinic = session.get(Clinic, attempt.clinic_id)
     assert clinic is not None
-    if result.config_error or result.missed_start:
+    if result.problem in (DialProblem.CONFIGURATION, DialProblem.MISSED_START):
         # Nothing was dialed: the attempt goes back; on a configuration error the
         # clinic stops until fixed.
-        if result.config_error:
+        if result.problem is DialProblem.CONFIGURATION:
             pause_clinic(session, clinic, f"telephony configuration: {result.error}", now)
             transitions.undialed(
                 session, attempt, now, why="configuration error", error=result.error
@@ -216,7 +216,7 @@ def finish_dial(
         outcome,
         now,
         error=result.error,
-        ambiguous=result.ambiguous,
+        ambiguous=result.problem is DialProblem.AMBIGUOUS,
         jitter=jitter,
         actor=WORKER,
     )

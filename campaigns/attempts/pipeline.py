@@ -25,7 +25,7 @@ from campaigns.attempts import claim, daily, dial, reconcile, reports, transitio
 from campaigns.db import is_postgresql, session_scope
 from campaigns.masking import mask_phone
 from campaigns.settings import Settings
-from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.outcomes import DialProblem, Outcome
 from campaigns.telephony.pacing.pacer import Pacer, wait_for_start
 from campaigns.telephony.port import CallResult, Telephony
 
@@ -205,7 +205,7 @@ class Pipeline:
                     outcome=Outcome.FAILED,
                     error=f"no result from LiveKit within {self.dial_time_limit:g}s; "
                     "the call may have been placed",
-                    ambiguous=True,
+                    problem=DialProblem.AMBIGUOUS,
                 )
             except Exception as exc:
                 # The request may have reached LiveKit: record an ambiguous failure, never re-dial.
@@ -214,7 +214,7 @@ class Pipeline:
                     answered=False,
                     outcome=Outcome.FAILED,
                     error=f"{type(exc).__name__}: {exc}",
-                    ambiguous=True,
+                    problem=DialProblem.AMBIGUOUS,
                 )
             with self.transaction() as session:
                 finished = dial.finish_dial(

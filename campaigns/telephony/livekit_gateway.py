@@ -10,7 +10,7 @@ Never dial a patient twice for one attempt:
   only after :class:`aiohttp.ClientConnectorError`: the TCP/TLS connection was
   never established, so no request reached LiveKit. Every other failure after
   the request may have left (timeout, 5xx, connection lost) is *ambiguous*: the
-  attempt ends ``failed`` with ``ambiguous=True`` and the retry policy creates a
+  attempt ends ``failed``, its problem ``ambiguous``, and the retry policy creates a
   new attempt later.
 * ``CreateDispatch`` is also re-sent after a 5xx, a timeout or a lost connection:
   a dispatch is not a dial. The worst case of re-sending one that did succeed is
@@ -21,7 +21,7 @@ Never dial a patient twice for one attempt:
 
 Configuration errors (bad API key/secret, a key without the needed grant, an
 unknown trunk id, a trunk whose credentials the carrier rejects) are returned by
-:meth:`LiveKitTelephony.place_call` as ``CallResult(config_error=True)`` with a
+:meth:`LiveKitTelephony.place_call` with the problem ``configuration`` and a
 message naming the setting, so the pipeline records the attempt as not dialed
 and pauses instead of retrying; the admin methods raise
 :class:`~campaigns.telephony.port.ConfigurationError`.
@@ -66,7 +66,7 @@ from tenacity import (
 
 from campaigns.masking import mask_phone
 from campaigns.settings import Settings
-from campaigns.telephony.outcomes import Outcome, classify_dial_error
+from campaigns.telephony.outcomes import DialProblem, Outcome, classify_dial_error
 from campaigns.telephony.port import (
     BeforeDial,
     CallRequest,
@@ -306,7 +306,7 @@ class LiveKitTelephony:
                 outcome=None,
                 dispatch_id=dispatch.id,
                 error="the trunk's pacing start passed before the dial; nothing dialed",
-                missed_start=True,
+                problem=DialProblem.MISSED_START,
             )
         logger.info("dialing %s trunk=%s dispatch=%s", where, req.trunk_id, dispatch.id)
         try:
@@ -337,7 +337,7 @@ class LiveKitTelephony:
                 outcome=verdict.outcome,
                 dispatch_id=dispatch.id,
                 error=verdict.reason,
-                ambiguous=verdict.ambiguous,
+                problem=verdict.problem,
             )
         else:
             logger.info("answered %s sip_call_id=%s", where, info.sip_call_id)
@@ -347,13 +347,13 @@ class LiveKitTelephony:
                 dispatch_id=dispatch.id,
                 sip_call_id=info.sip_call_id or None,
             )
-        log = logger.error if result.config_error else logger.info
+        log = logger.error if result.problem is DialProblem.CONFIGURATION else logger.info
         log(
-            "not answered %s outcome=%s sip=%s ambiguous=%s: %s",
+            "not answered %s outcome=%s sip=%s problem=%s: %s",
             where,
             result.outcome,
             result.sip_status_code,
-            result.ambiguous,
+            result.problem,
             result.error,
         )
         await self._discard_room(req.room_name)
@@ -369,8 +369,7 @@ class LiveKitTelephony:
             sip_status_code=sip_code,
             sip_status=err.metadata.get("sip_status") or None,
             error=verdict.reason,
-            ambiguous=verdict.ambiguous,
-            config_error=verdict.config_error,
+            problem=verdict.problem,
         )
 
     def _dispatch_error(self, err: ServerError, req: CallRequest) -> CallResult:
@@ -393,7 +392,7 @@ class LiveKitTelephony:
             answered=False,
             outcome=None,
             error=f"{message} ({_describe(err)})",
-            config_error=True,
+            problem=DialProblem.CONFIGURATION,
         )
 
     async def _discard_room(self, room_name: str) -> None:

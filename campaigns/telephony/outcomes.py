@@ -5,28 +5,25 @@ Pure: :func:`classify_dial_error` maps the error of ``CreateSIPParticipant``
 metadata, never by the Twirp code alone: LiveKit changed the Twirp code of SIP
 failures in late 2025, the SIP status is the stable signal (SPEC section 5).
 
-==========================================  ==========================  ======  =========
-error (HTTP status / Twirp code, metadata)  outcome                     config  ambiguous
-==========================================  ==========================  ======  =========
+==========================================  ==========================  =============
+error (HTTP status / Twirp code, metadata)  outcome                     problem
+==========================================  ==========================  =============
 any status, sip 486 / 600                   busy
 any status, sip 480 / 487 / 408             no_answer
 any status, sip 603 / 607 / 608             declined
 any status, sip 404 / 410 / 484 / 604       invalid_number
-any status, sip 401 / 407                   none (trunk auth rejected)  yes
+any status, sip 401 / 407                   none (trunk auth rejected)  configuration
 any status, other sip 1xx..6xx              failed
 408 ``canceled``, no metadata               no_answer (ringing timeout)
-401 ``unauthenticated``, no metadata        none (API key/secret)       yes
-403 ``permission_denied``, no metadata      none (grant ``sip.call``)   yes
-404 ``not_found``, no metadata              none (unknown trunk id)     yes
+401 ``unauthenticated``, no metadata        none (API key/secret)       configuration
+403 ``permission_denied``, no metadata      none (grant ``sip.call``)   configuration
+404 ``not_found``, no metadata              none (unknown trunk id)     configuration
 other 4xx, no metadata                      failed (request refused)
-5xx, no metadata                            failed                              yes
-no HTTP status (transport error, timeout)   failed                              yes
-==========================================  ==========================  ======  =========
+5xx, no metadata                            failed                      ambiguous
+no HTTP status (transport error, timeout)   failed                      ambiguous
+==========================================  ==========================  =============
 
-"ambiguous" means LiveKit may have dialed the patient: the attempt is failed and
-never re-sent; the retry policy creates a new attempt later. A configuration
-error is not an outcome of the call: nothing was dialed and every further dial
-would fail the same way, so the caller pauses and alerts instead of retrying.
+See :class:`DialProblem` for what each problem means to the caller.
 """
 
 from __future__ import annotations
@@ -48,6 +45,20 @@ class Outcome(StrEnum):
     OPTED_OUT = "opted_out"
     TRANSFERRED = "transferred"  # cold transfer to the clinic's staff: a person took over
     FAILED = "failed"
+
+
+class DialProblem(StrEnum):
+    """Why a failed dial is more than an outcome of the call (one at most)."""
+
+    # LiveKit may have dialed the patient: the attempt is failed and never re-sent;
+    # the retry policy creates a new attempt later.
+    AMBIGUOUS = "ambiguous"
+    # Not an outcome of the call: nothing was dialed and every further dial would
+    # fail the same way (credentials, grants, trunk id, agent), so the caller pauses
+    # and alerts instead of retrying.
+    CONFIGURATION = "configuration"
+    # Nothing was dialed: the trunk's pacing start had passed once the call was ready.
+    MISSED_START = "missed_start"
 
 
 # What the voice agent may report after the patient (or a voicemail box) answered.
@@ -84,13 +95,12 @@ def is_retryable(outcome: Outcome, *, retry_voicemail: bool) -> bool:
 class DialClassification:
     """How a failed dial is recorded.
 
-    ``outcome`` is ``None`` exactly when ``config_error`` is true: the engine's
-    configuration, not the callee, made the dial fail.
+    ``outcome`` is ``None`` exactly when ``problem`` is ``CONFIGURATION``: the
+    engine's configuration, not the callee, made the dial fail.
     """
 
     outcome: Outcome | None
-    config_error: bool
-    ambiguous: bool
+    problem: DialProblem | None
     reason: str
 
 
@@ -124,30 +134,55 @@ _SIP_INVALID = frozenset({404, 410, 484, 604})
 _SIP_TRUNK_AUTH = frozenset({401, 407})
 
 
+# The refusals a setting of the engine causes, by HTTP status or Twirp code, and
+# the setting each names.
+_CONFIGURATION_HINTS = (
+    (
+        401,
+        "unauthenticated",
+        "LiveKit rejected the API credentials; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET",
+    ),
+    (
+        403,
+        "permission_denied",
+        "LiveKit denied the request; the API key LIVEKIT_API_KEY needs the sip.call grant "
+        "(and roomAdmin)",
+    ),
+    (
+        404,
+        "not_found",
+        "unknown SIP outbound trunk; fix the clinic's trunk id (clinic trunk_id or "
+        "LIVEKIT_SIP_TRUNK_ID, list trunks with `campaigns trunk list`)",
+    ),
+)
+
+
+def _misconfigured(reason: str) -> DialClassification:
+    """Not an outcome of the call: nothing dialed, and the engine's settings to blame."""
+    return DialClassification(None, DialProblem.CONFIGURATION, reason)
+
+
 def classify_sip_status(sip_status_code: int) -> DialClassification:
     """The outcome of a dial the carrier answered with a final SIP status."""
     code = sip_status_code
     if code in _SIP_BUSY:
-        return DialClassification(Outcome.BUSY, False, False, f"sip {code}: callee busy")
+        return DialClassification(Outcome.BUSY, None, f"sip {code}: callee busy")
     if code in _SIP_NO_ANSWER:
-        return DialClassification(Outcome.NO_ANSWER, False, False, f"sip {code}: not answered")
+        return DialClassification(Outcome.NO_ANSWER, None, f"sip {code}: not answered")
     if code in _SIP_DECLINED:
-        return DialClassification(Outcome.DECLINED, False, False, f"sip {code}: call declined")
+        return DialClassification(Outcome.DECLINED, None, f"sip {code}: call declined")
     if code in _SIP_INVALID:
         return DialClassification(
-            Outcome.INVALID_NUMBER, False, False, f"sip {code}: number does not exist"
+            Outcome.INVALID_NUMBER, None, f"sip {code}: number does not exist"
         )
     if code in _SIP_TRUNK_AUTH:
-        return DialClassification(
-            None,
-            True,
-            False,
+        return _misconfigured(
             f"sip {code}: the carrier rejected the trunk's credentials; fix auth_username/"
-            "auth_password of the clinic's outbound trunk (CLI: campaigns trunk create)",
+            "auth_password of the clinic's outbound trunk (CLI: campaigns trunk create)"
         )
     if 500 <= code < 600:
-        return DialClassification(Outcome.FAILED, False, False, f"sip {code}: carrier failure")
-    return DialClassification(Outcome.FAILED, False, False, f"sip {code}: call not completed")
+        return DialClassification(Outcome.FAILED, None, f"sip {code}: carrier failure")
+    return DialClassification(Outcome.FAILED, None, f"sip {code}: call not completed")
 
 
 def classify_dial_error(
@@ -170,35 +205,14 @@ def classify_dial_error(
     detail = f"{status or 'no response'} {twirp_code or ''}: {message}".strip()
     if status is None:
         reason = f"transport error, the call may have been placed ({detail})"
-        return DialClassification(Outcome.FAILED, False, True, reason)
+        return DialClassification(Outcome.FAILED, DialProblem.AMBIGUOUS, reason)
     if status >= 500:
         reason = f"LiveKit server error, the call may have been placed ({detail})"
-        return DialClassification(Outcome.FAILED, False, True, reason)
+        return DialClassification(Outcome.FAILED, DialProblem.AMBIGUOUS, reason)
     if status == 408 or twirp_code == "canceled":
-        return DialClassification(Outcome.NO_ANSWER, False, False, f"ringing timeout ({detail})")
-    if status == 401 or twirp_code == "unauthenticated":
-        return DialClassification(
-            None,
-            True,
-            False,
-            f"LiveKit rejected the API credentials; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET "
-            f"({detail})",
-        )
-    if status == 403 or twirp_code == "permission_denied":
-        return DialClassification(
-            None,
-            True,
-            False,
-            "LiveKit denied the request; the API key LIVEKIT_API_KEY needs the sip.call grant "
-            f"(and roomAdmin) ({detail})",
-        )
-    if status == 404 or twirp_code == "not_found":
-        return DialClassification(
-            None,
-            True,
-            False,
-            "unknown SIP outbound trunk; fix the clinic's trunk id (clinic trunk_id or "
-            f"LIVEKIT_SIP_TRUNK_ID, list trunks with `campaigns trunk list`) ({detail})",
-        )
+        return DialClassification(Outcome.NO_ANSWER, None, f"ringing timeout ({detail})")
+    for hint_status, hint_code, hint in _CONFIGURATION_HINTS:
+        if status == hint_status or twirp_code == hint_code:
+            return _misconfigured(f"{hint} ({detail})")
     reason = f"request refused by LiveKit, nothing dialed ({detail})"
-    return DialClassification(Outcome.FAILED, False, False, reason)
+    return DialClassification(Outcome.FAILED, None, reason)

@@ -9,11 +9,13 @@ Contract of :meth:`Telephony.place_call` (one call per attempt, never two dials)
 * ``answered=True``: the callee picked up (a person or a voicemail box); the
   outcome comes later from the agent's report, ``outcome`` is ``None``.
 * ``answered=False`` and ``outcome`` set: the dial failed; record the outcome
-  and let the retry policy decide. ``ambiguous=True`` means the provider may
+  and let the retry policy decide. ``problem=AMBIGUOUS`` means the provider may
   have dialed the patient: never re-send this attempt.
-* ``config_error=True`` (``outcome`` is ``None``): nothing was dialed and every
+* ``problem=CONFIGURATION`` (``outcome`` is ``None``): nothing was dialed and every
   further dial would fail the same way (credentials, grants, trunk id, agent);
   ``error`` names the setting to fix. Pause and alert; do not retry.
+* ``problem=MISSED_START`` (``outcome`` is ``None``): nothing was dialed because
+  the trunk's pacing start had passed; the attempt goes back to the queue.
 
 Admin operations (trunks, hang-up, participants) raise :class:`ConfigurationError`
 for the same causes and :class:`TelephonyError` for anything else. Both are
@@ -29,7 +31,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from campaigns.errors import CampaignError
-from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.outcomes import DialProblem, Outcome
 
 
 class TelephonyError(CampaignError):
@@ -66,10 +68,7 @@ class CallResult:
     sip_status_code: int | None = None
     sip_status: str | None = None
     error: str | None = None
-    ambiguous: bool = False
-    config_error: bool = False
-    # Nothing dialed: the trunk's pacing start had passed once the call was ready.
-    missed_start: bool = False
+    problem: DialProblem | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +107,7 @@ class Telephony(Protocol):
         """Dispatch the agent into ``req.room_name`` and dial ``req.call_to`` once,
         waiting until answered or failed. Never raises for a failed dial.
         ``before_dial`` (pacing) may hold the dial back or cancel it, which ends
-        in ``CallResult(missed_start=True)`` with the room discarded."""
+        in ``CallResult(problem=DialProblem.MISSED_START)`` with the room discarded."""
         ...
 
     async def hang_up(self, room_name: str) -> None:

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from campaigns.telephony.livekit_gateway import LiveKitTelephony
-from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.outcomes import DialProblem, Outcome
 from campaigns.telephony.port import (
     CallRequest,
     CallResult,
@@ -117,8 +117,7 @@ def test_answered_calls(sim: SimulatorHandle, suffix: str) -> None:
     result = place(sim, req)
     assert result.answered
     assert result.outcome is None  # the agent reports it
-    assert not result.ambiguous
-    assert not result.config_error
+    assert result.problem is None
     assert result.error is None
     assert result.sip_call_id
     assert result.dispatch_id
@@ -149,8 +148,7 @@ def test_failed_calls(
     assert not result.answered
     assert result.outcome is outcome
     assert result.sip_status_code == sip_code
-    assert not result.ambiguous  # the carrier's answer is definitive
-    assert not result.config_error
+    assert result.problem is None  # the carrier's answer is definitive
     assert result.error
     assert result.dispatch_id
     assert len(dials(sim, req.room_name)) == 1
@@ -222,8 +220,7 @@ def test_a_dial_is_held_until_pacing_lets_it_go_or_never_sent(sim: SimulatorHand
     assert held_result.outcome is Outcome.BUSY
     [dial] = dials(sim, held.room_name)
     assert dial["received_at"] >= released_at[0]  # the request left only when pacing said so
-    assert dropped_result.missed_start and dropped_result.outcome is None
-    assert not dropped_result.ambiguous
+    assert dropped_result.problem is DialProblem.MISSED_START and dropped_result.outcome is None
     assert dials(sim, dropped.room_name) == []  # nothing dialed
 
     async def room() -> list[str]:
@@ -258,9 +255,8 @@ def test_5xx_on_dial_is_ambiguous_and_never_resent() -> None:
         req = call_request(number("00"))
         result = place(s, req)
         assert result.outcome is Outcome.FAILED
-        assert result.ambiguous
+        assert result.problem is DialProblem.AMBIGUOUS
         assert not result.answered
-        assert not result.config_error
         assert s.stats()["rejected_5xx"] == 1  # one request, no replay
         assert s.stats()["dials"] == 0
 
@@ -274,7 +270,7 @@ def test_5xx_after_dialing_gives_exactly_one_dial() -> None:
         req = call_request(number("00"))
         result = place(s, req)
         assert result.outcome is Outcome.FAILED
-        assert result.ambiguous
+        assert result.problem is DialProblem.AMBIGUOUS
         time.sleep(0.3)
         assert len(dials(s, req.room_name)) == 1
         assert s.stats()["dials"] == 1
@@ -295,8 +291,7 @@ def test_dispatch_that_keeps_failing_dials_nothing() -> None:
         req = call_request(number("00"))
         result = place(s, req)
         assert result.outcome is Outcome.FAILED
-        assert not result.ambiguous  # nothing was dialed
-        assert not result.config_error
+        assert result.problem is None  # nothing was dialed
         assert "dispatch" in (result.error or "")
         assert s.stats()["rejected_5xx"] == 3  # three tries
         assert s.stats()["dials"] == 0
@@ -307,7 +302,7 @@ def test_livekit_down_dials_nothing(mode: str) -> None:
     with storm_sim(down=mode) as s:
         result = place(s, call_request(number("00")))
         assert result.outcome is Outcome.FAILED
-        assert not result.ambiguous
+        assert result.problem is None
         assert s.stats()["dials"] == 0
         assert s.calls() == []
 
@@ -324,8 +319,7 @@ def test_connection_refused_is_a_clean_failure() -> None:
 
     result = asyncio.run(go())
     assert result.outcome is Outcome.FAILED
-    assert not result.ambiguous
-    assert not result.config_error
+    assert result.problem is None
     assert not result.answered
     assert "nothing dialed" in (result.error or "")
 
@@ -428,8 +422,7 @@ def test_refused_dial_after_dispatch_is_a_clean_failure(sim: SimulatorHandle) ->
     req = call_request(number("00"))
     result = place_through_relay(sim, req, reopen_after=None)
     assert result.outcome is Outcome.FAILED
-    assert not result.ambiguous
-    assert not result.config_error
+    assert result.problem is None
     assert result.dispatch_id  # the agent was dispatched, the dial never left
     assert "refused" in (result.error or "")
     assert dials(sim, req.room_name) == []
@@ -450,9 +443,8 @@ def test_bad_credentials_are_a_configuration_error(sim: SimulatorHandle) -> None
             return result
 
     result = asyncio.run(go())
-    assert result.config_error
+    assert result.problem is DialProblem.CONFIGURATION
     assert result.outcome is None
-    assert not result.ambiguous
     assert "LIVEKIT_API_KEY" in (result.error or "")
     assert "LIVEKIT_API_SECRET" in (result.error or "")
     assert dials(sim, req.room_name) == []
@@ -461,9 +453,8 @@ def test_bad_credentials_are_a_configuration_error(sim: SimulatorHandle) -> None
 def test_unknown_trunk_is_a_configuration_error(sim: SimulatorHandle) -> None:
     req = call_request(number("00"), trunk_id="ST_does_not_exist")
     result = place(sim, req)
-    assert result.config_error
+    assert result.problem is DialProblem.CONFIGURATION
     assert result.outcome is None
-    assert not result.ambiguous
     assert "trunk" in (result.error or "")
     assert sim.stats()["dials"] == len([c for c in sim.calls() if c["result"] != "unknown_trunk"])
 

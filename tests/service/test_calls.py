@@ -34,7 +34,7 @@ from campaigns.models import (
 )
 from campaigns.settings import Settings
 from campaigns.telephony.livekit_gateway import LiveKitTelephony
-from campaigns.telephony.outcomes import Outcome
+from campaigns.telephony.outcomes import DialProblem, Outcome
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from campaigns.telephony.port import CallRequest, CallResult
 from campaigns.tokens import check_report_token
@@ -635,7 +635,10 @@ def test_a_configuration_error_requeues_the_attempt_and_pauses_the_clinic(
     attempt, _ = _dialing(session, clinic, appointment)
     assert attempt.id is not None
     broken = CallResult(
-        answered=False, outcome=None, config_error=True, error="unknown trunk ST_lakeside"
+        answered=False,
+        outcome=None,
+        problem=DialProblem.CONFIGURATION,
+        error="unknown trunk ST_lakeside",
     )
 
     finished = dial.finish_dial(session, attempt.id, broken, NOW, jitter=MID_JITTER)
@@ -653,7 +656,9 @@ def test_a_missed_pacing_start_requeues_the_attempt_undialed(session: Session) -
     appointment = _appointment(session, clinic)
     attempt, _ = _dialing(session, clinic, appointment)
     assert attempt.id is not None
-    late = CallResult(answered=False, outcome=None, missed_start=True, error="start passed")
+    late = CallResult(
+        answered=False, outcome=None, problem=DialProblem.MISSED_START, error="start passed"
+    )
     at = NOW + timedelta(seconds=2)
 
     finished = dial.finish_dial(session, attempt.id, late, at, jitter=MID_JITTER)

@@ -27,7 +27,7 @@ from campaigns.models import (
     AuditEvent,
     CallAttempt,
 )
-from campaigns.telephony.outcomes import AGENT_OUTCOMES, Outcome
+from campaigns.telephony.outcomes import AGENT_OUTCOMES, DialProblem, Outcome
 from campaigns.telephony.port import CallResult
 from campaigns.tokens import sign_report_token
 from tests.factories import add_appointment, add_clinic
@@ -108,7 +108,10 @@ def _reconciled(session: Session, attempt: CallAttempt) -> None:
 def _ambiguous_dial(session: Session, attempt: CallAttempt) -> None:
     assert attempt.id is not None
     result = CallResult(
-        answered=False, outcome=Outcome.FAILED, error="ReadTimeout: no answer", ambiguous=True
+        answered=False,
+        outcome=Outcome.FAILED,
+        error="ReadTimeout: no answer",
+        problem=DialProblem.AMBIGUOUS,
     )
     dial.finish_dial(session, attempt.id, result, NOW, jitter=0.5)
     session.commit()

@@ -8,6 +8,7 @@ from campaigns.telephony.outcomes import (
     AGENT_OUTCOMES,
     RETRYABLE_OUTCOMES,
     TERMINAL_OUTCOMES,
+    DialProblem,
     Outcome,
     classify_dial_error,
     is_retryable,
@@ -86,8 +87,7 @@ def test_is_retryable(outcome: Outcome, retry_voicemail: bool, expected: bool) -
 def test_sip_failures(status: int, code: str, msg: str, sip: int | None, outcome: str) -> None:
     result = classify_dial_error(status, code, msg, sip)
     assert result.outcome == outcome
-    assert not result.config_error
-    assert not result.ambiguous
+    assert result.problem is None
 
 
 @pytest.mark.parametrize(
@@ -110,8 +110,7 @@ def test_sip_status_wins_over_twirp_code(status: int | None, code: str | None) -
 def test_unknown_trunk_is_a_configuration_error() -> None:
     result = classify_dial_error(404, "not_found", "requested sip trunk does not exist", None)
     assert result.outcome is None
-    assert result.config_error
-    assert not result.ambiguous
+    assert result.problem is DialProblem.CONFIGURATION
     assert "trunk" in result.reason
     assert "LIVEKIT_SIP_TRUNK_ID" in result.reason
 
@@ -128,7 +127,7 @@ def test_credentials_and_grants_are_configuration_errors(
     status: int | None, code: str, setting: str
 ) -> None:
     result = classify_dial_error(status, code, "permissions denied", None)
-    assert result.config_error
+    assert result.problem is DialProblem.CONFIGURATION
     assert result.outcome is None
     assert setting in result.reason
 
@@ -136,7 +135,7 @@ def test_credentials_and_grants_are_configuration_errors(
 @pytest.mark.parametrize("sip", [401, 407])
 def test_trunk_auth_rejected_by_carrier_is_a_configuration_error(sip: int) -> None:
     result = classify_dial_error(412, "failed_precondition", "", sip)
-    assert result.config_error
+    assert result.problem is DialProblem.CONFIGURATION
     assert result.outcome is None
     assert "auth_password" in result.reason
 
@@ -156,8 +155,7 @@ def test_trunk_auth_rejected_by_carrier_is_a_configuration_error(sip: int) -> No
 def test_transport_and_server_errors_are_ambiguous(status: int | None, code: str | None) -> None:
     result = classify_dial_error(status, code, "boom", None)
     assert result.outcome is Outcome.FAILED
-    assert result.ambiguous
-    assert not result.config_error
+    assert result.problem is DialProblem.AMBIGUOUS
 
 
 @pytest.mark.parametrize(
@@ -172,8 +170,7 @@ def test_transport_and_server_errors_are_ambiguous(status: int | None, code: str
 def test_other_refusals_without_metadata_are_plain_failures(status: int, code: str) -> None:
     result = classify_dial_error(status, code, "nope", None)
     assert result.outcome is Outcome.FAILED
-    assert not result.ambiguous
-    assert not result.config_error
+    assert result.problem is None
 
 
 def test_reason_keeps_the_server_message() -> None:
