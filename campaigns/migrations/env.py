@@ -11,7 +11,7 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import campaigns.models  # noqa: F401  (registers the tables)
-from campaigns.db import make_engine
+from campaigns.db import UTCDateTime, make_engine
 from campaigns.settings import get_settings
 
 config = context.config
@@ -32,9 +32,13 @@ def run_migrations_online() -> None:
 
 
 def _render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
-    # SQLModel's AutoString is a plain String; render it so migrations need no SQLModel import.
+    # Migrations stand alone: the engine's column types are rendered as the plain types
+    # they create (SQLModel's AutoString a String, UTCDateTime a timezone-aware DateTime),
+    # so an old migration never changes with today's code.
     if type_ == "type" and isinstance(obj, AutoString):
         return f"sa.String(length={obj.length})" if obj.length else "sa.String()"
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
     return False
 
 
