@@ -23,14 +23,15 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
-from campaigns import clinics, users
+from campaigns import users
 from campaigns.attempts import daily
 from campaigns.attempts.pipeline import Pipeline
 from campaigns.db import make_engine, session_factory
-from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic, Trunk
+from campaigns.models import Appointment, AttemptState, AuditEvent, CallAttempt, Clinic
 from campaigns.telephony.pacing.local_pacer import LocalPacer
 from console.app import create_app
-from demo.daytime import daytime_zone
+from demo.daytime import daytime_zone, local_number
+from harness.clinics import always_open_clinic
 from harness.processes import processes, wait_until
 from simulator.testing import running_simulator
 from tests.conftest import fresh_database
@@ -308,22 +309,13 @@ TRUNK = "ST_console"
 
 
 def _campaign(engine: Engine, zone: str, count: int) -> int:
+    """A clinic open at any hour with ``count`` calls due now; the numbers are local to
+    ``zone``, so every zone the policy considers for a callee is in the afternoon."""
     now = datetime.now(UTC)
     with session_factory(engine)() as s:
-        spec = clinics.validate_spec(
-            {
-                "name": "Harbour Clinic",
-                "timezone": zone,
-                "window": "00:00-23:59",
-                "days": "mon,tue,wed,thu,fri,sat,sun",
-                "trunk_id": TRUNK,
-                "caller_id": "+12125550199",
-                "max_attempts": 1,
-                "lead_days": "2",
-            }
+        clinic = always_open_clinic(
+            s, "Harbour Clinic", zone, TRUNK, max_attempts=1, cps=5, max_concurrent=5, actor="test"
         )
-        clinic = clinics.create_clinic(s, spec, actor="test")
-        s.add(Trunk(sip_trunk_id=TRUNK, name="test trunk", calls_per_second=5, max_concurrent=5))
         assert clinic.id is not None
         for n in range(count):
             s.add(
@@ -331,7 +323,7 @@ def _campaign(engine: Engine, zone: str, count: int) -> int:
                     clinic_id=clinic.id,
                     external_id=f"H-{n:02d}",
                     patient_name=f"Patient {n:02d}",
-                    phone_e164=f"+121255501{n:02d}",
+                    phone_e164=local_number(zone, f"01{n:02d}"),
                     patient_timezone=zone,
                     starts_at=now + timedelta(days=2),
                 )
