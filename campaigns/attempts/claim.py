@@ -1,8 +1,10 @@
 """The scheduler tick's claim: due attempts re-checked against the policy and queued.
 
-Rows are claimed ``FOR UPDATE SKIP LOCKED`` so concurrent ticks split the work,
-and a callable attempt whose trunk is full stays scheduled, so the broker never
-holds more calls than the trunks can carry. Callers own the transaction.
+A callable attempt whose trunk is full stays scheduled, so the broker never holds
+more calls than the trunks can carry. Ticks that arrive together (they queue in the
+broker behind calls, and two workers may take them at once) claim in turn: each
+counts the calls the one before queued. On PostgreSQL a transaction-scoped advisory
+lock makes the turns; on SQLite the single writer does. Callers own the transaction.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 from campaigns.attempts import transitions
 from campaigns.compliance import service as compliance
 from campaigns.compliance.policy import Decision
+from campaigns.db import is_postgresql
 from campaigns.models import IN_FLIGHT_STATES, Appointment, AttemptState, CallAttempt, Clinic, Trunk
 from campaigns.telephony.trunks import DEFAULT_MAX_CONCURRENT
+
+# Held by a tick's claim until its transaction ends ("tick" in ASCII; the high word 0
+# keeps it apart from the audit chains' two-key locks).
+_TICK_LOCK_KEY = 0x7469636B
+_TAKE_TURNS = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 class _DueAttempt(NamedTuple):
@@ -94,12 +102,14 @@ def claim_due_attempts(
 ) -> TickResult:
     """Re-check the policy for due attempts and mark the callable ones queued.
 
-    The rows are locked with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so two
-    ticks at once split the work instead of both taking it; SQLite's single
-    writer gives the same guarantee. The caller commits, then sends one task
-    per returned id. A callable attempt whose trunk is full stays scheduled, so
-    the queue never holds more calls than the trunks can carry.
+    Two ticks at once take turns (see the module), so neither takes an attempt
+    the other took and the second counts the calls the first queued. The caller
+    commits, then sends one task per returned id. A callable attempt whose trunk
+    is full stays scheduled, so the queue never holds more calls than the trunks
+    can carry.
     """
+    if is_postgresql(session):
+        session.execute(_TAKE_TURNS, {"key": _TICK_LOCK_KEY})
     query = (
         select(  # type: ignore[call-overload]
             CallAttempt.id,

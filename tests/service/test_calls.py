@@ -467,6 +467,49 @@ def test_two_concurrent_claims_on_postgres_never_take_the_same_attempt(
         engine.dispose()
 
 
+def _tick_holding_its_transaction(
+    engine: Engine, claimed: threading.Event, other_done: threading.Event, out: list[list[int]]
+) -> None:
+    with session_factory(engine)() as session:
+        result = claim.claim_due_attempts(session, NOW, limit=100)
+        claimed.set()
+        other_done.wait(timeout=1)  # the other tick runs now, or waits for this one
+        session.commit()
+    out.append(result.queued)
+
+
+def test_two_ticks_at_once_never_queue_more_calls_than_the_trunk_can_carry(
+    engine: Engine,
+) -> None:
+    """Ticks that pile up behind a burst of calls in the broker arrive together; the
+    second must count the calls the first queued, or the trunk is oversubscribed and
+    its queued calls hold every worker thread waiting for a line."""
+    with session_factory(engine)() as session:
+        clinic = _clinic(session)
+        session.add(Trunk(sip_trunk_id="ST_lakeside", name="lakeside", max_concurrent=5))
+        for _ in range(20):
+            _attempt_in(session, clinic, AttemptState.SCHEDULED)
+        session.commit()
+    claimed, other_done = threading.Event(), threading.Event()
+    first: list[list[int]] = []
+    thread = threading.Thread(
+        target=_tick_holding_its_transaction, args=(engine, claimed, other_done, first)
+    )
+    thread.start()
+    try:
+        assert claimed.wait(timeout=10)
+        with session_factory(engine)() as session:
+            second = claim.claim_due_attempts(session, NOW, limit=100)
+            session.commit()
+    finally:
+        other_done.set()
+        thread.join(timeout=30)
+
+    assert len(first[0]) == 5
+    assert second.queued == []
+    assert second.waiting_for_trunk == 15
+
+
 # --------------------------------------------------------------------------- begin_dial
 
 
