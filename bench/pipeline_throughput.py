@@ -461,7 +461,8 @@ def print_table(results: list[RunResult]) -> None:
         cells = "  ".join(f"{name} {cpu:.1f}s/{rss:.0f}MB" for name, cpu, rss in r.procs)
         print(
             f"  {r.config}: states {dict(sorted(r.states.items()))}; outcomes {outcomes}; "
-            f"simulator max_in_flight={r.sim.get('max_in_flight')}, reports={r.sim.get('reports')}"
+            f"simulator max_in_flight={r.sim.get('max_in_flight')}, reports={r.sim.get('reports')} "
+            f"(sent {r.sim.get('reports_sent')}, failed {r.sim.get('reports_failed')})"
         )
         print(f"  {r.config}: per process cpu s / peak RSS MB: {cells}")
     best = max(results, key=lambda r: r.rate if r.finished else 0.0)

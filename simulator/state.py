@@ -155,6 +155,8 @@ class Simulator:
             "max_in_flight": self.max_in_flight,
             "rooms": len(self.rooms),
             "reports": len(self.reports),
+            "reports_sent": sum(1 for report in self.reports if report["sent"]),
+            "reports_failed": sum(1 for report in self.reports if report["error"]),
             "speed": self.config.speed,
         }
 
