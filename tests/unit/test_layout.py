@@ -2,9 +2,9 @@
 
 Front ends (the CLI, the console, the Celery workers and beat, the agent) and the
 tools that run the engine (the demo, the simulator, the process harness) call it;
-the engine never reaches back into them. The pure
-rules (calling policy, windows, zones, outcomes, retries, pacing maths) touch no
-database and no network client, and each outside system has one adapter.
+the engine never reaches back into them. The pure rules (calling policy, windows,
+zones, outcomes, retries, pacing maths) touch no database and no network client,
+and each outside system has one adapter.
 """
 
 from __future__ import annotations
