@@ -122,7 +122,7 @@ def schedule_retry(
         audit.record(
             session,
             "retry.dropped",
-            {"attempt_number": number, "decision": transitions.audit_decision(decision)},
+            {"attempt_number": number, "decision": compliance.decision_document(decision)},
             actor=actor,
             at=now,
             **base,

@@ -76,7 +76,8 @@ def begin_dial(
         transitions.hold(attempt, now)
         return None
     decision = compliance.decide_for(session, appointment, clinic, attempt.attempt_number, now)
-    attempt.decision = transitions.decision_json(decision)
+    document = compliance.decision_document(decision)
+    attempt.decision = transitions.decision_json(document)
     if not decision.allowed:
         transitions.refuse(session, attempt, decision, now)
         return None
@@ -102,7 +103,7 @@ def begin_dial(
             "number_source": appointment.phone_source,
             "agent_name": clinic.agent_name or config.default_agent,
             "agent_script_version": config.agent_script_version,
-            "decision": transitions.audit_decision(decision),
+            "decision": document,
         },
     )
     assert attempt.id is not None and attempt.room_name and attempt.participant_identity

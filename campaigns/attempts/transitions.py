@@ -60,12 +60,10 @@ class AttemptRef(Protocol):
     def appointment_id(self) -> int: ...
 
 
-def decision_json(decision: Decision) -> str:
-    return json.dumps(compliance.decision_document(decision), sort_keys=True)
-
-
-def audit_decision(decision: Decision) -> dict[str, Any]:
-    return compliance.decision_document(decision)
+def decision_json(document: dict[str, Any]) -> str:
+    """A decision's document (:func:`compliance.decision_document`, as audited) as the
+    attempt stores it."""
+    return json.dumps(document, sort_keys=True)
 
 
 def refusal(decision: Decision, now: datetime) -> tuple[str, dict[str, Any]]:
@@ -204,7 +202,7 @@ def create(
         key = _decision_key(item.decision)
         if key not in written:
             document = compliance.decision_document(item.decision)
-            written[key] = (document, json.dumps(document, sort_keys=True))
+            written[key] = (document, decision_json(document))
         document, text = written[key]
         state = change.get("state", AttemptState.SCHEDULED)
         states.append(state)
@@ -261,13 +259,14 @@ def refuse_many(
     for due, decision in refused:
         kind, change = refusal(decision, now)
         counts[kind] += 1
+        document = compliance.decision_document(decision)
         updates.append(
-            {"id": due.id, "decision": decision_json(decision), "updated_at": now} | change
+            {"id": due.id, "decision": decision_json(document), "updated_at": now} | change
         )
         events.append(
             audit.Entry(
                 kind,
-                {"attempt_number": due.attempt_number, "decision": audit_decision(decision)},
+                {"attempt_number": due.attempt_number, "decision": document},
                 SCHEDULER,
                 due.clinic_id,
                 due.appointment_id,
@@ -361,7 +360,7 @@ def refuse(session: Session, attempt: CallAttempt, decision: Decision, now: date
         session,
         attempt,
         kind,
-        {"at_dial_time": True, "decision": audit_decision(decision)},
+        {"at_dial_time": True, "decision": compliance.decision_document(decision)},
         actor=WORKER,
     )
 
