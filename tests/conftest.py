@@ -1,4 +1,8 @@
-"""Fixtures: a freshly migrated database per test, on SQLite and on PostgreSQL."""
+"""Fixtures: a freshly migrated database per test, on SQLite and on PostgreSQL.
+
+The PostgreSQL server is ``$CAMPAIGNS_TEST_DATABASE_URL``, or a throwaway one that
+``tests/servers.py`` starts for the run (see ``harness.databases`` for the older variables).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,15 @@ from harness.databases import (
 )
 
 _TEMPLATE_DB = f"campaigns_tpl_{os.getpid()}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on PostgreSQL through ``pg_database_url`` is marked ``postgres`` like the others."""
+    for item in items:
+        uses = getattr(item, "fixturenames", ())
+        if "pg_database_url" in uses and item.get_closest_marker("postgres") is None:
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")
