@@ -3,9 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PG_ADMIN ?= postgresql://postgres@127.0.0.1:5432/test
 PG_CHECK_DB ?= campaigns_migration_check
-PG_CHECK_URL := postgresql+psycopg://postgres@127.0.0.1:5432/$(PG_CHECK_DB)
 
 .PHONY: install test lint check-migrations demo bench
 
@@ -21,7 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/campaigns demo
 
-# Needs PostgreSQL and Redis on 127.0.0.1 (`.ci/run` starts them when they are down).
+# Starts throwaway PostgreSQL and Redis (Debian's `postgresql`, `redis-server`) on free loopback
+# ports, unless CAMPAIGNS_TEST_DATABASE_URL / CAMPAIGNS_TEST_REDIS_URL name servers to use.
 test: $(STAMP)
 	$(BIN)/pytest -q
 
@@ -30,11 +29,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 
-# `alembic check` against PostgreSQL: fails when models and migrations drift apart.
+# `alembic check` against PostgreSQL: fails when models and migrations drift apart. On a
+# throwaway server unless CAMPAIGNS_TEST_DATABASE_URL names one.
 check-migrations: $(STAMP)
-	$(BIN)/python -c "import psycopg; c = psycopg.connect('$(PG_ADMIN)', autocommit=True); c.execute('DROP DATABASE IF EXISTS $(PG_CHECK_DB) WITH (FORCE)'); c.execute('CREATE DATABASE $(PG_CHECK_DB)')"
-	CAMPAIGNS_DATABASE_URL=$(PG_CHECK_URL) $(BIN)/campaigns db upgrade
-	CAMPAIGNS_DATABASE_URL=$(PG_CHECK_URL) $(BIN)/alembic check
+	$(BIN)/python -m harness.servers --postgres -- sh -ec '\
+		url=$$($(BIN)/python -m harness.databases fresh $(PG_CHECK_DB)); \
+		export CAMPAIGNS_DATABASE_URL=$$url; \
+		$(BIN)/campaigns db upgrade; \
+		$(BIN)/alembic check'
 
 bench: $(STAMP)
 	$(BIN)/python bench/import_bench.py
