@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
+from typing import Any
 
 from livekit import api, rtc
 from livekit.agents import AMD, AgentSession
+from livekit.agents.llm import LLM
 from livekit.agents.utils.participant import (
     wait_for_participant,
     wait_for_participant_attribute,
@@ -68,11 +70,16 @@ class LiveKitCall:
 
 @dataclass(eq=False)
 class AmdScreener:
-    """The framework's AMD, listening to the callee only, with the deployment's models."""
+    """The framework's AMD, listening to the callee only, with the deployment's models.
+
+    AMD times the callee's speech (VAD) and has ``llm`` classify the session STT's
+    transcript through its ``save_prediction`` tool; ``llm`` is a model string, a model
+    (:class:`agent.local_models.LocalLLM` for ``local``), or None for the session's LLM.
+    """
 
     session: AgentSession[None]
     identity: str
-    llm: str | None
+    llm: str | LLM[Any] | None
 
     async def screen(self) -> str:
         async with AMD(

@@ -128,15 +128,18 @@ class ScriptedLLM(llm.LLM[None]):
     ) -> llm.LLMStream:
         entry = self._queue.pop(0) if self._queue else {"say": DEFAULT_LINE}
         self._calls += 1
-        return _ScriptedStream(
+        return ScriptedStream(
             self, entry, f"call_{self._calls}", chat_ctx, tools or [], conn_options
         )
 
 
-class _ScriptedStream(llm.LLMStream):
+class ScriptedStream(llm.LLMStream):
+    """One model reply: ``{"say": text}`` or ``{"tool": name, "args": {...}}`` (also used by
+    :class:`agent.local_models.LocalLLM`)."""
+
     def __init__(
         self,
-        model: ScriptedLLM,
+        model: llm.LLM[Any],
         entry: dict[str, Any],
         call_id: str,
         chat_ctx: llm.ChatContext,

@@ -2,8 +2,9 @@
 
 ``campaigns agent start|dev|console`` runs :func:`run`, which hands the command
 to the framework's own CLI. Models are configuration (``CAMPAIGNS_AGENT_LLM``,
-``CAMPAIGNS_AGENT_STT``, ``CAMPAIGNS_AGENT_TTS``): LiveKit Inference model
-strings by default, so nothing is downloaded at run time.
+``CAMPAIGNS_AGENT_STT``, ``CAMPAIGNS_AGENT_TTS``, ``CAMPAIGNS_AGENT_AMD_LLM``): LiveKit
+Inference model strings by default, so nothing is downloaded at run time, or ``local`` for the
+models of :mod:`agent.local_models` (no cloud, no key).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from livekit.agents import AgentServer, AgentSession, JobContext, cli
 
 from agent.confirmer import ConfirmationAgent
 from agent.livekit_ports import AmdScreener, LiveKitCall
+from agent.local_models import amd_model, session_models
 from agent.metadata import MetadataError, parse_metadata
 from agent.reporting import CeleryReporter, HttpReporter, reporter_from_settings
 from campaigns.errors import InvalidInputError
@@ -36,9 +38,7 @@ async def entrypoint(ctx: JobContext) -> None:
     except MetadataError as exc:
         await _refuse(ctx, reporter, exc)
         return
-    session: AgentSession[None] = AgentSession(
-        llm=settings.agent_llm, stt=settings.agent_stt, tts=settings.agent_tts
-    )
+    session: AgentSession[None] = AgentSession(**session_models(settings, meta.language))
     call = LiveKitCall(
         ctx.api, ctx.room.name, meta.participant_identity, room=ctx.room, shutdown=ctx.shutdown
     )
@@ -46,7 +46,7 @@ async def entrypoint(ctx: JobContext) -> None:
         meta,
         reporter=reporter,
         call=call,
-        screener=AmdScreener(session, meta.participant_identity, settings.agent_amd_llm),
+        screener=AmdScreener(session, meta.participant_identity, amd_model(settings)),
         amd_timeout=settings.agent_amd_timeout_seconds,
     )
     await session.start(agent=agent, room=ctx.room)

@@ -68,17 +68,24 @@ class Settings(BaseSettings):
         default="appointment-confirmer", description="Agent dispatched per call."
     )
     agent_script_version: str = Field(default="confirm-v1", description="Recorded with every dial.")
+    # "local" selects the models of agent.local_models: no cloud, no key, no download.
     agent_llm: str = Field(
-        default="openai/gpt-4.1-mini", description="The agent's LLM (LiveKit Inference model)."
+        default="openai/gpt-4.1-mini",
+        description="The agent's LLM (LiveKit Inference model); local: keyword rules.",
     )
     agent_stt: str = Field(
-        default="deepgram/nova-3", description="The agent's speech-to-text model."
+        default="deepgram/nova-3",
+        description="The agent's speech-to-text model; local: pocketsphinx with Silero VAD.",
     )
     agent_tts: str = Field(
-        default="cartesia/sonic-2", description="The agent's text-to-speech model."
+        default="cartesia/sonic-2",
+        description="The agent's text-to-speech model; local: Debian's espeak-ng.",
     )
     agent_amd_llm: str | None = Field(
-        default=None, description="Answering-machine classifier model; unset: the agent's LLM."
+        default=None,
+        description=(
+            "Answering-machine classifier model; unset: the agent's LLM; local: keyword rules."
+        ),
     )
     agent_amd_timeout_seconds: float = Field(
         default=8.0, gt=0, description="No AMD verdict by then: the agent talks as to a person."
