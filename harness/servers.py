@@ -354,6 +354,10 @@ def _redis_answers(port: int) -> bool:
         return False
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness.servers",
@@ -368,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = options.command[1:] if options.command[:1] == ["--"] else options.command
     if not (options.postgres or options.redis):
         parser.error("name --postgres, --redis or both")
+    signal.signal(signal.SIGTERM, _interrupted)  # stop the servers on the way out, as on Ctrl-C
     with servers_for_tests(postgres=options.postgres, redis=options.redis) as servers:
         if not command:
             for name, value in servers.env.items():
