@@ -97,7 +97,7 @@ async def twirp_handler(request: web.Request) -> web.StreamResponse:
         as_json = request.content_type == "application/json"
         req = decode_request(method.request, await request.read(), as_json)
         if not method.grant(claims, req):
-            raise auth.deny(sim.config)
+            raise auth.deny()
     except TwirpError as err:
         return error_reply(err).response()
 

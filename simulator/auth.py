@@ -2,9 +2,10 @@
 
 A request carries ``Authorization: Bearer <JWT>`` signed HS256 with the API
 secret, issued by the API key, with ``exp`` (``nbf`` honoured), both within
-:data:`TOKEN_LEEWAY` of clock skew. A bad or missing token is ``unauthenticated``
-(401); a token without the method's grant is ``permission_denied`` (403), or
-401 when the scenario's ``grant_error`` asks for it.
+:data:`TOKEN_LEEWAY` of clock skew. As livekit-server answers: a header that
+is not a bearer token, or a token it cannot verify, is a plain-text 401; no
+header at all, or a token without the method's grant, is 401
+``unauthenticated`` "permissions denied" in Twirp JSON.
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ GrantCheck = Callable[[Claims, Any], bool]
 
 def authenticate(authorization: str, config: SimulatorConfig) -> Claims:
     """The claims of a valid ``Authorization`` header value."""
+    if not authorization:
+        raise deny()
     if not authorization.startswith("Bearer "):
         raise TwirpError(
-            401, "unauthenticated", "invalid authorization header. Must start with Bearer "
+            401,
+            "unauthenticated",
+            "invalid authorization header. Must start with Bearer ",
+            plain=True,
         )
     token = authorization[len("Bearer ") :].strip()
     try:
@@ -40,7 +46,7 @@ def authenticate(authorization: str, config: SimulatorConfig) -> Claims:
         verifier = TokenVerifier(config.api_key, config.api_secret)
         return verifier.verify(token, verify_signature=False)
     except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
-        raise TwirpError(401, "unauthenticated", f"invalid token: {exc}") from None
+        raise TwirpError(401, "unauthenticated", "invalid authorization token", plain=True) from exc
 
 
 def _check_token(token: str, config: SimulatorConfig) -> None:
@@ -71,10 +77,8 @@ def _check_token(token: str, config: SimulatorConfig) -> None:
         raise jwt.ImmatureSignatureError("token is not yet valid")
 
 
-def deny(config: SimulatorConfig) -> TwirpError:
-    if config.grant_error == "unauthenticated":
-        return TwirpError(401, "unauthenticated", "permissions denied")
-    return TwirpError(403, "permission_denied", "permissions denied")
+def deny() -> TwirpError:
+    return TwirpError(401, "unauthenticated", "permissions denied")
 
 
 def sip_call(claims: Claims, _req: Any) -> bool:

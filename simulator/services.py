@@ -198,8 +198,8 @@ def delete_room(sim: Simulator, req: pb_room.DeleteRoomRequest) -> Message:
 
 def list_participants(sim: Simulator, req: pb_room.ListParticipantsRequest) -> Message:
     room = sim.rooms.get(req.room)
-    if room is None:
-        raise TwirpError(404, "not_found", "requested room does not exist")
+    if room is None:  # livekit-server lists no one in a room it does not have
+        return pb_room.ListParticipantsResponse()
     kind = pb_models.ParticipantInfo.Kind
     state = pb_models.ParticipantInfo.State
     people = []

@@ -24,13 +24,22 @@ REQUEST_ID_HEADER = "X-Livekit-Request-Id"
 
 class TwirpError(Exception):
     def __init__(
-        self, status: int, code: str, msg: str, meta: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        msg: str,
+        meta: dict[str, str] | None = None,
+        *,
+        plain: bool = False,
     ) -> None:
         super().__init__(msg)
         self.status = status
         self.code = code
         self.msg = msg
         self.meta = meta or {}
+        # livekit-server's auth middleware answers a token it cannot read in plain
+        # text, not Twirp JSON (the client then reads the code as "unknown").
+        self.plain = plain
 
     @classmethod
     def from_sip(cls, failure: SipFailure) -> TwirpError:
@@ -50,6 +59,8 @@ class Reply:
 
 
 def error_reply(err: TwirpError) -> Reply:
+    if err.plain:
+        return Reply(err.status, err.msg.encode(), "text/plain")
     payload: dict[str, Any] = {"code": err.code, "msg": err.msg}
     if err.meta:
         payload["meta"] = err.meta

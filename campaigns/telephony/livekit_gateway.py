@@ -66,7 +66,13 @@ from tenacity import (
 
 from campaigns.masking import mask_phone
 from campaigns.settings import Settings
-from campaigns.telephony.outcomes import DialProblem, Outcome, classify_dial_error
+from campaigns.telephony.outcomes import (
+    DialProblem,
+    Outcome,
+    Refusal,
+    classify_dial_error,
+    classify_refusal,
+)
 from campaigns.telephony.port import (
     BeforeDial,
     CallRequest,
@@ -373,9 +379,10 @@ class LiveKitTelephony:
         )
 
     def _dispatch_error(self, err: ServerError, req: CallRequest) -> CallResult:
-        if err.status == 401 or err.code == "unauthenticated":
+        refusal = classify_refusal(err.status, err.code, err.message)
+        if refusal is Refusal.CREDENTIALS:
             message = f"LiveKit rejected the API credentials; {_CREDENTIALS_HINT}"
-        elif err.status == 403 or err.code == "permission_denied":
+        elif refusal is Refusal.GRANT:
             message = "LiveKit denied CreateDispatch; LIVEKIT_API_KEY needs the roomAdmin grant"
         elif 400 <= err.status < 500:
             message = (
@@ -484,12 +491,13 @@ class LiveKitTelephony:
         ]
 
     def _admin_error(self, err: ServerError, method: str, grant: str) -> TelephonyError:
-        if err.status == 401 or err.code == "unauthenticated":
+        refusal = classify_refusal(err.status, err.code, err.message)
+        if refusal is Refusal.CREDENTIALS:
             return ConfigurationError(
                 f"LiveKit rejected the API credentials for {method}; {_CREDENTIALS_HINT} "
-                f"(and that the key has the {grant} grant) ({_describe(err)})"
+                f"({_describe(err)})"
             )
-        if err.status == 403 or err.code == "permission_denied":
+        if refusal is Refusal.GRANT:
             return ConfigurationError(
                 f"LiveKit denied {method}; the key LIVEKIT_API_KEY needs the {grant} grant "
                 f"({_describe(err)})"

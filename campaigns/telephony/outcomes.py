@@ -15,7 +15,8 @@ any status, sip 404 / 410 / 484 / 604       invalid_number
 any status, sip 401 / 407                   none (trunk auth rejected)  configuration
 any status, other sip 1xx..6xx              failed
 408 ``canceled``, no metadata               no_answer (ringing timeout)
-401 ``unauthenticated``, no metadata        none (API key/secret)       configuration
+401, msg "permissions denied"              none (grant ``sip.call``)   configuration
+401, any other message                      none (API key/secret)       configuration
 403 ``permission_denied``, no metadata      none (grant ``sip.call``)   configuration
 404 ``not_found``, no metadata              none (unknown trunk id)     configuration
 other 4xx, no metadata                      failed (request refused)
@@ -23,7 +24,11 @@ other 4xx, no metadata                      failed (request refused)
 no HTTP status (transport error, timeout)   failed                      ambiguous
 ==========================================  ==========================  =============
 
-See :class:`DialProblem` for what each problem means to the caller.
+A real livekit-server answers a token it cannot verify with a plain-text 401
+(the client reads its code as ``unknown``) and a valid token without the
+method's grant with 401 ``unauthenticated`` "permissions denied" (see
+:func:`classify_refusal`). See :class:`DialProblem` for what each problem
+means to the caller.
 """
 
 from __future__ import annotations
@@ -134,27 +139,45 @@ _SIP_INVALID = frozenset({404, 410, 484, 604})
 _SIP_TRUNK_AUTH = frozenset({401, 407})
 
 
-# The refusals a setting of the engine causes, by HTTP status or Twirp code, and
-# the setting each names.
-_CONFIGURATION_HINTS = (
-    (
-        401,
-        "unauthenticated",
-        "LiveKit rejected the API credentials; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET",
+class Refusal(StrEnum):
+    """Which setting of the engine made LiveKit refuse a request."""
+
+    CREDENTIALS = "credentials"  # LIVEKIT_API_KEY / LIVEKIT_API_SECRET
+    GRANT = "grant"  # the key lacks the method's grant
+    NOT_FOUND = "not_found"  # the named trunk (or room) does not exist
+
+
+# What livekit-server says for a valid token that lacks the method's grant (401).
+PERMISSIONS_DENIED = "permissions denied"
+
+
+def classify_refusal(
+    http_status: int | None, twirp_code: str | None, message: str
+) -> Refusal | None:
+    """The setting to blame for a refused request with no SIP status, if any."""
+    if http_status == 403 or twirp_code == "permission_denied":
+        return Refusal.GRANT
+    if http_status == 401 or twirp_code == "unauthenticated":
+        return Refusal.GRANT if message == PERMISSIONS_DENIED else Refusal.CREDENTIALS
+    if http_status == 404 or twirp_code == "not_found":
+        return Refusal.NOT_FOUND
+    return None
+
+
+# The hint of each refusal on a dial.
+_DIAL_REFUSAL_HINTS: dict[Refusal, str] = {
+    Refusal.CREDENTIALS: (
+        "LiveKit rejected the API credentials; check LIVEKIT_API_KEY and LIVEKIT_API_SECRET"
     ),
-    (
-        403,
-        "permission_denied",
+    Refusal.GRANT: (
         "LiveKit denied the request; the API key LIVEKIT_API_KEY needs the sip.call grant "
-        "(and roomAdmin)",
+        "(and roomAdmin)"
     ),
-    (
-        404,
-        "not_found",
+    Refusal.NOT_FOUND: (
         "unknown SIP outbound trunk; fix the clinic's trunk id (clinic trunk_id or "
-        "LIVEKIT_SIP_TRUNK_ID, list trunks with `campaigns trunk list`)",
+        "LIVEKIT_SIP_TRUNK_ID, list trunks with `campaigns trunk list`)"
     ),
-)
+}
 
 
 def _misconfigured(reason: str) -> DialClassification:
@@ -211,8 +234,8 @@ def classify_dial_error(
         return DialClassification(Outcome.FAILED, DialProblem.AMBIGUOUS, reason)
     if status == 408 or twirp_code == "canceled":
         return DialClassification(Outcome.NO_ANSWER, None, f"ringing timeout ({detail})")
-    for hint_status, hint_code, hint in _CONFIGURATION_HINTS:
-        if status == hint_status or twirp_code == hint_code:
-            return _misconfigured(f"{hint} ({detail})")
+    refusal = classify_refusal(status, twirp_code, message)
+    if refusal is not None:
+        return _misconfigured(f"{_DIAL_REFUSAL_HINTS[refusal]} ({detail})")
     reason = f"request refused by LiveKit, nothing dialed ({detail})"
     return DialClassification(Outcome.FAILED, None, reason)

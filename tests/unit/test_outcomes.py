@@ -116,17 +116,21 @@ def test_unknown_trunk_is_a_configuration_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "code", "setting"),
+    ("status", "code", "message", "setting"),
     [
-        (401, "unauthenticated", "LIVEKIT_API_SECRET"),
-        (403, "permission_denied", "sip.call"),
-        (None, "unauthenticated", "LIVEKIT_API_KEY"),
+        # livekit-server: a token it cannot verify is a plain-text 401 (code read as unknown)
+        (401, "unknown", "", "LIVEKIT_API_SECRET"),
+        (401, "unauthenticated", "invalid authorization token", "LIVEKIT_API_SECRET"),
+        (None, "unauthenticated", "invalid token", "LIVEKIT_API_KEY"),
+        # livekit-server: a valid token without the grant is 401 "permissions denied"
+        (401, "unauthenticated", "permissions denied", "sip.call"),
+        (403, "permission_denied", "permissions denied", "sip.call"),
     ],
 )
 def test_credentials_and_grants_are_configuration_errors(
-    status: int | None, code: str, setting: str
+    status: int | None, code: str, message: str, setting: str
 ) -> None:
-    result = classify_dial_error(status, code, "permissions denied", None)
+    result = classify_dial_error(status, code, message, None)
     assert result.problem is DialProblem.CONFIGURATION
     assert result.outcome is None
     assert setting in result.reason
