@@ -70,11 +70,23 @@ class SipFailure:
         return meta
 
 
+# The final answers the SIP bridge reports as "INVITE failed"; any other is an
+# "unexpected status" (livekit/sip, pkg/sip/outbound.go).
+_INVITE_FAILED_CODES = frozenset({400, 404, 480, 486, 488})
+
+
 def _invite_failed(code: int, reason: str) -> str:
-    return f"INVITE failed: sip status: {code}: {reason}"
+    """The Twirp message livekit-server gives a dial the callee refused."""
+    what = (
+        "INVITE failed"
+        if code in _INVITE_FAILED_CODES
+        else "unexpected status from INVITE response"
+    )
+    return f"twirp error unknown: {what}: sip status: {code}: {reason}"
 
 
-# What a real LiveKit server returns for each failed callee (SPEC section 5).
+# What a real LiveKit server (and its SIP bridge) returns for each failed callee,
+# as the conformance suite (tests/live/) observes it.
 FAILURES: dict[str, SipFailure] = {
     "busy": SipFailure(
         429, "resource_exhausted", _invite_failed(486, "Busy Here"), 486, "Busy Here"
@@ -124,6 +136,9 @@ DEFAULT_SUFFIXES: dict[str, str] = {
     "09": "opted_out",
     "10": "wrong_number",
     "11": "transferred",
+    "12": "unavailable",
+    "13": "busy_everywhere",
+    "14": "aborted",
 }
 
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -320,9 +335,6 @@ class SimulatorConfig:
     default_trunk_id: str | None = None
     # Celery broker for agent outcome reports; None: reports are only recorded.
     broker_url: str | None = None
-    # A token without the needed grant: "permission_denied" (HTTP 403), or
-    # "unauthenticated" (HTTP 401, msg "permissions denied", as OSS livekit-server does).
-    grant_error: str = "permission_denied"
     # Real seconds (not scaled by speed) a room stays after its last call ended,
     # like LiveKit's departure timeout; DeleteRoom in that window still succeeds.
     departure_timeout: float = 20.0
@@ -342,8 +354,6 @@ class SimulatorConfig:
             raise ValueError("speed must be > 0")
         if self.agent not in AGENT_MODES:
             raise ValueError(f"agent must be one of {', '.join(AGENT_MODES)}")
-        if self.grant_error not in ("permission_denied", "unauthenticated"):
-            raise ValueError("grant_error must be 'permission_denied' or 'unauthenticated'")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> SimulatorConfig:

@@ -298,65 +298,6 @@ async def dial_with_token(sim: SimulatorHandle, jwt_token: str) -> Any:
         return await lk.sip.create_sip_participant(dial_request("+15550123400"))
 
 
-@pytest.mark.parametrize("case", ["bad_signature", "expired", "wrong_key"])
-def test_bad_token_is_unauthenticated(sim: SimulatorHandle, case: str) -> None:
-    sip = api.SIPGrants(call=True)
-    if case == "bad_signature":
-        jwt_token = token(sim, secret="another-secret-another-secret-0123456789", sip=sip)
-    elif case == "expired":
-        jwt_token = token(sim, ttl=-120, sip=sip)
-    else:
-        tok = api.AccessToken("otherkey", sim.api_secret).with_sip_grants(sip)
-        jwt_token = tok.to_jwt()
-    with pytest.raises(ServerError) as info:
-        asyncio.run(dial_with_token(sim, jwt_token))
-    assert (info.value.status, info.value.code) == (401, "unauthenticated")
-    assert sim.calls() == []
-
-
-def test_missing_authorization_is_unauthenticated(sim: SimulatorHandle) -> None:
-    async def go() -> int:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.post(
-                f"{sim.url}/twirp/livekit.SIP/CreateSIPParticipant",
-                data=b"",
-                headers={"Content-Type": "application/protobuf"},
-            ) as resp,
-        ):
-            assert (await resp.json())["code"] == "unauthenticated"
-            return resp.status
-
-    assert asyncio.run(go()) == 401
-
-
-def test_missing_grants_are_permission_denied(sim: SimulatorHandle) -> None:
-    no_call = token(sim, sip=api.SIPGrants(admin=True))
-    with pytest.raises(ServerError) as info:
-        asyncio.run(dial_with_token(sim, no_call))
-    assert (info.value.status, info.value.code) == (403, "permission_denied")
-
-    async def other_room_dispatch() -> Any:
-        jwt_token = token(sim, video=api.VideoGrants(room_admin=True, room="room-a"))
-        async with lkapi(sim, token=jwt_token) as lk:
-            return await lk.agent_dispatch.create_dispatch(
-                CreateAgentDispatchRequest(agent_name="a", room="room-b")
-            )
-
-    with pytest.raises(ServerError) as info:
-        asyncio.run(other_room_dispatch())
-    assert (info.value.status, info.value.code) == (403, "permission_denied")
-
-    async def list_trunks_without_admin() -> Any:
-        async with lkapi(sim, token=token(sim, sip=api.SIPGrants(call=True))) as lk:
-            return await lk.sip.list_outbound_trunk(ListSIPOutboundTrunkRequest())
-
-    with pytest.raises(ServerError) as info:
-        asyncio.run(list_trunks_without_admin())
-    assert info.value.status == 403
-    assert sim.calls() == []
-
-
 # --- X-Livekit-Request-Id --------------------------------------------------------------
 
 
@@ -460,13 +401,12 @@ def test_dispatch_participants_and_delete_room(sim: SimulatorHandle) -> None:
             assert sip_p.attributes["sip.callStatus"] == "active"
             assert kinds[pb_models.ParticipantInfo.Kind.AGENT].name == "appointment-confirmer"
             await lk.room.delete_room(DeleteRoomRequest(room=room))
-            for call in (
-                lk.room.list_participants(ListParticipantsRequest(room=room)),
-                lk.room.delete_room(DeleteRoomRequest(room=room)),
-            ):
-                with pytest.raises(ServerError) as info:
-                    await call
-                assert (info.value.status, info.value.code) == (404, "not_found")
+            # As livekit-server: a room that is gone lists no one, and deleting it again is 404.
+            gone = await lk.room.list_participants(ListParticipantsRequest(room=room))
+            assert list(gone.participants) == []
+            with pytest.raises(ServerError) as info:
+                await lk.room.delete_room(DeleteRoomRequest(room=room))
+            assert (info.value.status, info.value.code) == (404, "not_found")
 
     asyncio.run(go())
     assert sim.calls()[0]["end"] == "room_deleted"

@@ -1,0 +1,255 @@
+"""The patient's phones: one real SIP user agent (sipp) answering per dialled number.
+
+One ``sipp`` process acts as every callee behind the test trunk. The last two
+digits of the dialled number pick the behaviour from the simulator's own table
+(``simulator.scenario.DEFAULT_SUFFIXES`` and ``FAILURES``): ``...01`` answers 486
+Busy Here, ``...02`` rings until the caller gives up, ``...00`` answers and
+talks (RTP from a WAV file) until the caller hangs up or transfers it (REFER,
+answered 202 and a NOTIFY reporting the transfer's progress).
+
+The scenario is generated here (sipp's XML, labels and ``ereg`` on the To
+header) so the behaviours and their status codes stay in one table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from harness.processes import free_port, wait_until
+from simulator.scenario import DEFAULT_SUFFIXES, FAILURES
+
+# The simulator's table is the one table: a suffix's behaviour, and for a callee who
+# never picks up, the final SIP answer (code, reason) the phone gives.
+BEHAVIOURS: dict[str, str] = dict(DEFAULT_SUFFIXES)
+REJECTIONS: dict[str, tuple[int, str]] = {
+    suffix: (failure.sip_status_code, failure.sip_status or "")
+    for suffix, behaviour in BEHAVIOURS.items()
+    if (failure := FAILURES.get(behaviour)) is not None and failure.sip_status_code is not None
+}
+[RINGS_OUT] = [suffix for suffix, behaviour in BEHAVIOURS.items() if behaviour == "no_answer"]
+
+_HEADERS = """Via: [last_Via:]
+From: [last_From:]
+To: [last_To:];tag=[pid]SIPpTag[call_number]
+Call-ID: [last_Call-ID:]
+CSeq: [$invite_cseq]
+Contact: <sip:patient@[local_ip]:[local_port];transport=[transport]>"""
+
+_SDP = """v=0
+o=patient 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-16
+a=sendrecv"""
+
+
+def _response(code: int, reason: str, *, sdp: bool = False) -> str:
+    body = _SDP if sdp else ""
+    content = "Content-Type: application/sdp\n" if sdp else ""
+    text = f"SIP/2.0 {code} {reason}\n{_HEADERS}\n{content}Content-Length: [len]\n\n{body}"
+    return f"  <send><![CDATA[\n{text}\n]]></send>\n"
+
+
+def _reply_to_last(code: int, reason: str) -> str:
+    """A response to the request just received (BYE, CANCEL, REFER), its own CSeq."""
+    text = (
+        f"SIP/2.0 {code} {reason}\n[last_Via:]\n[last_From:]\n[last_To:]\n[last_Call-ID:]\n"
+        "[last_CSeq:]\nContact: <sip:patient@[local_ip]:[local_port];transport=[transport]>\n"
+        "Content-Length: 0\n\n"
+    )
+    return f"  <send><![CDATA[\n{text}]]></send>\n"
+
+
+_NOTIFY = """  <send><![CDATA[
+NOTIFY [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: [$callee]
+To: [$caller]
+Call-ID: [call_id]
+CSeq: 1 NOTIFY
+Contact: <sip:patient@[local_ip]:[local_port];transport=[transport]>
+Event: refer
+Subscription-State: terminated;reason=noresource
+Content-Type: message/sipfrag
+Content-Length: [len]
+
+SIP/2.0 200 OK
+]]></send>
+"""
+
+
+def scenario_xml(greeting: Path | None) -> str:
+    """The sipp UAS scenario of every callee behaviour, branching on the dialled number."""
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="patients">\n']
+    parts.append('  <recv request="INVITE" crlf="true">\n    <action>\n')
+    parts.append(
+        '      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" '
+        'assign_to="invite_cseq"/>\n'
+    )
+    for suffix in [*REJECTIONS, RINGS_OUT]:
+        parts.append(
+            f'      <ereg regexp="sip:[^@;]*{suffix}[@;]" search_in="hdr" header="To:" '
+            f'check_it="false" assign_to="s{suffix}"/>\n'
+        )
+    parts.append("    </action>\n  </recv>\n")
+    parts.append(_response(100, "Trying"))
+    for suffix in [*REJECTIONS, RINGS_OUT]:
+        parts.append(f'  <nop next="l{suffix}" test="s{suffix}"/>\n')
+    # Answered: ring briefly, answer with PCMU, talk until BYE (or REFER).
+    parts.append(_response(180, "Ringing"))
+    parts.append('  <pause milliseconds="300"/>\n')
+    parts.append(_response(200, "OK", sdp=True))
+    parts.append(
+        '  <recv request="ACK" crlf="true">\n    <action>\n'
+        '      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" '
+        'assign_to="caller"/>\n'
+        '      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" '
+        'assign_to="callee"/>\n'
+        "    </action>\n  </recv>\n"
+    )
+    if greeting is not None:
+        parts.append(
+            f'  <nop><action><exec rtp_stream="{escape(str(greeting))},-1,0"/></action></nop>\n'
+        )
+    parts.append('  <recv request="REFER" optional="true" next="refer"/>\n')
+    parts.append('  <recv request="BYE" timeout="600000"/>\n')
+    parts.append(_reply_to_last(200, "OK"))
+    parts.append('  <nop next="end"/>\n')
+    parts.append('  <label id="refer"/>\n')
+    parts.append(_reply_to_last(202, "Accepted"))
+    parts.append(_NOTIFY)
+    parts.append('  <recv response="200"/>\n')
+    parts.append('  <recv request="BYE" timeout="600000"/>\n')
+    parts.append(_reply_to_last(200, "OK"))
+    parts.append('  <nop next="end"/>\n')
+    # Rings until the caller cancels.
+    parts.append(f'  <label id="l{RINGS_OUT}"/>\n')
+    parts.append(_response(180, "Ringing"))
+    parts.append('  <recv request="CANCEL" timeout="600000"/>\n')
+    parts.append(_reply_to_last(200, "OK"))
+    parts.append(_response(487, "Request Terminated"))
+    parts.append('  <recv request="ACK"/>\n')
+    parts.append('  <nop next="end"/>\n')
+    for suffix, (code, reason) in REJECTIONS.items():
+        parts.append(f'  <label id="l{suffix}"/>\n')
+        parts.append(_response(180, "Ringing"))
+        parts.append('  <pause milliseconds="200"/>\n')
+        parts.append(_response(code, reason))
+        parts.append('  <recv request="ACK"/>\n')
+        parts.append('  <nop next="end"/>\n')
+    parts.append('  <label id="end"/>\n')
+    parts.append("</scenario>\n")
+    return "".join(parts)
+
+
+def program(name: str, package: str) -> str:
+    """The path of the program ``name``, or an error naming the Debian package to install."""
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is missing: apt-get install {package}")
+    return found
+
+
+def greeting_wav(text: str, path: Path) -> Path:
+    """``text`` spoken by espeak-ng as 8 kHz mu-law, the RTP payload sipp streams."""
+    raw = path.with_suffix(".raw.wav")
+    subprocess.run(
+        [program("espeak-ng", "espeak-ng"), "-w", str(raw), text], check=True, capture_output=True
+    )
+    subprocess.run(
+        [program("sox", "sox"), str(raw), "-r", "8000", "-c", "1", "-e", "u-law", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    raw.unlink()
+    return path
+
+
+@dataclass
+class Phones:
+    """The running sipp: dial ``<anything>NN@host:port`` to reach behaviour ``NN``."""
+
+    host: str
+    port: int
+    log_dir: Path
+    popen: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def messages(self) -> str:
+        """Every SIP message sipp sent and received so far."""
+        return "".join(
+            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*_messages.log"))
+        )
+
+
+@contextmanager
+def running_phones(workdir: Path) -> Iterator[Phones]:
+    """sipp on a free loopback port, answering as the patients, stopped afterwards."""
+    sipp = program("sipp", "sip-tester")
+    workdir.mkdir(parents=True, exist_ok=True)
+    greeting = greeting_wav("Hello? Yes, speaking.", workdir / "greeting.wav")
+    scenario = workdir / "patients.xml"
+    scenario.write_text(scenario_xml(greeting))
+    port, media_port = free_port(), free_port()
+    log = (workdir / "sipp.log").open("ab")
+    popen = subprocess.Popen(
+        [
+            sipp,
+            "-sf",
+            str(scenario),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(media_port),
+            "-t",
+            "u1",
+            "-nostdin",
+            "-trace_msg",
+            "-trace_err",
+            "-message_file",
+            str(workdir / "sipp_messages.log"),
+            "-error_file",
+            str(workdir / "sipp_errors.log"),
+            "-max_recv_loops",
+            "1000",
+        ],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: _udp_bound(port) or popen.poll() is not None, timeout=10, what="sipp")
+        if popen.poll() is not None:
+            raise RuntimeError(f"sipp exited: {(workdir / 'sipp.log').read_text()[-2000:]}")
+        yield Phones("127.0.0.1", port, workdir, popen)
+    finally:
+        popen.terminate()
+        try:
+            popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+        log.close()
+
+
+def _udp_bound(port: int) -> bool:
+    text = Path("/proc/net/udp").read_text()
+    return f":{port:04X} " in text
