@@ -11,6 +11,7 @@ from campaigns.telephony.livekit_gateway import LiveKitTelephony
 from campaigns.telephony.port import TrunkSpec
 from harness.livekit.phones import Phones, running_phones
 from harness.livekit.stack import LiveKitStack, running_stack
+from harness.processes import free_port
 from simulator.testing import running_simulator
 from tests.live.targets import CALLER_ID, LiveKitTarget, SimulatorTarget, Target
 
@@ -19,8 +20,17 @@ SPEED = 200.0  # the simulator's 15 s ringing timeout lasts 75 ms
 
 
 @pytest.fixture(scope="session")
-def livekit_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitStack]:
-    with running_stack(tmp_path_factory.mktemp("livekit")) as stack:
+def console_port() -> int:
+    """The port a test's ``campaigns serve`` listens on: the stack's webhooks go there."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def livekit_stack(
+    tmp_path_factory: pytest.TempPathFactory, console_port: int
+) -> Iterator[LiveKitStack]:
+    webhook = f"http://127.0.0.1:{console_port}/livekit/webhook"
+    with running_stack(tmp_path_factory.mktemp("livekit"), webhook_urls=[webhook]) as stack:
         yield stack
 
 

@@ -65,7 +65,11 @@ class SimulatorTarget:
     def dials_to(self, to: str) -> int:
         # The simulator logs refused requests too; only these reached a callee.
         return len(
-            [c for c in self.sim.calls() if c["sip_call_to"] == to and c["result"] != "unknown_trunk"]
+            [
+                c
+                for c in self.sim.calls()
+                if c["sip_call_to"] == to and c["result"] != "unknown_trunk"
+            ]
         )
 
     def hung_up(self, to: str) -> bool:
