@@ -10,6 +10,7 @@ first, and SIGKILL to whatever has not stopped within the grace period.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +26,14 @@ CAMPAIGNS = str(Path(sys.executable).with_name("campaigns"))
 
 # Loopback only: never route through an HTTP proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def program(name: str, package: str) -> str:
+    """The path of the program ``name``, or an error naming the Debian package to install."""
+    found = shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is missing: apt-get install {package}")
+    return found
 
 
 def free_port() -> int:

@@ -13,7 +13,6 @@ header) so the behaviours and their status codes stay in one table.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from harness.processes import free_port, wait_until
+from harness.livekit.handset import Handset, running_handsets
+from harness.processes import free_port, program, wait_until
 from simulator.scenario import DEFAULT_SUFFIXES, FAILURES
 
 # The simulator's table is the one table: a suffix's behaviour, and for a callee who
@@ -44,9 +44,9 @@ Contact: <sip:patient@[local_ip]:[local_port];transport=[transport]>"""
 _SDP = """v=0
 o=patient 53655765 2353687637 IN IP[local_ip_type] [local_ip]
 s=-
-c=IN IP[media_ip_type] [media_ip]
+c=IN IP4 127.0.0.1
 t=0 0
-m=audio [media_port] RTP/AVP 0 101
+m=audio [field0] RTP/AVP 0 101
 a=rtpmap:0 PCMU/8000
 a=rtpmap:101 telephone-event/8000
 a=fmtp:101 0-16
@@ -88,13 +88,17 @@ SIP/2.0 200 OK
 """
 
 
-def scenario_xml(greeting: Path | None) -> str:
+def scenario_xml(calls_log: Path) -> str:
     """The sipp UAS scenario of every callee behaviour, branching on the dialled number."""
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="patients">\n']
     parts.append('  <recv request="INVITE" crlf="true">\n    <action>\n')
     parts.append(
         '      <ereg regexp=".*" search_in="hdr" header="CSeq:" check_it="true" '
         'assign_to="invite_cseq"/>\n'
+    )
+    parts.append(
+        '      <ereg regexp="sip:([^@;]+)" search_in="hdr" header="To:" check_it="true" '
+        'assign_to="to_uri,dialled"/>\n'
     )
     for suffix in [*REJECTIONS, RINGS_OUT]:
         parts.append(
@@ -105,7 +109,13 @@ def scenario_xml(greeting: Path | None) -> str:
     parts.append(_response(100, "Trying"))
     for suffix in [*REJECTIONS, RINGS_OUT]:
         parts.append(f'  <nop next="l{suffix}" test="s{suffix}"/>\n')
-    # Answered: ring briefly, answer with PCMU, talk until BYE (or REFER).
+    # Answered: ring briefly, answer with PCMU on this call's handset port, talk until BYE
+    # (or REFER). The handset learns whose call it has from the calls log.
+    parts.append(
+        "  <nop><action>"
+        f'<exec command="echo [field0] [$dialled] [$to_uri] >> {escape(str(calls_log))}"/>'
+        "</action></nop>\n"
+    )
     parts.append(_response(180, "Ringing"))
     parts.append('  <pause milliseconds="300"/>\n')
     parts.append(_response(200, "OK", sdp=True))
@@ -117,10 +127,6 @@ def scenario_xml(greeting: Path | None) -> str:
         'assign_to="callee"/>\n'
         "    </action>\n  </recv>\n"
     )
-    if greeting is not None:
-        parts.append(
-            f'  <nop><action><exec rtp_stream="{escape(str(greeting))},-1,0"/></action></nop>\n'
-        )
     parts.append('  <recv request="REFER" optional="true" next="refer"/>\n')
     parts.append('  <recv request="BYE" timeout="600000"/>\n')
     parts.append(_reply_to_last(200, "OK"))
@@ -152,37 +158,16 @@ def scenario_xml(greeting: Path | None) -> str:
     return "".join(parts)
 
 
-def program(name: str, package: str) -> str:
-    """The path of the program ``name``, or an error naming the Debian package to install."""
-    found = shutil.which(name)
-    if found is None:
-        raise RuntimeError(f"{name} is missing: apt-get install {package}")
-    return found
-
-
-def greeting_wav(text: str, path: Path) -> Path:
-    """``text`` spoken by espeak-ng as 8 kHz mu-law, the RTP payload sipp streams."""
-    raw = path.with_suffix(".raw.wav")
-    subprocess.run(
-        [program("espeak-ng", "espeak-ng"), "-w", str(raw), text], check=True, capture_output=True
-    )
-    subprocess.run(
-        [program("sox", "sox"), str(raw), "-r", "8000", "-c", "1", "-e", "u-law", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    raw.unlink()
-    return path
-
-
 @dataclass
 class Phones:
-    """The running sipp: dial ``<anything>NN@host:port`` to reach behaviour ``NN``."""
+    """The running sipp: dial ``<anything>NN@host:port`` to reach behaviour ``NN``;
+    ``handsets`` hear and speak on the answered calls."""
 
     host: str
     port: int
     log_dir: Path
     popen: subprocess.Popen[bytes]
+    handsets: Handset
 
     @property
     def address(self) -> str:
@@ -190,64 +175,52 @@ class Phones:
 
     def messages(self) -> str:
         """Every SIP message sipp sent and received so far."""
-        return "".join(
-            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*_messages.log"))
-        )
+        path = self.log_dir / "sipp_messages.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @contextmanager
-def running_phones(workdir: Path) -> Iterator[Phones]:
-    """sipp on a free loopback port, answering as the patients, stopped afterwards."""
+def running_phones(workdir: Path, handsets: int = 64) -> Iterator[Phones]:
+    """sipp on a free loopback port answering as the patients, with ``handsets`` RTP
+    endpoints for the answered calls; stopped afterwards."""
     sipp = program("sipp", "sip-tester")
     workdir.mkdir(parents=True, exist_ok=True)
-    greeting = greeting_wav("Hello? Yes, speaking.", workdir / "greeting.wav")
-    scenario = workdir / "patients.xml"
-    scenario.write_text(scenario_xml(greeting))
-    port, media_port = free_port(), free_port()
-    log = (workdir / "sipp.log").open("ab")
-    popen = subprocess.Popen(
-        [
-            sipp,
-            "-sf",
-            str(scenario),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            str(media_port),
-            "-t",
-            "u1",
-            "-nostdin",
-            "-trace_msg",
-            "-trace_err",
-            "-message_file",
-            str(workdir / "sipp_messages.log"),
-            "-error_file",
-            str(workdir / "sipp_errors.log"),
-            "-max_recv_loops",
-            "1000",
-        ],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_until(lambda: _udp_bound(port) or popen.poll() is not None, timeout=10, what="sipp")
-        if popen.poll() is not None:
-            raise RuntimeError(f"sipp exited: {(workdir / 'sipp.log').read_text()[-2000:]}")
-        yield Phones("127.0.0.1", port, workdir, popen)
-    finally:
-        popen.terminate()
+    with running_handsets(workdir / "handsets", handsets) as handset:
+        # One handset port per call, in turn (sipp's injection file, field0).
+        ports = workdir / "handset_ports.csv"
+        ports.write_text("SEQUENTIAL\n" + "".join(f"{p};\n" for p in handset.ports))
+        scenario = workdir / "patients.xml"
+        scenario.write_text(scenario_xml(handset.calls_log))
+        port = free_port()
+        log = (workdir / "sipp.log").open("ab")
+        popen = subprocess.Popen(
+            [
+                *(sipp, "-sf", str(scenario), "-inf", str(ports)),
+                *("-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-t", "u1"),
+                *("-nostdin", "-trace_msg", "-trace_err", "-max_recv_loops", "1000"),
+                *("-message_file", str(workdir / "sipp_messages.log")),
+                *("-error_file", str(workdir / "sipp_errors.log")),
+            ],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-        log.close()
+            wait_until(
+                lambda: _udp_bound(port) or popen.poll() is not None, timeout=10, what="sipp"
+            )
+            if popen.poll() is not None:
+                raise RuntimeError(f"sipp exited: {(workdir / 'sipp.log').read_text()[-2000:]}")
+            yield Phones("127.0.0.1", port, workdir, popen, handset)
+        finally:
+            popen.terminate()
+            try:
+                popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+            log.close()
 
 
 def _udp_bound(port: int) -> bool:

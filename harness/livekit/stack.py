@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from harness.livekit.phones import program
-from harness.processes import free_port, http_ok, port_open, wait_until
+from harness.processes import free_port, http_ok, port_open, program, wait_until
 from harness.servers import throwaway_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +47,7 @@ class LiveKitStack:
     api_secret: str
     sip_port: int
     workdir: Path
+    redis_url: str  # livekit's Redis; other databases of it are free for a broker
 
     @property
     def ws_url(self) -> str:
@@ -226,7 +226,7 @@ def _run(
         )
         if sip.poll() is not None:
             raise RuntimeError("livekit-sip exited:\n" + _tail(workdir / "livekit-sip.log"))
-        yield LiveKitStack(url, key, secret, sip_port, workdir)
+        yield LiveKitStack(url, key, secret, sip_port, workdir, redis_url)
     finally:
         for popen in reversed(started):
             _stop(popen)
