@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 from livekit.agents import AgentServer, AgentSession, JobContext, cli
 
@@ -26,7 +27,19 @@ from campaigns.settings import get_settings
 log = logging.getLogger("agent")
 
 settings = get_settings()
-server = AgentServer()
+
+
+def _calls_in_progress(worker: AgentServer) -> float:
+    """The worker's load as the share of ``CAMPAIGNS_AGENT_MAX_CALLS`` it carries."""
+    assert settings.agent_max_calls is not None
+    return min(1.0, len(worker.active_jobs) / settings.agent_max_calls)
+
+
+_capacity: dict[str, Any] = {}
+if settings.agent_max_calls is not None:
+    # A worker at its call limit takes no more; LiveKit wants a threshold under 1.
+    _capacity = {"load_fnc": _calls_in_progress, "load_threshold": 0.999}
+server = AgentServer(port=settings.agent_http_port, **_capacity)
 
 
 @server.rtc_session(agent_name=settings.agent_name)

@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     agent_amd_timeout_seconds: float = Field(
         default=8.0, gt=0, description="No AMD verdict by then: the agent talks as to a person."
     )
+    agent_max_calls: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Calls one agent worker takes at once; unset: LiveKit's default, the worker takes "
+            "jobs while its host's CPU is under 70%. Set it where the CPU is shared with other "
+            "work (the agent's own load is small with cloud models)."
+        ),
+    )
+    agent_http_port: int = Field(
+        default=8081, ge=0, le=65535, description="The agent worker's health port; 0: any free one."
+    )
     ringing_timeout_seconds: int = Field(default=30, ge=15, description="Calls ring 15 s or more.")
     max_call_duration_seconds: int = Field(default=300, ge=30)
     tick_seconds: float = Field(default=5.0, gt=0, description="How often beat claims due calls.")
