@@ -9,8 +9,9 @@ agent has spoken and then fallen silent, as a person takes turns. What a
 patient says comes from the simulator's personas (``simulator.personas``), so
 a callee says the same thing to the simulator's agent and to the real one.
 
-sipp appends ``<port> <dialled number>`` to ``calls.log`` as it answers; a
-handset reads it to know whose phone it is.
+sipp appends ``<port> <dialled number>`` to ``calls.log`` as it answers and
+``<port> bye`` when the caller hangs up; a handset reads it to know whose
+phone it is and when the call is over.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ from simulator.scenario import DEFAULT_SUFFIXES as BEHAVIOURS
 
 FRAME = 160  # samples per 20 ms at 8 kHz
 SPEECH_LEVEL = 300  # mean |sample| of a 20 ms frame that counts as speech
-TURN_SILENCE = 1.2  # seconds of quiet after the agent spoke before the patient answers
+TURN_SILENCE = 1.5  # seconds of quiet after the agent spoke before the patient answers
+REPEAT_AFTER = 8.0  # seconds of the agent's silence after a line before saying it again
+MAX_REPEATS = 2
 FIRST_LINE_DELAY = 0.6  # seconds after the answer before "Hello?"
-HANG_UP_AFTER = 3.0  # seconds without RTP: the call is over
-VOICEMAIL_GREETING = (
-    "Hi, you've reached Maria. I can't take your call right now. "
-    "Please leave a message after the tone."
-)
+HUNG_UP = "bye"  # what sipp logs for a port when the caller hangs up
+VOICEMAIL_GREETING = "Hi, you've reached Maria. Please leave a message after the tone."
 
 
 def patient_lines(behaviour: str) -> list[str]:
@@ -131,10 +131,10 @@ class _Line(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.call: HeardCall | None = None
         self.peer: tuple[str, int] | None = None
-        self.last_packet = 0.0
         self.quiet_since = 0.0
         self.agent_spoke = False
         self.sender: asyncio.Task[None] | None = None
+        self.serial = 0  # calls sipp answered on this port so far
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -143,10 +143,13 @@ class _Line(asyncio.DatagramProtocol):
         if len(data) < 12 or data[1] & 0x7F != 0:  # PCMU only (telephone-event ignored)
             return
         now = time.monotonic()
-        if self.call is None or addr != self.peer:
+        answered = self.handset.answered_on(self.port)
+        if answered != self.serial:  # sipp answered another call on this port
+            self.serial = answered
             self._new_call(addr)
-        assert self.call is not None
-        self.last_packet = now
+        if self.call is None:  # the call is over; its last packets are late
+            return
+        self.peer = addr  # the bridge may move its RTP source: answer where it comes from
         header = 12 + 4 * (data[0] & 0x0F)
         if data[0] & 0x10 and len(data) >= header + 4:  # header extension
             header += 4 + 4 * struct.unpack_from("!H", data, header + 2)[0]
@@ -185,13 +188,29 @@ class _Line(asyncio.DatagramProtocol):
             text, audio = pending[0]
             pending[0] = (text, audio + beep_ulaw())
         speaking = b""
+        said: tuple[str, bytes] | None = None
+        said_at, repeats = 0.0, 0
         started = next_at = time.monotonic()
-        while time.monotonic() - self.last_packet < HANG_UP_AFTER or not self.last_packet:
+        while self.handset.hung_up_on(self.port) < self.serial:
             now = time.monotonic()
-            if not speaking and pending and self._my_turn(call, now, started):
-                text, speaking = pending.pop(0)
+            repeat = (
+                not speaking
+                and said is not None
+                and not self.agent_spoke
+                and now - said_at > REPEAT_AFTER
+                and repeats < MAX_REPEATS
+            )
+            if repeat and said is not None:  # no answer: say it again, as a person would
+                pending.insert(0, said)
+                repeats += 1
+            if not speaking and pending and (repeat or self._my_turn(call, now, started)):
+                if self.agent_spoke:
+                    repeats = 0
+                said = pending.pop(0)
+                text, speaking = said
                 call.lines.append((text, time.time()))
                 self.agent_spoke = False
+                said_at = now + len(speaking) / 8000
             chunk, speaking = speaking[:FRAME], speaking[FRAME:]
             payload = chunk.ljust(FRAME, b"\xff")
             packet = struct.pack("!BBHII", 0x80, 0, seq & 0xFFFF, stamp & 0xFFFFFFFF, ssrc)
@@ -230,6 +249,8 @@ class Handset:
         self.ports: list[int] = []
         self._transports: list[asyncio.DatagramTransport] = []
         self._voices: dict[str, bytes] = {}
+        self._log_size = 0
+        self._log_rows: list[list[str]] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="handsets", daemon=True)
 
@@ -238,15 +259,24 @@ class Handset:
             self._voices[text] = spoken_ulaw(text, self.workdir)
         return self._voices[text]
 
+    def _entries(self, port: int) -> list[str]:
+        """What sipp logged for ``port`` (numbers answered, hang-ups), re-read as it grows."""
+        size = self.calls_log.stat().st_size if self.calls_log.exists() else 0
+        if size != self._log_size:
+            self._log_size = size
+            self._log_rows = [line.split() for line in self.calls_log.read_text().splitlines()]
+        return [row[1] for row in self._log_rows if len(row) >= 2 and row[0] == str(port)]
+
+    def answered_on(self, port: int) -> int:
+        return len([n for n in self._entries(port) if n != HUNG_UP])
+
+    def hung_up_on(self, port: int) -> int:
+        return self._entries(port).count(HUNG_UP)
+
     def number_on(self, port: int) -> str:
         """The number sipp answered last on ``port``."""
-        number = ""
-        if self.calls_log.exists():
-            for line in self.calls_log.read_text().splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == str(port):
-                    number = parts[1]
-        return number
+        answered = [n for n in self._entries(port) if n != HUNG_UP]
+        return answered[-1] if answered else ""
 
     def start(self) -> None:
         for behaviour in {*BEHAVIOURS.values()}:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from harness.livekit.handset import Handset, running_handsets
+from harness.livekit.handset import HUNG_UP, Handset, running_handsets
 from harness.processes import free_port, program, wait_until
 from simulator.scenario import DEFAULT_SUFFIXES, FAILURES
 
@@ -71,10 +71,11 @@ def _reply_to_last(code: int, reason: str) -> str:
 
 
 _NOTIFY = """  <send><![CDATA[
-NOTIFY [next_url] SIP/2.0
+NOTIFY [$bridge] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 From: [$callee]
 To: [$caller]
+X-Bridge-Contact: [$bridge_contact]
 Call-ID: [call_id]
 CSeq: 1 NOTIFY
 Contact: <sip:patient@[local_ip]:[local_port];transport=[transport]>
@@ -99,6 +100,8 @@ def scenario_xml(calls_log: Path) -> str:
     parts.append(
         '      <ereg regexp="sip:([^@;]+)" search_in="hdr" header="To:" check_it="true" '
         'assign_to="to_uri,dialled"/>\n'
+        '      <ereg regexp="&lt;([^&gt;]+)&gt;" search_in="hdr" header="Contact:" check_it="true" '
+        'assign_to="bridge_contact,bridge"/>\n'
     )
     for suffix in [*REJECTIONS, RINGS_OUT]:
         parts.append(
@@ -116,20 +119,27 @@ def scenario_xml(calls_log: Path) -> str:
         f'<exec command="echo [field0] [$dialled] [$to_uri] >> {escape(str(calls_log))}"/>'
         "</action></nop>\n"
     )
+    hung_up = (
+        f'  <nop><action><exec command="echo [field0] {HUNG_UP} >> {escape(str(calls_log))}"/>'
+        "</action></nop>\n"
+    )
     parts.append(_response(180, "Ringing"))
     parts.append('  <pause milliseconds="300"/>\n')
     parts.append(_response(200, "OK", sdp=True))
     parts.append(
         '  <recv request="ACK" crlf="true">\n    <action>\n'
-        '      <ereg regexp=".*" search_in="hdr" header="From:" check_it="true" '
+        # The dialog's two ends, for the NOTIFY that reports a transfer (the REFER has
+        # no Contact: the NOTIFY goes to the bridge's Contact from the INVITE).
+        '      <ereg regexp="&lt;.*" search_in="hdr" header="From:" check_it="true" '
         'assign_to="caller"/>\n'
-        '      <ereg regexp=".*" search_in="hdr" header="To:" check_it="true" '
+        '      <ereg regexp="&lt;.*" search_in="hdr" header="To:" check_it="true" '
         'assign_to="callee"/>\n'
         "    </action>\n  </recv>\n"
     )
     parts.append('  <recv request="REFER" optional="true" next="refer"/>\n')
     parts.append('  <recv request="BYE" timeout="600000"/>\n')
     parts.append(_reply_to_last(200, "OK"))
+    parts.append(hung_up)
     parts.append('  <nop next="end"/>\n')
     parts.append('  <label id="refer"/>\n')
     parts.append(_reply_to_last(202, "Accepted"))
@@ -137,6 +147,7 @@ def scenario_xml(calls_log: Path) -> str:
     parts.append('  <recv response="200"/>\n')
     parts.append('  <recv request="BYE" timeout="600000"/>\n')
     parts.append(_reply_to_last(200, "OK"))
+    parts.append(hung_up)
     parts.append('  <nop next="end"/>\n')
     # Rings until the caller cancels.
     parts.append(f'  <label id="l{RINGS_OUT}"/>\n')
