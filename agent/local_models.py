@@ -25,6 +25,8 @@ LiveKit Inference model string and is passed through. :func:`session_models` giv
 from __future__ import annotations
 
 import asyncio
+import functools
+import io
 import re
 import shutil
 import tempfile
@@ -37,6 +39,10 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, llm, stt, tts, utils
 from livekit.agents.language import LanguageCode
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+
+# Imported here, not where it is used: LiveKit registers a plugin only on the main thread,
+# and a worker running calls as threads builds its sessions elsewhere.
+from livekit.plugins import silero
 
 from agent.rehearsal import ScriptedStream
 
@@ -157,6 +163,17 @@ STT_PADDING_SECONDS = 0.3  # silence around an utterance: the decoder needs a le
 CALLEE_PHRASES = """
 yes speaking
 speaking
+yes i'll be there
+please cancel it
+i can't could we do another day mornings are best
+could we do another day
+please stop calling this number
+stop calling this number
+there's nobody by that name here
+nobody by that name
+can i talk to someone at the front desk
+can i talk to someone
+the front desk please
 yes this is she
 yes this is he
 yes this is him
@@ -231,13 +248,17 @@ LM_DISCOUNT = 0.2  # little mass for unseen word sequences: stay close to the ph
 LM_WEIGHT = 10.0  # pocketsphinx's -lw: trust the language model over the acoustics
 
 
-def _phrase_lm(path: Path) -> None:
+@functools.cache
+def phrase_lm() -> str:
+    """The callee phrases' language model (ARPA text), computed once per process: seconds
+    of CPU that must not fall on a call's event loop (the worker computes it at start)."""
     from pocketsphinx.lm import ArpaBoLM
 
     model = ArpaBoLM(text=CALLEE_PHRASES, add_start=True, case="lower", discount_mass=LM_DISCOUNT)
     model.compute()
-    with path.open("w", encoding="utf-8") as out:
-        model.write(out)
+    out = io.StringIO()
+    model.write(out)
+    return out.getvalue()
 
 
 def pcm16k(frames: list[rtc.AudioFrame]) -> bytes:
@@ -275,16 +296,14 @@ class PocketsphinxSTT(stt.STT[None]):
     def provider(self) -> str:
         return "pocketsphinx"
 
-    def prewarm(self) -> None:
-        self._load()
-
     def _load(self) -> Decoder:
+        """The decoder, built on first use in the thread that transcribes (never on the loop)."""
         if self._decoder is None:
             from pocketsphinx import Decoder
 
             with tempfile.TemporaryDirectory() as tmp:
                 lm = Path(tmp) / "callee.arpa"
-                _phrase_lm(lm)
+                lm.write_text(phrase_lm(), encoding="utf-8")
                 self._decoder = Decoder(
                     samprate=STT_SAMPLE_RATE, lm=str(lm), lw=LM_WEIGHT, loglevel="FATAL"
                 )
@@ -331,8 +350,22 @@ ASK_AGAIN = "Can you make the appointment?"
 TOOL_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("opt_out", ("stop", "don't call", "do not call", "take me off", "your list", "remove me")),
     ("wrong_number", ("wrong number", "no one here", "nobody here", "by that name")),
-    ("transfer_to_staff", ("person", "staff", "representative", "someone at the clinic")),
-    ("request_reschedule", ("reschedule", "another time", "move it", "different time")),
+    (
+        "transfer_to_staff",
+        (
+            "person",
+            "staff",
+            "representative",
+            "talk to a",
+            "talk to someone",
+            "speak to",
+            "front desk",
+        ),
+    ),
+    (
+        "request_reschedule",
+        ("reschedule", "another time", "another day", "move it", "different time"),
+    ),
     ("cancel_appointment", ("cancel", "can't make it", "cannot make it")),
     ("confirm_appointment", ("be there", "confirm", "can make it", "works for me")),
     (
@@ -373,7 +406,14 @@ def choose_tool(text: str, *, identified: bool = False) -> str | None:
     return None
 
 
-MACHINE_VM = ("leave a message", "after the tone", "after the beep", "voicemail", "reached")
+MACHINE_VM = (
+    "leave a message",
+    "please leave a",
+    "after the tone",
+    "after the beep",
+    "voicemail",
+    "reached",
+)
 MACHINE_UNAVAILABLE = ("mailbox is full", "not been set up", "hasn't been set up")
 MACHINE_IVR = ("press", "state your name")
 HUMAN_MAX_WORDS = 8
@@ -463,8 +503,6 @@ def session_models(settings: Settings, language: str | None = None) -> dict[str,
         "stt": settings.agent_stt,
     }
     if settings.agent_stt == LOCAL:
-        from livekit.plugins import silero
-
         vad = silero.VAD.load()
         models["vad"] = vad
         models["stt"] = stt.StreamAdapter(stt=PocketsphinxSTT(), vad=vad)

@@ -14,11 +14,11 @@ import os
 import sys
 from typing import Any
 
-from livekit.agents import AgentServer, AgentSession, JobContext, cli
+from livekit.agents import AgentServer, AgentSession, JobContext, JobExecutorType, cli
 
 from agent.confirmer import ConfirmationAgent
 from agent.livekit_ports import AmdScreener, LiveKitCall
-from agent.local_models import amd_model, session_models
+from agent.local_models import LOCAL, amd_model, phrase_lm, session_models
 from agent.metadata import MetadataError, parse_metadata
 from agent.reporting import CeleryReporter, HttpReporter, reporter_from_settings
 from campaigns.errors import InvalidInputError
@@ -27,6 +27,8 @@ from campaigns.settings import get_settings
 log = logging.getLogger("agent")
 
 settings = get_settings()
+if settings.agent_stt == LOCAL:
+    phrase_lm()  # once, before any call: each call's recognizer loads it
 
 
 def _calls_in_progress(worker: AgentServer) -> float:
@@ -37,9 +39,20 @@ def _calls_in_progress(worker: AgentServer) -> float:
 
 _capacity: dict[str, Any] = {}
 if settings.agent_max_calls is not None:
-    # A worker at its call limit takes no more; LiveKit wants a threshold under 1.
-    _capacity = {"load_fnc": _calls_in_progress, "load_threshold": 0.999}
-server = AgentServer(port=settings.agent_http_port, **_capacity)
+    # A worker at its call limit takes no more; LiveKit wants a threshold under 1. The
+    # framework counts each call it is starting as threshold / idle runners, so as many
+    # runners as calls are kept warm: a burst of dispatches is accepted, not refused (a
+    # dispatch no worker accepts is dropped by the server, and the answered callee waits).
+    _capacity = {
+        "load_fnc": _calls_in_progress,
+        "load_threshold": 0.999,
+        "num_idle_processes": settings.agent_max_calls,
+    }
+server = AgentServer(
+    port=settings.agent_http_port,
+    job_executor_type=JobExecutorType(settings.agent_job_executor),
+    **_capacity,
+)
 
 
 @server.rtc_session(agent_name=settings.agent_name)

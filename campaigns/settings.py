@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,9 +95,18 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description=(
-            "Calls one agent worker takes at once; unset: LiveKit's default, the worker takes "
-            "jobs while its host's CPU is under 70%. Set it where the CPU is shared with other "
-            "work (the agent's own load is small with cloud models)."
+            "Calls one agent worker takes at once, with as many job runners kept warm; unset: "
+            "LiveKit's default, the worker takes jobs while its host's CPU is under 70%. Set it "
+            "where the CPU is shared with other work (the agent's own load is small with cloud "
+            "models)."
+        ),
+    )
+    agent_job_executor: Literal["process", "thread"] = Field(
+        default="process",
+        description=(
+            "How the agent worker runs each call: its own process (LiveKit's default, "
+            "isolated) or a thread of the worker (starts at once and shares loaded models: "
+            "for local models on a small host)."
         ),
     )
     agent_http_port: int = Field(
