@@ -17,7 +17,7 @@ PERSONAS: dict[str, Script] = {
         "confirmed": {
             "turns": [
                 _IDENTIFIED,
-                {"callee": "Yes, I'll be there.", "llm": [{"tool": "confirm_appointment"}]},
+                {"callee": "Yes, I will be there.", "llm": [{"tool": "confirm_appointment"}]},
             ]
         },
         "cancelled": {
@@ -40,9 +40,7 @@ PERSONAS: dict[str, Script] = {
                 },
             ]
         },
-        "opted_out": {
-            "turns": [{"callee": "Please stop calling this number.", "llm": [{"tool": "opt_out"}]}]
-        },
+        "opted_out": {"turns": [{"callee": "Stop calling me.", "llm": [{"tool": "opt_out"}]}]},
         "wrong_number": {
             "turns": [
                 {"callee": "There's nobody by that name here.", "llm": [{"tool": "wrong_number"}]}
@@ -53,7 +51,7 @@ PERSONAS: dict[str, Script] = {
             "turns": [
                 _IDENTIFIED,
                 {
-                    "callee": "Can I talk to someone at the front desk?",
+                    "callee": "I would like to talk to a representative.",
                     "llm": [{"tool": "transfer_to_staff"}],
                 },
             ]
