@@ -229,12 +229,15 @@ class Pipeline:
             if release:
                 self.pacer.release(request.trunk_id, attempt_id)
 
-    def _hang_up(self, room_name: str) -> None:
+    def _hang_up(self, room_name: str) -> bool:
+        """End the call in ``room_name`` (DeleteRoom); whether the request went through."""
         telephony, run = self._telephony()
         try:
             run(telephony.hang_up(room_name), timeout=ROOM_REQUEST_TIME_LIMIT)
         except Exception as exc:
             log.warning("could not hang up room %s: %s", room_name, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------------ agent reports
 
@@ -288,6 +291,9 @@ class Pipeline:
                     session, attempt, participants, self.clock(), jitter=self.jitter()
                 )
             if action is None:
+                continue
+            # Past its length limit, no report, the callee still on the line: end the call.
+            if action == reconcile.HANG_UP and not self._hang_up(attempt.room_name or ""):
                 continue
             settled[action] = settled.get(action, 0) + 1
             if action == "failed" and attempt.trunk_id:

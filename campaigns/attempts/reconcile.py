@@ -4,7 +4,8 @@ that tell a live worker from a lost one.
 A stale attempt is settled from what its room shows and is never re-dialed: a
 queued attempt was never dialed (``dialing`` is committed before any dial) and
 goes back to the schedule; a dialing or answered one nobody is on the call for
-ends ``failed`` (ambiguous). Callers own the transaction.
+ends ``failed`` (ambiguous); an answered one whose callee is still on the call
+past its length limit is to be hung up. Callers own the transaction.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from campaigns.models import AttemptState, CallAttempt, Clinic, WorkerHeartbeat
 from campaigns.telephony.outcomes import Outcome
 
 RECONCILED = "reconciled: "
+HANG_UP = "hung_up"  # reconcile_attempt's word for: end this call (DeleteRoom), settle it later
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,11 @@ def reconcile_attempt(
             session, attempt, AttemptState.ANSWERED, "answered", now, answered_at=now
         )
     if on_call:
-        return None  # still talking past the deadline: the hang-up is the caller's job
+        # Past its length limit (and the report's grace) with no report, the callee still
+        # on the line: LiveKit's SIP bridge does not end an answered call at
+        # max_call_duration, so the engine ends it; the next pass (or LiveKit's
+        # room_finished) finds the room empty and settles the attempt.
+        return HANG_UP if attempt.state == AttemptState.ANSWERED else None
     error = RECONCILED + (
         "worker lost while dialing; the call may have been placed"
         if attempt.state == AttemptState.DIALING

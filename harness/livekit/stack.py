@@ -48,6 +48,7 @@ class LiveKitStack:
     sip_port: int
     workdir: Path
     redis_url: str  # livekit's Redis; other databases of it are free for a broker
+    pids: dict[str, int]  # "livekit-server", "livekit-sip": for measuring them
 
     @property
     def ws_url(self) -> str:
@@ -226,7 +227,15 @@ def _run(
         )
         if sip.poll() is not None:
             raise RuntimeError("livekit-sip exited:\n" + _tail(workdir / "livekit-sip.log"))
-        yield LiveKitStack(url, key, secret, sip_port, workdir, redis_url)
+        yield LiveKitStack(
+            url,
+            key,
+            secret,
+            sip_port,
+            workdir,
+            redis_url,
+            {"livekit-server": server.pid, "livekit-sip": sip.pid},
+        )
     finally:
         for popen in reversed(started):
             _stop(popen)

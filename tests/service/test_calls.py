@@ -954,6 +954,40 @@ def test_a_stale_dial_with_an_empty_room_fails_and_is_retried_later(session: Ses
     assert retry.due_at == later + timedelta(seconds=clinic.retry_base_seconds)
 
 
+def test_an_answered_call_past_its_limit_with_the_callee_on_the_line_is_hung_up(
+    session: Session,
+) -> None:
+    # LiveKit's SIP bridge does not end an answered call at max_call_duration: the engine does.
+    clinic = _clinic(session)
+    appointment = _appointment(session, clinic)
+    attempt, request = _dialing(session, clinic, appointment)
+    (answered,) = _stale(session, NOW + timedelta(minutes=10))
+    assert (
+        reconcile.reconcile_attempt(
+            session, answered, [request.participant_identity], NOW, jitter=MID_JITTER
+        )
+        == "answered"
+    )
+    _commit(session)
+    later = NOW + timedelta(hours=1)
+    (stale,) = _stale(session, later)
+
+    action = reconcile.reconcile_attempt(
+        session, stale, ["agent-1", request.participant_identity], later, jitter=MID_JITTER
+    )
+    assert action == reconcile.HANG_UP
+    (only,) = _attempts(session, appointment)
+    assert only.state == AttemptState.ANSWERED  # settled once the room is empty
+    (stale,) = _stale(session, later)
+    assert reconcile.reconcile_attempt(session, stale, [], later, jitter=MID_JITTER) == "failed"
+    _commit(session)
+    session.refresh(attempt)
+    assert (attempt.state, attempt.error) == (
+        AttemptState.FAILED,
+        reconcile.RECONCILED + "no report from the agent",
+    )
+
+
 def test_a_stale_dial_whose_room_cannot_be_inspected_is_left_alone(session: Session) -> None:
     clinic = _clinic(session)
     appointment = _appointment(session, clinic)
