@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PG_CHECK_DB ?= campaigns_migration_check
 
-.PHONY: install test lint check-migrations demo bench
+.PHONY: install test lint check-migrations demo demo-livekit livekit bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/campaigns demo
 
+# The pinned livekit-server and LiveKit SIP bridge, built from the Go module proxy into
+# .cache/livekit (minutes, once; nothing when they are there). The live tests need them.
+livekit:
+	harness/livekit/build.sh
+
+# The demo through the real LiveKit on loopback: livekit-server, the SIP bridge, sipp phones.
+demo-livekit: $(STAMP) livekit
+	$(BIN)/campaigns demo --livekit local
+
 # Starts throwaway PostgreSQL and Redis (Debian's `postgresql`, `redis-server`) on free loopback
 # ports, unless CAMPAIGNS_TEST_DATABASE_URL / CAMPAIGNS_TEST_REDIS_URL name servers to use.
-test: $(STAMP)
+test: $(STAMP) livekit
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

@@ -40,12 +40,15 @@ from campaigns.masking import inert, mask_name, mask_phone
 from campaigns.models import OPEN_ATTEMPT_STATES, Appointment, CallAttempt, Trunk
 from campaigns.settings import DATA_DIR
 from demo.daytime import country_of, daytime_zone, local_number
+from demo.real_livekit import CALLS_AT_ONCE, RealLiveKit, real_livekit, start_agent
 from harness.processes import free_port, port_open, processes, wait_until
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "appointments.csv"
 TRUNK_ID = "ST_demo"
 CLINIC = "Lakeside Clinic (demo)"
 DEADLINE = timedelta(minutes=2, seconds=30)
+LIVE_DEADLINE = timedelta(minutes=20)  # real calls, two at a time
+CALLER_ID = "+12125550199"
 DEMO_USER = "demo@example.org"
 
 
@@ -66,21 +69,31 @@ def todays_sample(sample: Path, zone: str, now: datetime) -> bytes:
 
 @contextmanager
 def _services(
-    env: dict[str, str], workdir: Path, port: int, console_port: int, speed: float
+    env: dict[str, str],
+    workdir: Path,
+    port: int,
+    console_port: int,
+    speed: float,
+    real: RealLiveKit | None,
 ) -> Iterator[None]:
     with processes(env, workdir, grace=15.0) as group:
-        group.start(
-            "simulator",
-            "simulator",
-            f"--port={port}",
-            f"--speed={speed}",
-            f"--trunk={TRUNK_ID}",
-            f"--webhook-url=http://127.0.0.1:{console_port}/livekit/webhook",
-        )
+        ports = [("console", console_port)]
+        if real is None:
+            group.start(
+                "simulator",
+                "simulator",
+                f"--port={port}",
+                f"--speed={speed}",
+                f"--trunk={TRUNK_ID}",
+                f"--webhook-url=http://127.0.0.1:{console_port}/livekit/webhook",
+            )
+            ports.append(("simulator", port))
+        else:
+            start_agent(group)
         group.start("console", "serve", f"--port={console_port}")
         group.worker(loglevel="WARNING")
         group.beat(loglevel="WARNING")
-        for service, service_port in (("simulator", port), ("console", console_port)):
+        for service, service_port in ports:
             try:
                 wait_until(partial(port_open, service_port), timeout=20.0, what=f"the {service}")
             except TimeoutError:
@@ -88,28 +101,65 @@ def _services(
         yield
 
 
-def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> int:
+def run_demo(
+    console: Console, *, speed: float = 10.0, keep: bool = False, livekit: str = "simulator"
+) -> int:
+    """The demo against the simulator, or (``livekit="local"``) the real LiveKit on loopback."""
     now = datetime.now(UTC)
     workdir = DATA_DIR / f"demo-{now:%Y%m%d-%H%M%S}"
     workdir.mkdir(parents=True)
+    with contextlib.ExitStack() as telephony:
+        real = None
+        if livekit == "local":
+            console.print("starting livekit-server, the SIP bridge and the patients' phones...")
+            real = telephony.enter_context(
+                real_livekit(
+                    workdir, console_port=(console_port := free_port()), caller_id=CALLER_ID
+                )
+            )
+        else:
+            console_port = free_port()
+        return _run(console, workdir, now, console_port, speed=speed, keep=keep, real=real)
+
+
+def _run(
+    console: Console,
+    workdir: Path,
+    now: datetime,
+    console_port: int,
+    *,
+    speed: float,
+    keep: bool,
+    real: RealLiveKit | None,
+) -> int:
     database_url = f"sqlite:///{workdir / 'campaigns.db'}"
     port = free_port()
-    console_port = free_port()
     password = secrets.token_urlsafe(12)
     zone = daytime_zone(now)
-    env = dict(os.environ) | {
-        "CAMPAIGNS_DATABASE_URL": database_url,
-        "CAMPAIGNS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
-        "LIVEKIT_URL": f"http://127.0.0.1:{port}",
-        "LIVEKIT_API_KEY": "demo-key",
-        "LIVEKIT_API_SECRET": "demo-secret-that-is-long-enough-for-hs256",
-        "CAMPAIGNS_REPORT_SECRET": "demo-report-secret",
-        "CAMPAIGNS_TICK_SECONDS": "1",
-        "CAMPAIGNS_RECONCILE_SECONDS": "5",
-        "CAMPAIGNS_DIAL_GRACE_SECONDS": "10",
-        "CAMPAIGNS_REPORT_GRACE_SECONDS": "15",
-        "CAMPAIGNS_MAX_CALL_DURATION_SECONDS": "60",
-    }
+    trunk_id = real.trunk_id if real is not None else TRUNK_ID
+    telephony = (
+        real.env()
+        if real is not None
+        else {
+            "LIVEKIT_URL": f"http://127.0.0.1:{port}",
+            "LIVEKIT_API_KEY": "demo-key",
+            "LIVEKIT_API_SECRET": "demo-secret-that-is-long-enough-for-hs256",
+        }
+    )
+    env = (
+        dict(os.environ)
+        | telephony
+        | {
+            "CAMPAIGNS_DATABASE_URL": database_url,
+            "CAMPAIGNS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
+            "CAMPAIGNS_REPORT_SECRET": "demo-report-secret",
+            "CAMPAIGNS_TICK_SECONDS": "1",
+            "CAMPAIGNS_RECONCILE_SECONDS": "5",
+            "CAMPAIGNS_DIAL_GRACE_SECONDS": "10",
+            "CAMPAIGNS_REPORT_GRACE_SECONDS": "15",
+            "CAMPAIGNS_MAX_CALL_DURATION_SECONDS": "60",
+        }
+    )
     env.pop("CAMPAIGNS_REDIS_URL", None)
     console.print(f"[bold]clinic-campaigns demo[/] in {workdir}")
     console.print(
@@ -127,10 +177,11 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
                 "country": country_of(zone),
                 "window": "09:00-19:00",
                 "days": "mon,tue,wed,thu,fri,sat,sun",
-                "trunk_id": TRUNK_ID,
-                "caller_id": "+12125550199",
+                "trunk_id": trunk_id,
+                "caller_id": CALLER_ID,
                 "transfer_number": "+12125550123",
-                "max_attempts": 3,
+                # Real calls last tens of seconds, two at a time: one retry is shown, not two.
+                "max_attempts": 3 if real is None else 2,
                 "lead_days": "1",
             }
         )
@@ -138,7 +189,14 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
         # Short backoff so the retries happen while you watch.
         clinic.retry_base_seconds, clinic.retry_cap_seconds, clinic.min_gap_seconds = 5, 20, 2
         session.add(
-            Trunk(sip_trunk_id=TRUNK_ID, name="demo trunk", calls_per_second=5, max_concurrent=20)
+            Trunk(sip_trunk_id=trunk_id, name="demo trunk", calls_per_second=5, max_concurrent=20)
+            if real is None
+            else Trunk(
+                sip_trunk_id=trunk_id,
+                name="patients' phones (sipp)",
+                calls_per_second=1,
+                max_concurrent=CALLS_AT_ONCE,
+            )
         )
         report = import_appointments(
             session,
@@ -154,7 +212,7 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
             f"imported {SAMPLE.name}: {report.imported} appointments tomorrow, "
             f"{len(report.rejected_lines)} rejected"
         )
-    with _services(env, workdir, port, console_port, speed):
+    with _services(env, workdir, port, console_port, speed, real):
         console.print(
             f"web console: [bold]http://127.0.0.1:{console_port}[/]  "
             f"sign in as {DEMO_USER} with password {password}",
@@ -165,11 +223,15 @@ def run_demo(console: Console, *, speed: float = 10.0, keep: bool = False) -> in
             local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
             result = daily.run_daily(session, clinic, local_today, datetime.now(UTC), actor="demo")
             session.commit()
-        console.print(
-            f"daily run: {result.created} calls scheduled; calling through the LiveKit simulator, "
-            "where the confirmation agent talks to each scripted patient..."
+        where = (
+            "the LiveKit simulator, where the confirmation agent talks to each scripted patient"
+            if real is None
+            else "livekit-server and the SIP bridge to the patients' phones, where the "
+            "confirmation agent talks to each of them (local voice models)"
         )
-        finished = _watch(console, sessions, deadline=time.monotonic() + DEADLINE.total_seconds())
+        console.print(f"daily run: {result.created} calls scheduled; calling through {where}...")
+        deadline = DEADLINE if real is None else LIVE_DEADLINE
+        finished = _watch(console, sessions, deadline=time.monotonic() + deadline.total_seconds())
         if keep:
             _keep_running(console, console_port, password)
     with sessions() as session:

@@ -128,9 +128,18 @@ def demo(
     keep: Annotated[
         bool, typer.Option("--keep", help="Leave everything running after the campaign")
     ] = False,
+    livekit: Annotated[
+        str,
+        typer.Option(
+            help="simulator: the LiveKit simulator (fast); local: livekit-server, the SIP "
+            "bridge and SIP phones on this machine (`make livekit` builds them)"
+        ),
+    ] = "simulator",
 ) -> None:
-    """Run a whole campaign on the embedded default against the LiveKit simulator,
-    with the web console watching it."""
+    """Run a whole campaign on the embedded default against the LiveKit simulator (or the
+    real LiveKit on this machine), with the web console watching it."""
     from demo.runner import run_demo
 
-    raise typer.Exit(run_demo(common.out, speed=speed, keep=keep))
+    if livekit not in ("simulator", "local"):
+        raise InvalidInputError("--livekit must be simulator or local")
+    raise typer.Exit(run_demo(common.out, speed=speed, keep=keep, livekit=livekit))

@@ -178,7 +178,8 @@ def _run(
     key = os.environ.get("LIVEKIT_API_KEY") or f"API{secrets.token_hex(6)}"
     secret = os.environ.get("LIVEKIT_API_SECRET") or secrets.token_urlsafe(32)
     http_port, rtc_port, sip_port, health_port = free_port(), free_port(), free_port(), free_port()
-    rtp_start = 20000 + (http_port % 200) * 100
+    # Below the ephemeral ports (32768+) that free_port() hands out, one range per stack.
+    rtp_start = 10000 + (http_port % 100) * 100
     started: list[subprocess.Popen[bytes]] = []
     try:
         server = _start(
