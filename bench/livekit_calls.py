@@ -11,13 +11,17 @@ is played to its end (the agent confirms and hangs up).
 Prints, per call and in total: CreateSIPParticipant to answer (the dial's
 return), answer to the agent's first audible frame at the phone, the call's
 length, and the CPU seconds of livekit-server, the SIP bridge and the agent
-worker (with its job processes) divided by the calls.
+worker (with its job processes) divided by the calls. Calls still going after
+``--call-limit`` seconds (an agent that misheard waits for an answer) are hung
+up, as the engine's reconciliation would, and counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import tempfile
@@ -37,17 +41,13 @@ from harness.processes import processes, wait_until
 
 AGENT = "appointment-confirmer-bench"
 CALLER_ID = "+15550100000"
+# The call metadata the engine dispatches (examples/agent-metadata.json), per call its own token.
 METADATA = {
-    "clinic_name": "Lakeside Clinic",
-    "callback_number": "+12125550199",
-    "transfer_number": "+12125550111",
-    "patient_first_name": "Maria",
-    "appointment_local_time": "2030-01-15T09:00:00-05:00",
-    "appointment_timezone": "America/New_York",
-    "provider": "Dr. Ahmed",
-    "location": "Lakeside Clinic, Room 2",
-    "language": None,
-    "script_version": "confirm-v1",
+    key: value
+    for key, value in json.loads(
+        (Path(__file__).resolve().parent.parent / "examples" / "agent-metadata.json").read_text()
+    ).items()
+    if key not in ("attempt_id", "participant_identity", "report_token")
 }
 
 
@@ -72,6 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--executor", choices=["thread", "process"], default="thread")
+    parser.add_argument(
+        "--call-limit",
+        type=float,
+        default=150.0,
+        help="seconds before unfinished calls are hung up",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="livekit-bench-"))
     with (
@@ -87,16 +93,20 @@ def main() -> None:
 
         trunk_id = asyncio.run(trunk())
         broker = stack.redis_url.rsplit("/", 1)[0] + "/1"
-        env = os.environ | stack.env() | {
-            "CAMPAIGNS_BROKER_URL": broker,
-            "CAMPAIGNS_AGENT_NAME": AGENT,
-            "CAMPAIGNS_AGENT_LLM": "local",
-            "CAMPAIGNS_AGENT_STT": "local",
-            "CAMPAIGNS_AGENT_TTS": "local",
-            "CAMPAIGNS_AGENT_MAX_CALLS": str(args.calls + 5),
-            "CAMPAIGNS_AGENT_JOB_EXECUTOR": args.executor,
-            "CAMPAIGNS_AGENT_HTTP_PORT": "0",
-        }
+        env = (
+            os.environ
+            | stack.env()
+            | {
+                "CAMPAIGNS_BROKER_URL": broker,
+                "CAMPAIGNS_AGENT_NAME": AGENT,
+                "CAMPAIGNS_AGENT_LLM": "local",
+                "CAMPAIGNS_AGENT_STT": "local",
+                "CAMPAIGNS_AGENT_TTS": "local",
+                "CAMPAIGNS_AGENT_MAX_CALLS": str(args.calls + 5),
+                "CAMPAIGNS_AGENT_JOB_EXECUTOR": args.executor,
+                "CAMPAIGNS_AGENT_HTTP_PORT": "0",
+            }
+        )
         with processes(env, workdir) as group:
             agent = group.start("agent", "agent", "start")
             wait_until(
@@ -144,16 +154,30 @@ def main() -> None:
             to_answer = asyncio.run(place_all())
             handsets = phones.handsets
 
-            def ended() -> bool:
-                heard = [handsets.heard(r.call_to) for r in requests]
-                return all(h and h[-1].ended_at for h in heard)
+            def ended(req: CallRequest) -> bool:
+                heard = handsets.heard(req.call_to)
+                return bool(heard and heard[-1].ended_at)
 
-            wait_until(ended, timeout=600, what="every call to end", every=1.0)
+            with contextlib.suppress(TimeoutError):
+                wait_until(
+                    lambda: all(ended(r) for r in requests),
+                    timeout=args.call_limit,
+                    what="",
+                    every=1.0,
+                )
             wall = time.perf_counter() - wall
             cpu_after = {name: cpu_seconds(pid) for name, pid in parts.items()}
-        calls = [handsets.heard(r.call_to)[-1] for r in requests]
+            unfinished = [r for r in requests if not ended(r)]
+
+            async def hang_up_unfinished() -> None:  # as the engine does past a call's limit
+                async with LiveKitTelephony(stack.url, stack.api_key, stack.api_secret) as tel:
+                    for req in unfinished:
+                        await tel.hang_up(req.room_name)
+
+            asyncio.run(hang_up_unfinished())
+        calls = [handsets.heard(r.call_to)[-1] for r in requests if handsets.heard(r.call_to)]
         first_audio = [c.first_speech_at - c.answered_at for c in calls if c.first_speech_at]
-        lengths = [(c.ended_at or 0) - c.answered_at for c in calls]
+        lengths = [c.ended_at - c.answered_at for c in calls if c.ended_at]
         print(f"{args.calls} calls at once, agent job executor {args.executor}, wall {wall:.1f} s")
         for what, values in (
             ("CreateSIPParticipant to answer (s)", to_answer),
@@ -166,9 +190,15 @@ def main() -> None:
                     f"max {max(values):6.2f}  (n={len(values)})"
                 )
         print(f"  calls where the phone heard the agent: {len(first_audio)} of {args.calls}")
+        print(
+            f"  calls the agent ended within {args.call_limit:.0f} s: "
+            f"{args.calls - len(unfinished)} of {args.calls} (the rest hung up by the bench)"
+        )
         for name in parts:
             spent = cpu_after[name] - cpu_before[name]
-            print(f"  CPU {name:16} {spent:7.2f} s in all, {1000 * spent / args.calls:7.1f} ms/call")
+            print(
+                f"  CPU {name:16} {spent:7.2f} s in all, {1000 * spent / args.calls:7.1f} ms/call"
+            )
 
 
 if __name__ == "__main__":

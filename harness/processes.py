@@ -36,6 +36,18 @@ def program(name: str, package: str) -> str:
     return found
 
 
+def stop_process(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``grace`` seconds."""
+    if popen.poll() is None:
+        with suppress(ProcessLookupError):
+            popen.terminate()
+    try:
+        popen.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        popen.kill()
+        popen.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 free right now."""
     with socket.socket() as sock:

@@ -21,7 +21,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from harness.livekit.handset import HUNG_UP, Handset, running_handsets
-from harness.processes import free_port, program, wait_until
+from harness.processes import free_port, program, stop_process, wait_until
 from simulator.scenario import DEFAULT_SUFFIXES, FAILURES
 
 # The simulator's table is the one table: a suffix's behaviour, and for a callee who
@@ -225,12 +225,7 @@ def running_phones(workdir: Path, handsets: int = 64) -> Iterator[Phones]:
                 raise RuntimeError(f"sipp exited: {(workdir / 'sipp.log').read_text()[-2000:]}")
             yield Phones("127.0.0.1", port, workdir, popen, handset)
         finally:
-            popen.terminate()
-            try:
-                popen.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+            stop_process(popen, grace=5)
             log.close()
 
 

@@ -16,12 +16,19 @@ import os
 import secrets
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from harness.processes import free_port, http_ok, port_open, program, wait_until
+from harness.processes import (
+    free_port,
+    http_ok,
+    port_open,
+    program,
+    stop_process,
+    wait_until,
+)
 from harness.servers import throwaway_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,17 +155,6 @@ def _start(
         )
 
 
-def _stop(popen: subprocess.Popen[bytes]) -> None:
-    if popen.poll() is None:
-        with suppress(ProcessLookupError):
-            popen.terminate()
-    try:
-        popen.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        popen.kill()
-        popen.wait()
-
-
 @contextmanager
 def running_stack(
     workdir: Path, *, redis_url: str | None = None, webhook_urls: Sequence[str] = ()
@@ -239,7 +235,7 @@ def _run(
         )
     finally:
         for popen in reversed(started):
-            _stop(popen)
+            stop_process(popen)
 
 
 def _tail(path: Path, chars: int = 3000) -> str:
