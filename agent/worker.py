@@ -31,21 +31,26 @@ if settings.agent_stt == LOCAL:
     phrase_lm()  # once, before any call: each call's recognizer loads it
 
 
+# livekit-server offers a job only to workers whose load is under its agents.target_load
+# (0.7 by default) and drops a dispatch none of them takes: a worker's load reaches it
+# exactly at its call limit.
+LIVEKIT_TARGET_LOAD = 0.7
+
+
 def _calls_in_progress(worker: AgentServer) -> float:
-    """The worker's load as the share of ``CAMPAIGNS_AGENT_MAX_CALLS`` it carries."""
+    """The worker's load: the share of ``CAMPAIGNS_AGENT_MAX_CALLS`` it carries, scaled so
+    that the server's target load is the limit."""
     assert settings.agent_max_calls is not None
-    return min(1.0, len(worker.active_jobs) / settings.agent_max_calls)
+    return LIVEKIT_TARGET_LOAD * min(1.0, len(worker.active_jobs) / settings.agent_max_calls)
 
 
 _capacity: dict[str, Any] = {}
 if settings.agent_max_calls is not None:
-    # A worker at its call limit takes no more; LiveKit wants a threshold under 1. The
-    # framework counts each call it is starting as threshold / idle runners, so as many
-    # runners as calls are kept warm: a burst of dispatches is accepted, not refused (a
-    # dispatch no worker accepts is dropped by the server, and the answered callee waits).
+    # The framework counts each call it is starting as threshold / idle runners, so as many
+    # runners as calls are kept warm: a burst of dispatches is accepted, not refused.
     _capacity = {
         "load_fnc": _calls_in_progress,
-        "load_threshold": 0.999,
+        "load_threshold": LIVEKIT_TARGET_LOAD,
         "num_idle_processes": settings.agent_max_calls,
     }
 server = AgentServer(
